@@ -1,0 +1,78 @@
+"""The only module that imports orbax: best-state checkpoints per stage and the strict stage-1 load.
+
+A checkpoint holds the model state as a pure dict plus a JSON `meta` record of what produced it (dataset,
+backbone sizes, S, ...). Stage 2 refuses a stage-1 checkpoint unless the meta matches and every backbone leaf
+is restored: the official code's non-strict load silently adapted a random backbone (method.md §11).
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+# Keys of `meta` that must agree between a stage-1 checkpoint and the stage-2 model built on it.
+BACKBONE_IDENTITY = ("dataset", "backbone", "model", "seq_len", "segment_len", "channels", "marks")
+
+
+class CheckpointError(RuntimeError):
+  """A missing or mismatched checkpoint; the message says which and what to do."""
+
+
+def stage_dir(workdir, stage: str) -> pathlib.Path:
+  return pathlib.Path(workdir).absolute() / "checkpoints" / stage
+
+
+def manager(directory: pathlib.Path) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state: nnx.State, meta: dict) -> None:
+  """Asynchronous: orbax writes in the background; call mngr.wait_until_finished() before relying on it."""
+  mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(nnx.to_pure_dict(state)),
+                                          meta=ocp.args.JsonSave(meta)), force=True)
+
+
+def restore_latest(directory: pathlib.Path) -> tuple[dict, dict]:
+  """-> (pure state dict of numpy arrays, meta)."""
+  if not directory.is_dir():
+    raise CheckpointError(f"no checkpoint at {directory}; run stage 1 first (--config.stage=pretrain) "
+                          "or set --config.init_from to the workdir of a finished stage-1 run")
+  with manager(directory) as mngr:
+    step = mngr.latest_step()
+    if step is None:
+      raise CheckpointError(f"{directory} holds no finished checkpoint; rerun the stage that writes it")
+    out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                                     meta=ocp.args.JsonRestore()))
+  return jax.tree.map(np.asarray, dict(out["state"])), dict(out["meta"])
+
+
+def _flat(tree: dict) -> dict[str, tuple]:
+  return {"/".join(str(k) for k in path): tuple(np.shape(v)) for path, v in
+          ((tuple(getattr(p, "key", getattr(p, "idx", p)) for p in kp), v)
+           for kp, v in jax.tree_util.tree_flatten_with_path(tree)[0])}
+
+
+def load_backbone(model: nnx.Module, directory: pathlib.Path, expect: dict) -> dict:
+  """Restore every non-adapter leaf of `model` from the stage-1 checkpoint in `directory`, strictly.
+  `expect` holds the BACKBONE_IDENTITY values the model was built with. Returns the checkpoint's meta."""
+  pure, meta = restore_latest(directory)
+  for key in BACKBONE_IDENTITY:
+    if meta.get(key) != expect[key]:
+      raise CheckpointError(
+          f"stage-1 checkpoint {directory} has {key}={meta.get(key)!r} but this run needs {expect[key]!r}; "
+          "pretrain a matching backbone or point --config.init_from at one")
+  backbone = nnx.state(model, nnx.Not(nnx.LoRAParam))
+  want, have = _flat(nnx.to_pure_dict(backbone)), _flat(pure)
+  if want != have:
+    missing = sorted(set(want) - set(have))[:3]
+    extra = sorted(set(have) - set(want))[:3]
+    shape = sorted(k for k in set(want) & set(have) if want[k] != have[k])[:3]
+    raise CheckpointError(f"stage-1 checkpoint {directory} does not fit this backbone (missing {missing}, "
+                          f"unexpected {extra}, wrong shape {shape}); pretrain it again with this config")
+  nnx.replace_by_pure_dict(backbone, pure)
+  nnx.update(model, backbone)
+  return meta

@@ -1,0 +1,64 @@
+"""grain pipelines over a WindowSource: shuffled fixed-size train batches, ordered padded+masked eval batches.
+
+Both return a `grain.MapDataset`: iterable, indexable and sliceable, with no worker processes (workers need
+`app.run`; see style.md §3.6). Every function handed to grain is module-level, so pipelines stay picklable.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import grain
+import numpy as np
+
+from mola_jax.data.sources import DataError, WindowSource
+
+
+def num_train_batches(src: WindowSource, batch_size: int) -> int:
+  """Full batches per epoch: the incomplete one is dropped so every train step has one static shape."""
+  return len(src) // batch_size
+
+
+def num_eval_batches(src: WindowSource, batch_size: int) -> int:
+  """Batches that cover every window once: the last one is padded."""
+  return -(-len(src) // batch_size)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+  """A 32-bit shuffle seed per (seed, epoch): each epoch its own order, reproducible from the two integers."""
+  return int(np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint32)[0])
+
+
+def train_batches(src: WindowSource, batch_size: int, *, seed: int, epoch: int, start_batch: int = 0):
+  """One epoch of shuffled batches {"x": [B, L, D], "x_mark": [B, L, F], "y": [B, H, D], "y_mark": [B, H, F]}.
+
+  `start_batch` skips the first batches of this epoch for resume, by slicing (no sample is read to skip it).
+  """
+  if batch_size < 1:
+    raise DataError(f"batch_size must be positive, got {batch_size}")
+  n = num_train_batches(src, batch_size)
+  if n == 0:
+    raise DataError(f"the train split has {len(src)} windows, fewer than batch_size {batch_size}; lower the batch size")
+  if not 0 <= start_batch <= n:
+    raise DataError(f"start_batch {start_batch} is outside this epoch's {n} batches; the checkpoint does not match "
+                    f"this data and batch size")
+  ds = (grain.MapDataset.source(src)
+        .shuffle(seed=epoch_seed(seed, epoch))
+        .batch(batch_size, drop_remainder=True))
+  return ds[start_batch:]
+
+
+def pad_with_mask(batch: dict, size: int) -> dict:
+  """Pad every leaf to `size` rows with zeros and add "mask": bool[size], False on padding (one static shape)."""
+  n = len(batch["x"])
+  out = {k: np.concatenate([v, np.zeros((size - n,) + v.shape[1:], v.dtype)]) for k, v in batch.items()}
+  return out | {"mask": np.arange(size) < n}
+
+
+def eval_batches(src: WindowSource, batch_size: int):
+  """Every window exactly once, in order; batches as train_batches plus "mask": bool[B]. Never drops a window."""
+  if batch_size < 1:
+    raise DataError(f"batch_size must be positive, got {batch_size}")
+  return (grain.MapDataset.source(src)
+          .batch(batch_size, drop_remainder=False)
+          .map(functools.partial(pad_with_mask, size=batch_size)))

@@ -1,0 +1,64 @@
+"""Adapter banks: MoLA (shared experts, per-segment mixtures) and per-segment LoRA.
+
+Every bank exposes `delta() -> [K, d_in, d_out]`, computed for all K segments in one einsum, so `Dense` and
+every backbone stay unaware of which method runs. Adapter variables are `nnx.LoRAParam`s: stage 2 trains
+exactly that type and nothing else. Arrays whose leading axis is the segment axis are `SegmentParam`s, so the
+per-segment early stopping can freeze a stopped segment's rows (and only those).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+class SegmentParam(nnx.LoRAParam):
+  """An adapter array with a leading segment axis K; rows of stopped segments are held fixed."""
+
+
+class MoLABank(nnx.Module):
+  """P rank-r experts shared by all segments, mixed per segment by softmax(logits[k]). No router:
+  the mixture weights are free parameters, independent of the input (method.md §4.3)."""
+
+  def __init__(self, d_in, d_out, *, segments, experts, rank, a_std, rngs: nnx.Rngs):
+    self.a = nnx.LoRAParam(a_std * jax.random.normal(rngs.params(), (experts, d_in, rank)))  # [P, d_in, r]
+    self.b = nnx.LoRAParam(jnp.zeros((experts, rank, d_out)))  # [P, r, d_out]; 0: starts at the backbone
+    self.logits = SegmentParam(jax.random.normal(rngs.params(), (segments, experts)))  # [K, P]
+
+  def delta(self) -> jax.Array:
+    mix = jax.nn.softmax(self.logits[...], axis=-1)  # [K, P]
+    return jnp.einsum("kp,pir,pro->kio", mix, self.a[...], self.b[...])  # [K, d_in, d_out]
+
+
+class LoRABank(nnx.Module):
+  """One independent rank-r LoRA per segment (the official `iTransformerLora` baseline): no sharing."""
+
+  def __init__(self, d_in, d_out, *, segments, rank, a_std, rngs: nnx.Rngs):
+    self.a = SegmentParam(a_std * jax.random.normal(rngs.params(), (segments, d_in, rank)))  # [K, d_in, r]
+    self.b = SegmentParam(jnp.zeros((segments, rank, d_out)))  # [K, r, d_out]
+
+  def delta(self) -> jax.Array:
+    return jnp.einsum("kir,kro->kio", self.a[...], self.b[...])  # [K, d_in, d_out]
+
+
+def adapter_factory(method: str, segments: int, mola_cfg):
+  """-> make(group, d_in, d_out, rngs) that a backbone calls for each of its dense layers. It returns a bank
+  for the layer groups listed in `mola_cfg.targets` ("ffn", "attn") and None otherwise (and for mtf)."""
+  targets = tuple(mola_cfg.targets)
+
+  def make(group: str, d_in: int, d_out: int, rngs: nnx.Rngs):
+    if group not in targets:
+      return None
+    if method == "mola":
+      return MoLABank(d_in, d_out, segments=segments, experts=mola_cfg.num_experts, rank=mola_cfg.rank,
+                      a_std=mola_cfg.a_std, rngs=rngs)
+    if method == "lora":
+      return LoRABank(d_in, d_out, segments=segments, rank=mola_cfg.rank, a_std=mola_cfg.a_std, rngs=rngs)
+    raise ValueError(f"method {method!r} has no adapters")
+
+  return make
+
+
+def no_adapter(group, d_in, d_out, rngs):
+  return None

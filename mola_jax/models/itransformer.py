@@ -1,0 +1,43 @@
+"""iTransformer (Liu et al., ICLR 2024), as in the official code and TSLib: each variate's whole look-back
+window is one token (the time-feature series are tokens too), attention runs across variates."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from mola_jax.models.layers import Ctx, Dense, EncoderLayer, dropout, instance_norm, layer_norm
+
+
+class ITransformer(nnx.Module):
+  """batch {"x": [B, L, D], "x_mark": [B, L, F]} -> [K', B, pred_len, D].
+
+  Adapted layer groups: "ffn" (both FFN dense layers of every encoder layer, the method's placement) and
+  "attn" (the Q/K/V/O projections). Embedding, LayerNorms and the head are never adapted.
+  """
+
+  def __init__(self, cfg, *, seq_len: int, pred_len: int, channels: int, marks: int, rngs: nnx.Rngs,
+               make_adapter):
+    del channels, marks  # tokens are series, so the sizes do not depend on how many there are
+    self.embed = Dense(seq_len, cfg.d_model, rngs=rngs)
+    self.layers = nnx.List([
+        EncoderLayer(cfg.d_model, cfg.d_ff, cfg.n_heads, cfg.dropout, rngs=rngs, make_adapter=make_adapter)
+        for _ in range(cfg.e_layers)
+    ])
+    self.norm = layer_norm(cfg.d_model, rngs)
+    self.head = Dense(cfg.d_model, pred_len, rngs=rngs)
+    self.dropout_rate = cfg.dropout
+
+  def __call__(self, batch: dict, ctx: Ctx) -> jax.Array:
+    x, x_mark = batch["x"], batch["x_mark"]
+    d = x.shape[-1]
+    xn, mean, std = instance_norm(x)  # marks are not normalised
+    tokens = jnp.concatenate([xn, x_mark], axis=-1).swapaxes(-1, -2)  # [B, D + F, L]
+    h = self.embed(tokens[None])  # [1, B, N, d_model]
+    h = dropout(ctx.split_segments(h), self.dropout_rate, ctx)
+    for layer in self.layers:
+      h = layer(h, ctx)
+    h = self.norm(h)
+    out = self.head(h)[..., :d, :].swapaxes(-1, -2)  # [K', B, S, D]: variate tokens only
+    return out * std + mean

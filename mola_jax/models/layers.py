@@ -1,0 +1,132 @@
+"""Building blocks shared by the backbones.
+
+Activations carry a leading *segment axis*: `h: [K', B, ..., d]` with K' = 1 while every segment shares the
+computation, and K' = K once a segment-specific (adapted) layer has run. Everything here broadcasts over
+leading axes, so a backbone is written once and runs unchanged as a plain forecaster (K' = 1 throughout) or
+under MoLA (the prefix before the first adapted layer is computed once, the rest K times in one batched pass).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+@dataclasses.dataclass(frozen=True)
+class Ctx:
+  """Per-call settings of a forward pass: dropout randomness (None = eval) and the number of segments K."""
+
+  rngs: nnx.Rngs | None = None
+  segments: int = 1
+  # Training only: keep one set of dropout masks for the shared prefix instead of one per segment.
+  share_prefix_dropout: bool = False
+
+  @property
+  def training(self) -> bool:
+    return self.rngs is not None
+
+  def split_segments(self, h: jax.Array) -> jax.Array:
+    """[1, ...] -> [K, ...] in training, so that every segment draws its own dropout masks from here on,
+    as the official K separate passes do. In eval the prefix stays shared: that is exact and K times cheaper."""
+    if self.training and self.segments > 1 and not self.share_prefix_dropout and h.shape[0] == 1:
+      return jnp.broadcast_to(h, (self.segments,) + h.shape[1:])
+    return h
+
+
+def dropout(x: jax.Array, rate: float, ctx: Ctx) -> jax.Array:
+  if not ctx.training or rate == 0.0:
+    return x
+  keep = jax.random.bernoulli(ctx.rngs.dropout(), 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), 0.0)
+
+
+def torch_uniform(key: jax.Array, shape: tuple[int, ...], fan_in: int) -> jax.Array:
+  """PyTorch's default Linear/Conv1d init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), for weights and biases alike."""
+  bound = 1.0 / math.sqrt(fan_in)
+  return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
+
+
+class Dense(nnx.Module):
+  """`h @ kernel + bias`, kernel [d_in, d_out]. With an adapter, segment k computes `h @ (kernel + delta[k])`,
+  where the adapter returns all K deltas `[K, d_in, d_out]` from one einsum.
+
+  The delta is applied as its own term, `h @ kernel + h @ delta[k]`, rather than merged into the kernel first:
+  with B = 0 the output is then bit-identical to the frozen layer (not merely equal up to rounding), and a
+  small delta keeps its precision instead of being rounded into a large kernel (which matters in bf16).
+  """
+
+  def __init__(self, d_in: int, d_out: int, *, rngs: nnx.Rngs, adapter: nnx.Module | None = None):
+    self.kernel = nnx.Param(torch_uniform(rngs.params(), (d_in, d_out), d_in))
+    self.bias = nnx.Param(torch_uniform(rngs.params(), (d_out,), d_in))
+    self.adapter = adapter
+
+  def __call__(self, h: jax.Array) -> jax.Array:  # h: [K', ..., d_in] -> [K' or K, ..., d_out]
+    y = h @ self.kernel[...] + self.bias[...]  # frozen path; computed once while the prefix is shared
+    if self.adapter is None:
+      return y
+    delta = self.adapter.delta()  # [K, d_in, d_out]
+    if h.shape[0] == 1:  # shared prefix: one input feeds all K segment deltas
+      return y + jnp.einsum("...i,kio->k...o", h[0], delta)
+    return y + jnp.einsum("k...i,kio->k...o", h, delta)
+
+
+def layer_norm(d: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
+  return nnx.LayerNorm(d, epsilon=1e-5, rngs=rngs)  # PyTorch's eps, not flax's 1e-6
+
+
+def gelu(x: jax.Array) -> jax.Array:
+  return jax.nn.gelu(x, approximate=False)  # the official models use the exact (erf) GELU
+
+
+class Attention(nnx.Module):
+  """Full multi-head attention with biased Q/K/V/O projections, scale 1/sqrt(d_head), dropout on the weights."""
+
+  def __init__(self, d_model: int, n_heads: int, dropout_rate: float, *, rngs: nnx.Rngs, make_adapter=None):
+    make = make_adapter or (lambda *a: None)
+    self.q = Dense(d_model, d_model, rngs=rngs, adapter=make("attn", d_model, d_model, rngs))
+    self.k = Dense(d_model, d_model, rngs=rngs, adapter=make("attn", d_model, d_model, rngs))
+    self.v = Dense(d_model, d_model, rngs=rngs, adapter=make("attn", d_model, d_model, rngs))
+    self.o = Dense(d_model, d_model, rngs=rngs, adapter=make("attn", d_model, d_model, rngs))
+    self.n_heads = n_heads
+    self.dropout_rate = dropout_rate
+
+  def __call__(self, xq: jax.Array, xkv: jax.Array, ctx: Ctx) -> jax.Array:  # [K', ..., N, d] -> same
+    heads = lambda t: t.reshape(t.shape[:-1] + (self.n_heads, t.shape[-1] // self.n_heads))
+    q, k, v = heads(self.q(xq)), heads(self.k(xkv)), heads(self.v(xkv))  # [K', ..., N, H, dh]
+    scores = jnp.einsum("...qhd,...khd->...hqk", q, k) / math.sqrt(q.shape[-1])
+    weights = dropout(jax.nn.softmax(scores, axis=-1), self.dropout_rate, ctx)
+    out = jnp.einsum("...hqk,...khd->...qhd", weights, v)
+    return self.o(out.reshape(out.shape[:-2] + (-1,)))
+
+
+class EncoderLayer(nnx.Module):
+  """TSLib's post-norm encoder layer: x = LN1(x + Drop(Attn(x))); out = LN2(x + Drop(W2 Drop(GELU(W1 x)))).
+  W1/W2 are the position-wise FFN (kernel-size-1 convolutions in PyTorch): the layers MoLA adapts."""
+
+  def __init__(self, d_model, d_ff, n_heads, dropout_rate, *, rngs: nnx.Rngs, make_adapter):
+    self.attn = Attention(d_model, n_heads, dropout_rate, rngs=rngs, make_adapter=make_adapter)
+    self.norm1 = layer_norm(d_model, rngs)
+    self.ffn1 = Dense(d_model, d_ff, rngs=rngs, adapter=make_adapter("ffn", d_model, d_ff, rngs))
+    self.ffn2 = Dense(d_ff, d_model, rngs=rngs, adapter=make_adapter("ffn", d_ff, d_model, rngs))
+    self.norm2 = layer_norm(d_model, rngs)
+    self.dropout_rate = dropout_rate
+
+  def __call__(self, x: jax.Array, ctx: Ctx) -> jax.Array:  # [K', B, N, d]
+    p = self.dropout_rate
+    x = self.norm1(x + dropout(self.attn(x, x, ctx), p, ctx))
+    y = dropout(gelu(self.ffn1(x)), p, ctx)  # the first adapted layer: K' becomes K here
+    y = dropout(self.ffn2(y), p, ctx)
+    return self.norm2(x + y)
+
+
+def instance_norm(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Per-window, per-channel standardisation over time (x: [B, L, D]); returns (x_norm, mean, std) with
+  mean/std [B, 1, D]. Population variance + 1e-5 inside the sqrt, as the official models do."""
+  mean = x.mean(axis=1, keepdims=True)
+  centred = x - mean
+  std = jnp.sqrt(centred.var(axis=1, keepdims=True) + 1e-5)
+  return centred / std, mean, std

@@ -1,0 +1,99 @@
+"""Train and eval steps in split/merge form, valid in NNX graph and tree mode.
+
+The model is split once per stage into (segment-axis adapter params, other trainable params, batch stats,
+frozen rest). Only the trainable groups get gradients and optimizer state, so the frozen backbone costs
+neither. Stage 1, stage 2 and every method use these same two steps; only the filter and the model differ.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from mola_jax.models import Ctx, SegmentParam, predict
+
+TRAINABLE = {"pretrain": nnx.Param, "adapt": nnx.LoRAParam}
+
+
+def split(model: nnx.Module, stage: str):
+  """-> graphdef, (segment params, other trainable params), batch stats, frozen state."""
+  graphdef, seg, train, stats, frozen = nnx.split(model, SegmentParam, TRAINABLE[stage], nnx.BatchStat, ...)
+  return graphdef, (seg, train), stats, frozen
+
+
+def make_tx(lr: float, steps_per_epoch: int) -> optax.GradientTransformation:
+  """Adam with TSLib's `type1` rule: full lr for epochs 1-2, then halved every epoch (method.md §8).
+  inject_hyperparams keeps the current lr readable from the optimizer state for logging."""
+  schedule = optax.exponential_decay(lr, transition_steps=steps_per_epoch, decay_rate=0.5,
+                                     transition_begin=steps_per_epoch, staircase=True)
+  return optax.inject_hyperparams(optax.adam)(learning_rate=schedule)
+
+
+def current_lr(opt_state) -> jax.Array:
+  return opt_state.hyperparams["learning_rate"]
+
+
+def segment_mse(pred: jax.Array, y: jax.Array) -> jax.Array:
+  """pred [B, K, S, D], y [B, T, D] -> [K]: each segment's MSE over batch, steps and channels."""
+  return jnp.mean((pred - y.reshape(pred.shape)) ** 2, axis=(0, 2, 3))
+
+
+def hold_stopped(new, old, active: jax.Array):
+  """Put back the rows of stopped segments. A zero gradient would still move them through Adam's momentum;
+  stopping is permanent, so restoring the old rows freezes them exactly."""
+  def keep(n, o):
+    mask = active.reshape((-1,) + (1,) * (n.ndim - 1))
+    return jnp.where(mask, n, o)
+  return jax.tree.map(keep, new, old)
+
+
+def make_train_step(graphdef, tx: optax.GradientTransformation, *, segments: int, share_prefix_dropout: bool):
+  """step(state, frozen, batch, active) -> (state, loss). state = {params, opt, stats, key} is donated.
+  Loss = sum over ACTIVE segments of the segment MSE (a sum, as the official code does: method.md §6)."""
+
+  def loss_fn(params, stats, frozen, batch, key, active):
+    model = nnx.merge(graphdef, *params, stats, frozen)
+    ctx = Ctx(rngs=nnx.Rngs(dropout=key), segments=segments, share_prefix_dropout=share_prefix_dropout)
+    per_seg = segment_mse(predict(model, batch, ctx), batch["y"])
+    return jnp.sum(jnp.where(active, per_seg, 0.0)), nnx.state(model, nnx.BatchStat)
+
+  @functools.partial(jax.jit, donate_argnums=0)
+  def step(state, frozen, batch, active):
+    key, sub = jax.random.split(state["key"])
+    (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state["params"], state["stats"], frozen, batch, sub, active)
+    updates, opt = tx.update(grads, state["opt"], state["params"])
+    seg, train = optax.apply_updates(state["params"], updates)
+    seg = hold_stopped(seg, state["params"][0], active)
+    return {"params": (seg, train), "opt": opt, "stats": stats, "key": key}, loss
+
+  return step
+
+
+def make_eval_step(graphdef, *, segments: int):
+  """step(acc, states, batch) -> acc: sums of squared and absolute errors per forecast step over the real
+  (mask == True) windows and all channels, plus the window count. Accumulating on device means one host
+  read per evaluation, not one per batch."""
+
+  @functools.partial(jax.jit, donate_argnums=0)
+  def step(acc, states, batch):
+    model = nnx.merge(graphdef, *states)
+    pred = predict(model, batch, Ctx(segments=segments))  # [B, K, S, D]
+    b = pred.shape[0]
+    err = (pred - batch["y"].reshape(pred.shape)).reshape(b, -1, pred.shape[-1])  # [B, T, D]
+    mask = batch["mask"].astype(err.dtype)[:, None, None]
+    return {
+        "sq": acc["sq"] + jnp.sum(mask * err**2, axis=(0, 2)),  # [T]
+        "abs": acc["abs"] + jnp.sum(mask * jnp.abs(err), axis=(0, 2)),  # [T]
+        "count": acc["count"] + jnp.sum(batch["mask"]),
+    }
+
+  return step
+
+
+def empty_acc(horizon: int) -> dict:
+  return {"sq": jnp.zeros(horizon), "abs": jnp.zeros(horizon), "count": jnp.zeros((), jnp.int32)}

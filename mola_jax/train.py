@@ -1,0 +1,273 @@
+"""Train and evaluate: stage 1 (pre-train an S-step forecaster), stage 2 (adapters over K = T/S segments on the
+frozen backbone), or mtf (one direct T-step forecaster). One program; the config picks the path.
+
+    python -m mola_jax.train --config configs/etth1.py --workdir runs/etth1 [--config.horizon=192 ...]
+
+The path of a run: config -> data (splits, train-only scaler, windows) -> model -> train step -> per-epoch
+validation and early stopping -> best-state checkpoint -> one test pass -> results.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
+from flax import nnx
+from ml_collections import config_flags
+from tqdm import tqdm
+
+from mola_jax import checkpointing, config_lib, data, steps
+from mola_jax.models import build
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bookkeeping that runs on the host, once per epoch.
+
+
+@dataclasses.dataclass
+class SegmentStopper:
+  """Per-segment early stopping exactly as method.md §7: ties count as improvement, a segment stops for good
+  after `patience` epochs without one, and the caller saves the whole state whenever ANY segment improved.
+  With K = 1 this is ordinary early stopping (stage 1, mtf)."""
+
+  best: np.ndarray  # [K] best validation MSE so far
+  patience: int
+  count: np.ndarray = None  # [K] epochs since the last improvement
+  active: np.ndarray = None  # [K] bool
+
+  def __post_init__(self):
+    self.best = np.asarray(self.best, np.float64)
+    self.count = np.zeros(self.best.shape, np.int64)
+    self.active = np.ones(self.best.shape, bool)
+
+  def update(self, val: np.ndarray) -> bool:
+    improved = self.active & (val <= self.best)
+    self.best[improved] = val[improved]
+    self.count[improved] = 0
+    worse = self.active & ~improved
+    self.count[worse] += 1
+    self.active[worse & (self.count >= self.patience)] = False
+    return bool(improved.any())
+
+
+class MetricsLog:
+  """metrics.jsonl, one record per epoch (and per evaluation), appended and flushed as it happens."""
+
+  def __init__(self, path: pathlib.Path):
+    self.path = path
+
+  def write(self, **record) -> None:
+    with self.path.open("a") as f:
+      f.write(json.dumps(record) + "\n")
+
+
+def summarise(acc: dict, segments: int, channels: int) -> dict:
+  """Device sums from the eval step -> metrics; one host read. Global element means (protocol.md §7)."""
+  acc = jax.device_get(acc)
+  n = int(acc["count"])
+  per_step = acc["sq"] / (n * channels)  # [T]
+  return {
+      "mse": float(acc["sq"].sum() / (n * per_step.size * channels)),
+      "mae": float(acc["abs"].sum() / (n * per_step.size * channels)),
+      "per_step_mse": per_step.tolist(),
+      "per_segment_mse": per_step.reshape(segments, -1).mean(axis=1).tolist(),
+      "windows": n,
+  }
+
+
+def evaluate(eval_step, states, src, batch_size: int, segments: int) -> dict:
+  acc = steps.empty_acc(src.pred_len)
+  for batch in data.eval_batches(src, batch_size):
+    acc = eval_step(acc, states, batch)
+  return summarise(acc, segments, src.values.shape[-1])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One stage: fit the trainable group of `model` with early stopping; leave the best state in `model`.
+
+
+def fit(model: nnx.Module, *, stage: str, series, cfg, recipe, segments: int, horizon: int, seed: int,
+        ckpt_dir: pathlib.Path, meta: dict, log: MetricsLog, name: str) -> dict:
+  """Train `model` on windows of `horizon` steps split into `segments` segments. Returns a summary with the
+  best validation metrics and timings; `model` holds the selected (last-improved) state afterwards."""
+  train_src = data.window_source(series, "train", cfg.data.seq_len, horizon)
+  val_src = data.window_source(series, "val", cfg.data.seq_len, horizon)
+  steps_per_epoch = data.num_train_batches(train_src, recipe.batch_size)
+  if steps_per_epoch == 0:
+    raise data.DataError(f"{len(train_src)} training windows are fewer than one batch of {recipe.batch_size}; "
+                         f"lower --config.{stage}.batch_size or use a longer series")
+  tx = steps.make_tx(recipe.lr, steps_per_epoch)
+  graphdef, params, stats, frozen = steps.split(model, stage)
+  state = {"params": params, "opt": tx.init(params), "stats": stats,
+           "key": jax.random.fold_in(jax.random.key(seed), 1 if stage == "pretrain" else 2)}
+  share = cfg.mola.share_prefix_dropout
+  train_step = steps.make_train_step(graphdef, tx, segments=segments, share_prefix_dropout=share)
+  eval_step = steps.make_eval_step(graphdef, segments=segments)
+  eval_states = lambda st: (*st["params"], st["stats"], frozen)
+
+  if stage == "adapt":
+    # B = 0: the untrained adapters reproduce the frozen backbone, so this is the bypassed-adapter baseline.
+    val0 = evaluate(eval_step, eval_states(state), val_src, cfg.data.eval_batch_size, segments)
+    stopper = SegmentStopper(val0["per_segment_mse"], recipe.patience)
+    best_val = val0["mse"]
+    log.write(stage=name, epoch=0, val_mse=val0["mse"], val_mse_per_segment=val0["per_segment_mse"])
+    tqdm.write(f"[{name}] before training: val mse {val0['mse']:.4f} "
+               f"per segment {np.round(val0['per_segment_mse'], 4).tolist()}")
+  else:
+    stopper = SegmentStopper(np.full(segments, np.inf), recipe.patience)
+    best_val = float("inf")
+  best = jax.device_get(state)  # host copy of the selected state
+  best_epoch, epoch_seconds, t_stage = 0, [], time.perf_counter()
+  mngr = checkpointing.manager(ckpt_dir)
+  if stage == "adapt":  # the state to fall back to if no segment ever improves
+    checkpointing.save(mngr, 0, nnx.state(model), dict(meta, epoch=0, val_mse=val0["mse"]))
+
+  for epoch in range(1, recipe.epochs + 1):
+    t0 = time.perf_counter()
+    lr = float(steps.current_lr(state["opt"]))  # the lr this epoch trains with
+    active = jnp.asarray(stopper.active)
+    losses = []
+    bar = tqdm(data.train_batches(train_src, recipe.batch_size, seed=seed, epoch=epoch), total=steps_per_epoch,
+               desc=f"[{name}] epoch {epoch}/{recipe.epochs}", leave=False, disable=None, file=sys.stderr)
+    for i, batch in enumerate(bar):
+      state, loss = train_step(state, frozen, batch, active)
+      losses.append(loss)  # stays on device; read back below, not per step
+      if i % cfg.log_every == 0:
+        bar.set_postfix(loss=f"{float(loss):.4f}")
+    train_loss = float(jnp.mean(jnp.stack(losses)))
+    if not np.isfinite(train_loss):
+      raise FloatingPointError(f"[{name}] non-finite training loss in epoch {epoch}; lower the learning rate")
+    val = evaluate(eval_step, eval_states(state), val_src, cfg.data.eval_batch_size, segments)
+    was_active = stopper.active.copy()
+    improved = stopper.update(np.asarray(val["per_segment_mse"]))
+    if improved:
+      best, best_epoch, best_val = jax.device_get(state), epoch, val["mse"]
+      merged = nnx.merge(graphdef, *eval_states(state))
+      checkpointing.save(mngr, epoch, nnx.state(merged), dict(meta, epoch=epoch, val_mse=val["mse"]))
+    seconds = time.perf_counter() - t0
+    epoch_seconds.append(seconds)
+    log.write(stage=name, epoch=epoch, train_loss=train_loss, val_mse=val["mse"], val_mae=val["mae"],
+              val_mse_per_segment=val["per_segment_mse"], lr=lr, active_segments=int(was_active.sum()),
+              improved=improved, seconds=seconds)
+    seg_note = f" active {int(stopper.active.sum())}/{segments}" if segments > 1 else ""
+    tqdm.write(f"[{name}] epoch {epoch}/{recipe.epochs}  train {train_loss:.4f}  val mse {val['mse']:.4f} "
+               f"mae {val['mae']:.4f}  lr {lr:.2e}  {seconds:.1f}s{' *' if improved else ''}{seg_note}")
+    if not stopper.active.any():
+      break
+
+  mngr.wait_until_finished()
+  mngr.close()
+  nnx.update(model, *best["params"], best["stats"])
+  return {"best_epoch": best_epoch, "val_mse": best_val, "epochs": len(epoch_seconds),
+          "seconds": time.perf_counter() - t_stage, "seconds_per_epoch": float(np.mean(epoch_seconds))}
+
+
+def test(model: nnx.Module, *, series, cfg, horizon: int, segments: int) -> dict:
+  """One pass over every test window, in order, after training (never used for selection)."""
+  graphdef, *states = nnx.split(model)
+  src = data.window_source(series, "test", cfg.data.seq_len, horizon)
+  return evaluate(steps.make_eval_step(graphdef, segments=segments), tuple(states), src,
+                  cfg.data.eval_batch_size, segments)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The run.
+
+
+def identity(cfg, series, segment_len: int) -> dict:
+  """What a stage-1 checkpoint must agree on to be adapted (checkpointing.BACKBONE_IDENTITY)."""
+  return {"dataset": series.name, "backbone": cfg.backbone, "model": cfg.model.to_dict(),
+          "seq_len": cfg.data.seq_len, "segment_len": segment_len, "channels": int(series.values.shape[1]),
+          "marks": int(series.marks.shape[1])}
+
+
+def default_workdir(cfg) -> str:
+  return f"runs/{cfg.data.name}-{cfg.backbone}-{cfg.method}-T{cfg.horizon}-seed{cfg.seed}"
+
+
+def train_and_evaluate(cfg, workdir) -> dict:
+  """Run what `cfg` asks for in `workdir` and return the results dict (also written to results.json)."""
+  config_lib.validate(cfg)
+  s = config_lib.segment_len(cfg)
+  t_len, k = cfg.horizon, cfg.horizon // s
+  series = data.load_series(cfg.data)  # bad data fails here, before anything is written
+  channels, marks = series.values.shape[1], series.marks.shape[1]
+  two_stage = cfg.method != "mtf"
+  init_dir = checkpointing.stage_dir(cfg.init_from or workdir, "pretrain")
+  if two_stage and cfg.stage == "adapt" and not init_dir.is_dir():
+    raise checkpointing.CheckpointError(
+        f"no stage-1 checkpoint at {init_dir}; run --config.stage=pretrain (or all) first, "
+        "or set --config.init_from to the workdir of a finished stage-1 run")
+
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2))
+  log = MetricsLog(workdir / "metrics.jsonl")
+  ident = identity(cfg, series, s)
+  timings: dict = {}
+  t_start = time.perf_counter()
+
+  if not two_stage or cfg.stage in ("all", "pretrain"):
+    pred_len = s if two_stage else t_len
+    model = build(cfg, channels=channels, marks=marks, pred_len=pred_len, segments=0,
+                  rngs=nnx.Rngs(cfg.seed))
+    name = "stage1" if two_stage else "mtf"
+    summary = fit(model, stage="pretrain", series=series, cfg=cfg, recipe=cfg.pretrain, segments=1,
+                  horizon=pred_len, seed=cfg.seed, ckpt_dir=checkpointing.stage_dir(workdir, "pretrain"),
+                  meta=dict(ident, stage="pretrain"), log=log, name=name)
+    timings["stage1"] = summary
+    final, final_h, final_k = model, pred_len, 1
+
+  if two_stage and cfg.stage in ("all", "adapt"):
+    model = build(cfg, channels=channels, marks=marks, pred_len=s, segments=k, rngs=nnx.Rngs(cfg.seed + 1))
+    checkpointing.load_backbone(model, init_dir, ident)
+    summary = fit(model, stage="adapt", series=series, cfg=cfg, recipe=cfg.adapt, segments=k, horizon=t_len,
+                  seed=cfg.seed, ckpt_dir=checkpointing.stage_dir(workdir, "adapt"),
+                  meta=dict(ident, stage="adapt", method=cfg.method, horizon=t_len), log=log, name="stage2")
+    timings["stage2"] = summary
+    final, final_h, final_k = model, t_len, k
+
+  train_seconds = time.perf_counter() - t_start
+  metrics = test(final, series=series, cfg=cfg, horizon=final_h, segments=final_k)
+  last = timings.get("stage2") or timings.get("stage1")
+  results = {
+      "dataset": series.name, "backbone": cfg.backbone, "method": cfg.method, "stage": cfg.stage,
+      "horizon": final_h, "segment_len": s if two_stage else t_len, "segments": final_k, "seed": cfg.seed,
+      "test_mse": metrics["mse"], "test_mae": metrics["mae"], "val_mse": last["val_mse"],
+      "num_test_windows": metrics["windows"], "train_seconds": train_seconds,
+      "per_step_test_mse": metrics["per_step_mse"], "per_segment_test_mse": metrics["per_segment_mse"],
+      "stages": timings, "device": jax.devices()[0].device_kind,
+  }
+  (workdir / "results.json").write_text(json.dumps(results, indent=2))
+  log.write(stage="test", test_mse=metrics["mse"], test_mae=metrics["mae"], windows=metrics["windows"])
+  tqdm.write(f"test mse {metrics['mse']:.4f} mae {metrics['mae']:.4f} on {metrics['windows']} windows "
+             f"({cfg.method}, T={final_h}); results in {workdir / 'results.json'}")
+  return results
+
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/etth1.py", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: runs/<dataset>-<backbone>-<method>-...)")
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}; overrides look like --config.horizon=192")
+  logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
+  cfg = _CONFIG.value
+  try:
+    train_and_evaluate(cfg, _WORKDIR.value or default_workdir(cfg))
+  except (config_lib.ConfigError, data.DataError, checkpointing.CheckpointError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  flags.mark_flag_as_required("config")
+  app.run(main)

@@ -1,0 +1,37 @@
+"""Shared fixtures: the data directory (CI sets MOLA_DATA_DIR=../shared/data) and tiny configs."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import pytest
+
+from mola_jax import config_lib
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> pathlib.Path:
+  path = pathlib.Path(os.environ.get("MOLA_DATA_DIR", REPO.parent / "shared" / "data"))
+  if not (path / "ETTh1.csv").is_file():
+    pytest.fail(f"ETTh1.csv not found in {path}; set MOLA_DATA_DIR to the folder of the benchmark CSVs")
+  os.environ["MOLA_DATA_DIR"] = str(path)
+  return path
+
+
+def tiny(cfg=None):
+  """A small, fast variant of a config: the real code paths, a fraction of the compute."""
+  cfg = cfg or config_lib.default()
+  cfg.model.update(d_model=16, d_ff=16, n_heads=2, e_layers=1)
+  cfg.pretrain.epochs = 1
+  cfg.adapt.epochs = 1
+  cfg.mola.update(num_experts=2, rank=2)
+  cfg.data.eval_batch_size = 512
+  return cfg
+
+
+@pytest.fixture
+def tiny_cfg():
+  return tiny()

@@ -1,0 +1,74 @@
+"""Config files load, overrides follow the ml_collections grammar, and bad configs fail before any work."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from mola_jax import config_lib
+
+from conftest import REPO
+
+
+def parse(*overrides):
+  argv = ["prog", f"--config={REPO / 'configs' / 'etth1.py'}", *overrides]
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True, sys_argv=argv)
+  fv(argv)
+  return fv.config
+
+
+def test_etth1_defaults_are_the_official_recipe():
+  cfg = parse()
+  assert (cfg.data.name, cfg.method, cfg.horizon, cfg.seed) == ("ETTh1", "mola", 96, 2023)
+  assert (cfg.model.d_model, cfg.model.d_ff, cfg.model.e_layers, cfg.model.n_heads) == (128, 128, 2, 8)
+  assert (cfg.pretrain.lr, cfg.pretrain.epochs, cfg.pretrain.patience, cfg.pretrain.batch_size) == (5e-4, 5, 2, 32)
+  assert (cfg.adapt.lr, cfg.adapt.epochs, cfg.adapt.patience) == (1e-3, 10, 3)
+  assert (cfg.mola.rank, cfg.mola.num_experts, cfg.mola.a_std) == (8, 6, 0.01)
+  config_lib.validate(cfg)
+  assert config_lib.segment_len(cfg) == 24
+
+
+@pytest.mark.parametrize("horizon,s", [(96, 24), (192, 48), (336, 84), (720, 180)])
+def test_default_segment_len_per_horizon(horizon, s):
+  assert config_lib.segment_len(parse(f"--config.horizon={horizon}")) == s
+
+
+def test_overrides_of_the_documented_keys():
+  cfg = parse("--config.method=lora", "--config.horizon=192", "--config.segment_len=64", "--config.seed=7",
+              "--config.data.path=/tmp/x.csv", "--config.mola.targets=('ffn','attn')")
+  assert (cfg.method, cfg.horizon, cfg.segment_len, cfg.seed, cfg.data.path) == ("lora", 192, 64, 7, "/tmp/x.csv")
+  assert tuple(cfg.mola.targets) == ("ffn", "attn")
+  assert config_lib.segment_len(cfg) == 64
+  assert config_lib.segment_len(parse("--config.method=mtf", "--config.horizon=336")) == 336
+
+
+def test_a_typo_in_a_key_is_rejected():
+  with pytest.raises(Exception, match="lrr"):
+    parse("--config.pretrain.lrr=1e-3")
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.segment_len=36", "not divisible"),
+    ("--config.method=moe", "unknown method"),
+    ("--config.backbone=resnet", "unknown backbone"),
+    ("--config.stage=finetune", "unknown stage"),
+])
+def test_validate_names_the_problem(override, message):
+  with pytest.raises(config_lib.ConfigError, match=message):
+    config_lib.validate(parse(override))
+
+
+def test_cli_bad_config_exits_2_with_one_line_and_writes_nothing(tmp_path):
+  workdir = tmp_path / "run"
+  proc = subprocess.run(
+      [sys.executable, "-m", "mola_jax.train", "--config", str(REPO / "configs" / "etth1.py"),
+       "--config.segment_len=36", "--workdir", str(workdir)],
+      capture_output=True, text=True, cwd=REPO, timeout=120)
+  assert proc.returncode == 2
+  assert "not divisible" in proc.stderr.strip().splitlines()[-1]
+  assert not workdir.exists()

@@ -1,0 +1,110 @@
+"""Backbone shapes and the MoLA mechanism: zero-init identity, the single-einsum mixture, the batched K axis."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from mola_jax import config_lib
+from mola_jax.models import Ctx, build, predict
+from mola_jax.models.adapters import LoRABank, MoLABank, SegmentParam
+
+from conftest import tiny
+
+
+def batch(b=3, l=96, d=7, f=4, seed=0):
+  rng = np.random.default_rng(seed)
+  return {"x": rng.standard_normal((b, l, d), np.float32), "x_mark": rng.uniform(-.5, .5, (b, l, f)).astype(np.float32)}
+
+
+def adapted(cfg, segments, *, seed=1, method="mola"):
+  """A stage-2 model whose backbone is a copy of a stage-1 model's; adapters B set to random values."""
+  cfg.method = method
+  base = build(cfg, channels=7, marks=4, pred_len=24, segments=0, rngs=nnx.Rngs(0))
+  model = build(cfg, channels=7, marks=4, pred_len=24, segments=segments, rngs=nnx.Rngs(seed))
+  nnx.update(model, nnx.state(base))
+  return base, model
+
+
+@pytest.fixture(params=[True, False], ids=["graph", "tree"])
+def graph_mode(request):
+  with nnx.set_graph_mode(request.param):
+    yield request.param
+
+
+def test_itransformer_shapes_and_param_count():
+  cfg = config_lib.default()  # ETTh1 sizes
+  model = build(cfg, channels=7, marks=4, pred_len=24, segments=0, rngs=nnx.Rngs(0))
+  assert predict(model, batch(), Ctx()).shape == (3, 1, 24, 7)
+  # method.md §4.5: the official iTransformer on ETTh1 with S = 24 has 214,936 parameters.
+  assert sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))) == 214_936
+  cfg.method = "mola"
+  model = build(cfg, channels=7, marks=4, pred_len=24, segments=4, rngs=nnx.Rngs(0))
+  assert predict(model, batch(), Ctx(segments=4)).shape == (3, 4, 24, 7)
+  # 4 adapted 128x128 matrices: 4·P·r·(128+128) + 4·K·P adapter parameters.
+  assert sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.LoRAParam))) == 4 * 6 * 8 * 256 + 4 * 4 * 6
+
+
+@pytest.mark.parametrize("method", ["mola", "lora"])
+def test_zero_b_equals_frozen_backbone_for_every_segment(method, graph_mode):
+  base, model = adapted(tiny(), segments=4, method=method)  # B = 0 as initialised
+  x = batch()
+  want = np.asarray(predict(base, x, Ctx()))[:, 0]  # [B, S, D]
+  got = np.asarray(predict(model, x, Ctx(segments=4)))  # [B, K, S, D]
+  # Equal to float32 rounding, not bitwise: after the first adapted layer the activations carry K rows where
+  # the backbone has one, and XLA's matmul and reduction kernels may accumulate differently for other shapes.
+  # The adapter term itself is exactly zero (Dense adds it separately; see its docstring).
+  for k in range(4):
+    np.testing.assert_allclose(got[:, k], want, rtol=1e-6, atol=1e-6)
+
+
+def test_mixture_einsum_equals_per_segment_reference():
+  bank = MoLABank(5, 6, segments=3, experts=4, rank=2, a_std=0.01, rngs=nnx.Rngs(0))
+  bank.b[...] = jax.random.normal(jax.random.key(1), bank.b[...].shape)
+  a, b, logits = (np.asarray(v[...], np.float64) for v in (bank.a, bank.b, bank.logits))
+  for k in range(3):
+    w = np.exp(logits[k]) / np.exp(logits[k]).sum()
+    ref = sum(w[p] * a[p] @ b[p] for p in range(4))
+    np.testing.assert_allclose(np.asarray(bank.delta()[k]), ref, rtol=1e-5, atol=1e-7)
+  lora = LoRABank(5, 6, segments=3, rank=2, a_std=0.01, rngs=nnx.Rngs(0))
+  lora.b[...] = jax.random.normal(jax.random.key(2), lora.b[...].shape)
+  for k in range(3):
+    np.testing.assert_allclose(np.asarray(lora.delta()[k]), np.asarray(lora.a[...][k] @ lora.b[...][k]), rtol=1e-5)
+
+
+def test_batched_segments_equal_one_pass_per_segment(graph_mode):
+  """The K-axis forward (shared prefix, one einsum) equals K separate passes, each a K=1 model holding only
+  segment k's mixture, as the official per-segment loop computes it."""
+  cfg = tiny()
+  cfg.mola.targets = ("ffn", "attn")  # the K axis then starts in the first attention block
+  _, model = adapted(cfg, segments=3)
+  for path, var in nnx.iter_graph(model):
+    if isinstance(var, nnx.LoRAParam) and path[-1] == "b":
+      var[...] = 0.1 * jax.random.normal(jax.random.key(len(path)), var[...].shape)
+  x = batch()
+  got = np.asarray(predict(model, x, Ctx(segments=3)))
+  _, single = adapted(cfg, segments=1)
+  nnx.update(single, nnx.state(model, nnx.Not(SegmentParam)))  # same backbone and same shared experts
+  for k in range(3):
+    nnx.update(single, jax.tree.map(lambda v: v[k:k + 1], nnx.state(model, SegmentParam)))  # logits row k
+    np.testing.assert_allclose(np.asarray(predict(single, x, Ctx()))[:, 0], got[:, k], rtol=1e-5, atol=1e-5)
+
+
+def test_instance_norm_makes_the_forecast_affine_equivariant():
+  model = build(tiny(), channels=7, marks=4, pred_len=24, segments=0, rngs=nnx.Rngs(0))
+  x = batch()
+  out = np.asarray(predict(model, x, Ctx()))
+  shifted = dict(x, x=3.0 * x["x"] + 5.0)
+  np.testing.assert_allclose(np.asarray(predict(model, shifted, Ctx())), 3.0 * out + 5.0, rtol=1e-4, atol=1e-3)
+
+
+def test_dropout_is_active_in_training_and_off_in_eval():
+  model = build(tiny(), channels=7, marks=4, pred_len=24, segments=0, rngs=nnx.Rngs(0))
+  x = batch()
+  eval1, eval2 = (np.asarray(predict(model, x, Ctx())) for _ in range(2))
+  np.testing.assert_array_equal(eval1, eval2)
+  train = np.asarray(predict(model, x, Ctx(rngs=nnx.Rngs(dropout=0))))
+  assert not np.allclose(train, eval1)
