@@ -14,7 +14,7 @@ def get_config():
   cfg.data.synthetic_channels = 7
   cfg.horizon = 48
   cfg.segment_len = 24
-  cfg.model.update(d_model=32, d_ff=32, n_heads=4, e_layers=1)
+  cfg.model.itransformer.update(d_model=32, d_ff=32, n_heads=4, e_layers=1)
   cfg.pretrain.epochs = 2
   cfg.adapt.epochs = 2
   cfg.mola.update(num_experts=2, rank=2)

@@ -43,12 +43,14 @@ def default() -> ml_collections.ConfigDict:
   cfg.data.synthetic_rows = 4000  # synthetic data only
   cfg.data.synthetic_channels = 7
 
-  cfg.model = ml_collections.ConfigDict()  # the backbone's own sub-config (iTransformer ETTh1 sizes)
-  cfg.model.d_model = 128
-  cfg.model.d_ff = 128
-  cfg.model.n_heads = 8
-  cfg.model.e_layers = 2
-  cfg.model.dropout = 0.1
+  # One sub-config per backbone; a backbone receives only its own (cfg.model[cfg.backbone]).
+  cfg.model = ml_collections.ConfigDict()
+  cfg.model.itransformer = ml_collections.ConfigDict()  # official ETTh1 sizes (method.md §8)
+  cfg.model.itransformer.d_model = 128
+  cfg.model.itransformer.d_ff = 128
+  cfg.model.itransformer.n_heads = 8
+  cfg.model.itransformer.e_layers = 2
+  cfg.model.itransformer.dropout = 0.1
 
   # Stage 1 (and mtf): an ordinary direct forecaster (method.md §8).
   cfg.pretrain = ml_collections.ConfigDict()

@@ -183,7 +183,7 @@ def test(model: nnx.Module, *, series, cfg, horizon: int, segments: int) -> dict
 
 def identity(cfg, series, segment_len: int) -> dict:
   """What a stage-1 checkpoint must agree on to be adapted (checkpointing.BACKBONE_IDENTITY)."""
-  return {"dataset": series.name, "backbone": cfg.backbone, "model": cfg.model.to_dict(),
+  return {"dataset": series.name, "backbone": cfg.backbone, "model": cfg.model[cfg.backbone].to_dict(),
           "seq_len": cfg.data.seq_len, "segment_len": segment_len, "channels": int(series.values.shape[1]),
           "marks": int(series.marks.shape[1])}
 

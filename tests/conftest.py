@@ -24,7 +24,7 @@ def data_dir() -> pathlib.Path:
 def tiny(cfg=None):
   """A small, fast variant of a config: the real code paths, a fraction of the compute."""
   cfg = cfg or config_lib.default()
-  cfg.model.update(d_model=16, d_ff=16, n_heads=2, e_layers=1)
+  cfg.model.itransformer.update(d_model=16, d_ff=16, n_heads=2, e_layers=1)
   cfg.pretrain.epochs = 1
   cfg.adapt.epochs = 1
   cfg.mola.update(num_experts=2, rank=2)

@@ -25,7 +25,8 @@ def parse(*overrides):
 def test_etth1_defaults_are_the_official_recipe():
   cfg = parse()
   assert (cfg.data.name, cfg.method, cfg.horizon, cfg.seed) == ("ETTh1", "mola", 96, 2023)
-  assert (cfg.model.d_model, cfg.model.d_ff, cfg.model.e_layers, cfg.model.n_heads) == (128, 128, 2, 8)
+  assert (cfg.model.itransformer.d_model, cfg.model.itransformer.d_ff, cfg.model.itransformer.e_layers,
+          cfg.model.itransformer.n_heads) == (128, 128, 2, 8)
   assert (cfg.pretrain.lr, cfg.pretrain.epochs, cfg.pretrain.patience, cfg.pretrain.batch_size) == (5e-4, 5, 2, 32)
   assert (cfg.adapt.lr, cfg.adapt.epochs, cfg.adapt.patience) == (1e-3, 10, 3)
   assert (cfg.mola.rank, cfg.mola.num_experts, cfg.mola.a_std) == (8, 6, 0.01)

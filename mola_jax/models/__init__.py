@@ -19,7 +19,7 @@ def build(cfg, *, channels: int, marks: int, pred_len: int, segments: int, rngs:
   """The backbone of `cfg.backbone` with an S-step head; with segments > 0 and an adapting method, every
   targeted dense layer also gets an adapter bank over `segments` segments (stage 2)."""
   make = adapter_factory(cfg.method, segments, cfg.mola) if segments else no_adapter
-  return BACKBONES[cfg.backbone](cfg.model, seq_len=cfg.data.seq_len, pred_len=pred_len, channels=channels,
+  return BACKBONES[cfg.backbone](cfg.model[cfg.backbone], seq_len=cfg.data.seq_len, pred_len=pred_len, channels=channels,
                                  marks=marks, rngs=rngs, make_adapter=make)
 
 
