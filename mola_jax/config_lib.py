@@ -12,8 +12,9 @@ from ml_collections import config_dict
 METHODS = ("mola", "lora", "mtf")
 STAGES = ("all", "pretrain", "adapt")
 
-# The method's first segment-length option per horizon (method.md §8); used when segment_len is unset.
-DEFAULT_SEGMENT_LEN = {96: 24, 192: 48, 336: 84, 720: 180}
+# The method's two segment-length options per horizon (method.md §8). The first is the default S; the
+# reproduction picks between them on validation. Keys are strings because ConfigDict keys must be.
+SEGMENT_OPTIONS = {"96": (24, 32), "192": (48, 64), "336": (84, 42), "720": (180, 90)}
 
 
 class ConfigError(ValueError):
@@ -25,7 +26,8 @@ def default() -> ml_collections.ConfigDict:
   cfg.method = "mola"  # mola: shared experts + per-segment mixtures; lora: one LoRA per segment; mtf: direct T-step
   cfg.stage = "all"  # all: stage 1 then stage 2; pretrain or adapt alone. mtf has one stage and ignores this.
   cfg.horizon = 96  # T, the forecast length that is scored
-  cfg.segment_len = config_dict.placeholder(int)  # S; unset -> DEFAULT_SEGMENT_LEN[horizon]
+  cfg.segment_len = config_dict.placeholder(int)  # S; unset -> the first of segment_options[horizon]
+  cfg.segment_options = dict(SEGMENT_OPTIONS)  # candidate S per horizon
   cfg.seed = 2023  # the official scripts' seed; report more seeds for anything that matters
   cfg.backbone = "itransformer"
   # Workdir of a stage-1 run to adapt (stage=adapt); unset -> this run's own workdir.
@@ -51,6 +53,28 @@ def default() -> ml_collections.ConfigDict:
   cfg.model.itransformer.n_heads = 8
   cfg.model.itransformer.e_layers = 2
   cfg.model.itransformer.dropout = 0.1
+  # The other backbones take TSLib's ETTh1 settings (scripts/long_term_forecast/ETT_script/*_ETTh1.sh on top of
+  # run.py's defaults: d_model 512, d_ff 2048, dropout 0.1, exact GELU, embed timeF). Their parameter counts
+  # at these sizes are asserted in tests/test_backbones.py.
+  cfg.model.patchtst = ml_collections.ConfigDict()
+  cfg.model.patchtst.d_model = 512
+  cfg.model.patchtst.d_ff = 2048
+  cfg.model.patchtst.n_heads = 2  # the T = 96 script; its 192/336/720 runs pass 8/8/16
+  cfg.model.patchtst.e_layers = 1
+  cfg.model.patchtst.dropout = 0.1  # also the flatten head's dropout
+  cfg.model.patchtst.patch_len = 16
+  cfg.model.patchtst.stride = 8  # also the end padding (replicated last value)
+  cfg.model.dlinear = ml_collections.ConfigDict()
+  cfg.model.dlinear.moving_avg = 25  # odd kernel of the trend moving average
+  cfg.model.dlinear.individual = False  # True: one pair of linear maps per channel
+  cfg.model.transformer = ml_collections.ConfigDict()
+  cfg.model.transformer.d_model = 512
+  cfg.model.transformer.d_ff = 2048
+  cfg.model.transformer.n_heads = 8
+  cfg.model.transformer.e_layers = 2
+  cfg.model.transformer.d_layers = 1
+  cfg.model.transformer.dropout = 0.1
+  cfg.model.transformer.label_len = cfg.data.get_ref("label_len")  # known decoder steps; follows data.label_len
 
   # Stage 1 (and mtf): an ordinary direct forecaster (method.md §8).
   cfg.pretrain = ml_collections.ConfigDict()
@@ -70,10 +94,18 @@ def default() -> ml_collections.ConfigDict:
   cfg.mola.num_experts = 6  # P (the scripts pass 6; the CLI default was 3)
   cfg.mola.rank = 8  # r
   cfg.mola.a_std = 0.01  # A ~ N(0, a_std^2), B = 0, no alpha/r scaling
-  cfg.mola.targets = ("ffn",)  # layer groups that get adapters; a backbone may also offer "attn"
+  # Layer groups that get adapters, e.g. ("ffn", "attn"); unset -> the backbone's own ADAPTED_GROUPS (encoder
+  # FFN for iTransformer/PatchTST, encoder + decoder FFN for the Transformer, the linear maps for DLinear).
+  cfg.mola.targets = config_dict.placeholder(tuple)
   # Share the dropout masks of the pre-adapter prefix across segments in training. Off: each segment draws its
   # own, as the official K separate passes do (method.md §12). Eval always shares the prefix (it is exact there).
   cfg.mola.share_prefix_dropout = False
+
+  # The study of `python -m mola_jax.reproduce`.
+  cfg.reproduce = ml_collections.ConfigDict()
+  cfg.reproduce.horizons = (96, 192, 336, 720)
+  cfg.reproduce.methods = ("mtf", "lora", "mola")
+  cfg.reproduce.num_seeds = 3  # seeds cfg.seed, cfg.seed + 1, ...
 
   cfg.log_every = 50  # steps between progress-bar updates (each one reads a loss back from the device)
   return cfg
@@ -85,10 +117,11 @@ def segment_len(cfg) -> int:
     return cfg.horizon
   if cfg.segment_len is not None:
     return cfg.segment_len
-  if cfg.horizon not in DEFAULT_SEGMENT_LEN:
+  options = cfg.segment_options.get(str(cfg.horizon))
+  if not options:
     raise ConfigError(
         f"no default segment length for horizon {cfg.horizon}; set --config.segment_len=S with S dividing it")
-  return DEFAULT_SEGMENT_LEN[cfg.horizon]
+  return options[0]
 
 
 def validate(cfg) -> None:
@@ -107,7 +140,7 @@ def validate(cfg) -> None:
     raise ConfigError(f"features mode {cfg.data.features!r} is not implemented; use 'M'")
   if cfg.data.seq_len <= 0:
     raise ConfigError(f"data.seq_len must be positive, got {cfg.data.seq_len}")
-  from mola_jax.models import BACKBONES  # late: models import jax, config checks should not need to
+  from mola_jax.models import BACKBONES, layer_groups  # late: models import jax, config checks should not need to
 
   if cfg.backbone not in BACKBONES:
     raise ConfigError(f"unknown backbone {cfg.backbone!r}; use one of {', '.join(sorted(BACKBONES))}")
@@ -115,6 +148,9 @@ def validate(cfg) -> None:
     sub = cfg[key]
     if sub.batch_size <= 0 or sub.epochs <= 0 or sub.lr <= 0:
       raise ConfigError(f"{key}.batch_size, {key}.epochs and {key}.lr must be positive")
-  bad = set(cfg.mola.targets) - {"ffn", "attn"}
-  if bad:
-    raise ConfigError(f"unknown mola.targets {sorted(bad)}; use a tuple of 'ffn' and/or 'attn'")
+  if cfg.mola.targets is not None:
+    offered, default = layer_groups(cfg.backbone)
+    bad = set(cfg.mola.targets) - set(offered)
+    if bad:
+      raise ConfigError(f"unknown mola.targets {sorted(bad)} for backbone {cfg.backbone}; it offers {offered} "
+                        f"(default {default})")

@@ -252,22 +252,20 @@ def train_and_evaluate(cfg, workdir) -> dict:
   return results
 
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/etth1.py", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: runs/<dataset>-<backbone>-<method>-...)")
-
-
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}; overrides look like --config.horizon=192")
   logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
-  cfg = _CONFIG.value
+  cfg = flags.FLAGS.config
   try:
-    train_and_evaluate(cfg, _WORKDIR.value or default_workdir(cfg))
+    train_and_evaluate(cfg, flags.FLAGS.workdir or default_workdir(cfg))
   except (config_lib.ConfigError, data.DataError, checkpointing.CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # flags live here so that importing this module (tests, reproduce) defines none
+  config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/etth1.py", lock_config=True)
+  flags.DEFINE_string("workdir", None, "Run directory (default: runs/<dataset>-<backbone>-<method>-...)")
   flags.mark_flag_as_required("config")
   app.run(main)

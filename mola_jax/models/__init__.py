@@ -7,18 +7,45 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mola_jax.models.adapters import SegmentParam, adapter_factory, no_adapter
+from mola_jax.models.dlinear import DLinear
 from mola_jax.models.itransformer import ITransformer
 from mola_jax.models.layers import Ctx
+from mola_jax.models.patchtst import PatchTST
+from mola_jax.models.transformer import Transformer
 
 BACKBONES = {
     "itransformer": ITransformer,
+    "patchtst": PatchTST,
+    "dlinear": DLinear,
+    "transformer": Transformer,
 }
+
+# A backbone class declares the layer groups its dense layers belong to (GROUPS: the names it passes to
+# make_adapter) and which of them get adapters unless --config.mola.targets says otherwise (ADAPTED_GROUPS).
+# A class that declares neither is a Transformer encoder with the method's placement (method.md §4.2).
+ENCODER_GROUPS, ENCODER_ADAPTED = ("ffn", "attn"), ("ffn",)
+
+
+def layer_groups(backbone: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+  """-> (groups the backbone offers, groups adapted by default)."""
+  cls = BACKBONES[backbone]
+  return getattr(cls, "GROUPS", ENCODER_GROUPS), getattr(cls, "ADAPTED_GROUPS", ENCODER_ADAPTED)
+
+
+def adapted_groups(cfg) -> tuple[str, ...]:
+  """The layer groups that get adapters in stage 2: --config.mola.targets if set, else the backbone's default."""
+  return tuple(cfg.mola.targets) if cfg.mola.targets is not None else layer_groups(cfg.backbone)[1]
 
 
 def build(cfg, *, channels: int, marks: int, pred_len: int, segments: int, rngs: nnx.Rngs) -> nnx.Module:
   """The backbone of `cfg.backbone` with an S-step head; with segments > 0 and an adapting method, every
   targeted dense layer also gets an adapter bank over `segments` segments (stage 2)."""
-  make = adapter_factory(cfg.method, segments, cfg.mola) if segments else no_adapter
+  if segments:
+    mola = cfg.mola.copy_and_resolve_references()
+    mola.targets = adapted_groups(cfg)
+    make = adapter_factory(cfg.method, segments, mola)
+  else:
+    make = no_adapter
   return BACKBONES[cfg.backbone](cfg.model[cfg.backbone], seq_len=cfg.data.seq_len, pred_len=pred_len, channels=channels,
                                  marks=marks, rngs=rngs, make_adapter=make)
 
@@ -30,4 +57,4 @@ def predict(model: nnx.Module, batch: dict, ctx: Ctx) -> jax.Array:
   return out.swapaxes(0, 1)
 
 
-__all__ = ["BACKBONES", "Ctx", "SegmentParam", "build", "predict"]
+__all__ = ["BACKBONES", "Ctx", "SegmentParam", "adapted_groups", "build", "layer_groups", "predict"]

@@ -13,6 +13,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 
@@ -94,10 +95,14 @@ class Attention(nnx.Module):
     self.n_heads = n_heads
     self.dropout_rate = dropout_rate
 
-  def __call__(self, xq: jax.Array, xkv: jax.Array, ctx: Ctx) -> jax.Array:  # [K', ..., N, d] -> same
+  def __call__(self, xq: jax.Array, xkv: jax.Array, ctx: Ctx, mask: jax.Array | None = None) -> jax.Array:
+    """xq [K', ..., Nq, d], xkv [K', ..., Nk, d] -> [K', ..., Nq, d]. The K' axes of the two may differ (1 vs K:
+    a decoder attending to a shared encoder). mask [Nq, Nk], True = may attend (e.g. causal); None = full."""
     heads = lambda t: t.reshape(t.shape[:-1] + (self.n_heads, t.shape[-1] // self.n_heads))
     q, k, v = heads(self.q(xq)), heads(self.k(xkv)), heads(self.v(xkv))  # [K', ..., N, H, dh]
     scores = jnp.einsum("...qhd,...khd->...hqk", q, k) / math.sqrt(q.shape[-1])
+    if mask is not None:
+      scores = jnp.where(mask, scores, -jnp.inf)  # every row keeps at least one key, so no row is all -inf
     weights = dropout(jax.nn.softmax(scores, axis=-1), self.dropout_rate, ctx)
     out = jnp.einsum("...hqk,...khd->...qhd", weights, v)
     return self.o(out.reshape(out.shape[:-2] + (-1,)))
@@ -130,3 +135,50 @@ def instance_norm(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
   centred = x - mean
   std = jnp.sqrt(centred.var(axis=1, keepdims=True) + 1e-5)
   return centred / std, mean, std
+
+
+def sinusoid_positions(length: int, d: int) -> np.ndarray:
+  """The fixed sinusoidal position table of TSLib's PositionalEmbedding, [length, d] (d even): sin on even
+  features, cos on odd ones, frequencies 10000^(-2i/d). A numpy constant; jit folds it into the program."""
+  pos = np.arange(length, dtype=np.float32)[:, None]
+  freq = np.exp(np.arange(0, d, 2, dtype=np.float32) * -(math.log(10000.0) / d))
+  table = np.zeros((length, d), np.float32)
+  table[:, 0::2] = np.sin(pos * freq)
+  table[:, 1::2] = np.cos(pos * freq)
+  return table
+
+
+class BatchNorm(nnx.Module):
+  """PyTorch's BatchNorm1d over the last (feature) axis of `h: [K', ..., d]`: eps 1e-5, momentum 0.1, affine.
+
+  Training normalises every segment with its own batch statistics (mean and biased variance over all axes but
+  the segment axis and the features), exactly as the official K separate passes would, and the running
+  averages take K successive momentum updates, one per segment in order, with PyTorch's unbiased variance.
+  Eval (`ctx.training` False) normalises with the running averages. These are `nnx.BatchStat`s: never trained
+  by gradient, carried through the train step as state (steps.split) and saved and restored with the backbone.
+  """
+
+  def __init__(self, d: int, *, momentum: float = 0.1, epsilon: float = 1e-5):
+    self.scale = nnx.Param(jnp.ones((d,)))
+    self.bias = nnx.Param(jnp.zeros((d,)))
+    self.mean = nnx.BatchStat(jnp.zeros((d,)))
+    self.var = nnx.BatchStat(jnp.ones((d,)))
+    self.momentum = momentum
+    self.epsilon = epsilon
+
+  def __call__(self, h: jax.Array, ctx: Ctx) -> jax.Array:
+    if ctx.training:
+      axes = tuple(range(1, h.ndim - 1))
+      mean = h.mean(axis=axes, keepdims=True)  # [K', 1, ..., d]: per segment
+      var = jnp.square(h - mean).mean(axis=axes, keepdims=True)
+      n = math.prod(h.shape[1:-1])
+      k, m = h.shape[0], self.momentum
+      # After K sequential updates r <- (1-m) r + m s_k, segment k's statistics carry weight m (1-m)^(K-1-k).
+      w = m * (1.0 - m) ** np.arange(k - 1, -1, -1)  # [K']
+      seg_mean = jax.lax.stop_gradient(mean.reshape(k, -1))
+      seg_var = jax.lax.stop_gradient(var.reshape(k, -1)) * (n / max(n - 1, 1))
+      self.mean[...] = (1.0 - m) ** k * self.mean[...] + w @ seg_mean
+      self.var[...] = (1.0 - m) ** k * self.var[...] + w @ seg_var
+    else:
+      mean, var = self.mean[...], self.var[...]
+    return (h - mean) / jnp.sqrt(var + self.epsilon) * self.scale[...] + self.bias[...]

@@ -1,0 +1,18 @@
+"""Electricity (ECL, 321 channels) with iTransformer: 3 layers, d_model = d_ff = 512, batch 16 (method.md §8).
+The file is not distributed offline: put electricity.csv (Autoformer bundle) into $MOLA_DATA_DIR or pass
+--config.data.path; without it the run stops with a clear error before doing anything.
+
+    python -m mola_jax.reproduce --config configs/electricity.py --workdir runs/repro_electricity
+"""
+
+from mola_jax import config_lib
+
+
+def get_config():
+  cfg = config_lib.default()
+  cfg.data.name = "electricity"
+  cfg.model.itransformer.update(d_model=512, d_ff=512, e_layers=3)
+  cfg.pretrain.batch_size = 16
+  cfg.adapt.batch_size = 16
+  cfg.data.eval_batch_size = 64
+  return cfg

@@ -1,0 +1,18 @@
+"""National illness (ILI, 7 weekly series). OUTSIDE THE PAPER: look-back 36, horizons 24/36/48/60 as in the
+field's ILI protocol (protocol.md §1); the segment options are ours (two divisors of each horizon).
+
+    python -m mola_jax.reproduce --config configs/national_illness.py --workdir runs/repro_ili
+"""
+
+from mola_jax import config_lib
+
+
+def get_config():
+  cfg = config_lib.default()
+  cfg.data.name = "national_illness"
+  cfg.data.seq_len = 36
+  cfg.data.label_len = 18
+  cfg.horizon = 24
+  cfg.segment_options = {"24": (12, 6), "36": (12, 18), "48": (24, 12), "60": (12, 30)}
+  cfg.reproduce.horizons = (24, 36, 48, 60)
+  return cfg

@@ -1,0 +1,14 @@
+"""Weather (21 channels, 10-minute steps) with iTransformer: 3 layers, d_model = d_ff = 512, batch 32
+(method.md §8). Like every dataset in the field's scripts, it gets the 4 hourly time features.
+
+    python -m mola_jax.reproduce --config configs/weather.py --workdir runs/repro_weather
+"""
+
+from mola_jax import config_lib
+
+
+def get_config():
+  cfg = config_lib.default()
+  cfg.data.name = "weather"
+  cfg.model.itransformer.update(d_model=512, d_ff=512, e_layers=3)
+  return cfg

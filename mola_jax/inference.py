@@ -1,0 +1,50 @@
+"""Load a finished run from its workdir and forecast with it (plots, the forecast CLI, analysis)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from mola_jax import checkpointing, config_lib, data
+from mola_jax.models import Ctx, build, predict
+
+
+@dataclasses.dataclass
+class Run:
+  cfg: ml_collections.ConfigDict
+  model: nnx.Module
+  series: data.Series
+  stage: str  # the checkpoint loaded: "adapt" (stage 2) or "pretrain" (stage 1 / mtf)
+  segments: int  # K
+  horizon: int  # K * S
+
+  def forecast(self, batch: dict) -> np.ndarray:
+    """batch {"x": [B, L, D], "x_mark": [B, L, F], "y_mark": [B, T, F]} -> [B, T, D] (standardised scale)."""
+    out = np.asarray(predict(self.model, batch, Ctx(segments=self.segments)))  # [B, K, S, D]
+    return out.reshape(out.shape[0], -1, out.shape[-1])
+
+
+def load_run(workdir, series: data.Series | None = None) -> Run:
+  """The selected state of the last stage that ran in `workdir` (stage 2 if present)."""
+  workdir = pathlib.Path(workdir)
+  path = workdir / "config.json"
+  if not path.is_file():
+    raise checkpointing.CheckpointError(f"{workdir} holds no run (no config.json); pass the workdir of a training run")
+  cfg = ml_collections.ConfigDict(json.loads(path.read_text()))
+  s = config_lib.segment_len(cfg)
+  stage = "adapt" if cfg.method != "mtf" and checkpointing.stage_dir(workdir, "adapt").is_dir() else "pretrain"
+  series = series or data.load_series(cfg.data)
+  pred_len = cfg.horizon if cfg.method == "mtf" else s
+  segments = cfg.horizon // s if stage == "adapt" else 1
+  model = build(cfg, channels=series.values.shape[1], marks=series.marks.shape[1], pred_len=pred_len,
+                segments=segments if stage == "adapt" else 0, rngs=nnx.Rngs(0))
+  pure, _ = checkpointing.restore_latest(checkpointing.stage_dir(workdir, stage))
+  state = nnx.state(model)
+  nnx.replace_by_pure_dict(state, pure)
+  nnx.update(model, state)
+  return Run(cfg, model, series, stage, segments, segments * pred_len)

@@ -1,0 +1,117 @@
+"""The vanilla Transformer (Vaswani et al., 2017) as TSLib runs it for forecasting: an encoder over the look-back
+steps and a decoder whose input is the last `label_len` known steps followed by zeros for the `pred_len` steps
+to forecast. Both embed values with a circular kernel-3 convolution and add time-feature (timeF) and sinusoidal
+position embeddings. No instance normalisation.
+
+Under MoLA, segment k's decoder receives the same history and zeros but the time features of its own steps
+k*S ... (k+1)*S - 1 (method.md §9), so the decoder carries the segment axis even where no layer is adapted.
+
+Adapted layer groups: "ffn" (both FFN dense layers of every encoder layer), "dec_ffn" (the same in every decoder
+layer) and "attn" (Q/K/V/O of every attention, encoder and decoder). Unset targets adapt the encoder and decoder
+FFNs; `--config.mola.targets="('ffn',)"` gives the encoder-only placement that method.md §9 reports for the
+official MoLA Transformer.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from mola_jax.models.layers import (Attention, Ctx, Dense, EncoderLayer, dropout, gelu, layer_norm,
+                                    sinusoid_positions, torch_uniform)
+
+
+class DataEmbedding(nnx.Module):
+  """TSLib's DataEmbedding with embed="timeF": circular Conv1d(c_in -> d, kernel 3, no bias) of the values, plus
+  Linear(F -> d, no bias) of the time features, plus fixed sinusoidal positions. Dropout is the caller's."""
+
+  def __init__(self, c_in: int, marks: int, d_model: int, *, rngs: nnx.Rngs):
+    # kaiming_normal_(mode="fan_in", nonlinearity="leaky_relu") with slope 0.01, as TSLib initialises the conv.
+    std = math.sqrt(2.0 / (1.0 + 0.01**2)) / math.sqrt(3 * c_in)
+    self.token = nnx.Param(std * jax.random.normal(rngs.params(), (3, c_in, d_model)))  # taps t-1, t, t+1
+    self.temporal = nnx.Param(torch_uniform(rngs.params(), (marks, d_model), marks))
+
+  def __call__(self, x: jax.Array, x_mark: jax.Array) -> jax.Array:
+    """x [..., T, c_in], x_mark [..., T, F] (leading axes broadcast) -> [..., T, d]."""
+    w = self.token[...]
+    values = jnp.roll(x, 1, axis=-2) @ w[0] + x @ w[1] + jnp.roll(x, -1, axis=-2) @ w[2]  # circular padding
+    return values + x_mark @ self.temporal[...] + sinusoid_positions(x.shape[-2], w.shape[-1])
+
+
+class DecoderLayer(nnx.Module):
+  """TSLib's post-norm decoder layer: x = LN1(x + Drop(causal SelfAttn(x))); x = LN2(x + Drop(CrossAttn(x, enc)));
+  out = LN3(x + Drop(W2 Drop(GELU(W1 x)))). W1/W2 are the decoder FFN (group "dec_ffn")."""
+
+  def __init__(self, d_model, d_ff, n_heads, dropout_rate, *, rngs: nnx.Rngs, make_adapter):
+    self.self_attn = Attention(d_model, n_heads, dropout_rate, rngs=rngs, make_adapter=make_adapter)
+    self.norm1 = layer_norm(d_model, rngs)
+    self.cross_attn = Attention(d_model, n_heads, dropout_rate, rngs=rngs, make_adapter=make_adapter)
+    self.norm2 = layer_norm(d_model, rngs)
+    self.ffn1 = Dense(d_model, d_ff, rngs=rngs, adapter=make_adapter("dec_ffn", d_model, d_ff, rngs))
+    self.ffn2 = Dense(d_ff, d_model, rngs=rngs, adapter=make_adapter("dec_ffn", d_ff, d_model, rngs))
+    self.norm3 = layer_norm(d_model, rngs)
+    self.dropout_rate = dropout_rate
+
+  def __call__(self, x: jax.Array, enc: jax.Array, ctx: Ctx) -> jax.Array:  # x [K, B, N, d], enc [K', B, L, d]
+    p, n = self.dropout_rate, x.shape[-2]
+    causal = jnp.tril(jnp.ones((n, n), bool))  # step i attends to steps <= i
+    x = self.norm1(x + dropout(self.self_attn(x, x, ctx, mask=causal), p, ctx))
+    x = self.norm2(x + dropout(self.cross_attn(x, enc, ctx), p, ctx))
+    y = dropout(gelu(self.ffn1(x)), p, ctx)
+    y = dropout(self.ffn2(y), p, ctx)
+    return self.norm3(x + y)
+
+
+class Transformer(nnx.Module):
+  """batch {"x": [B, L, D], "x_mark": [B, L, F], "y_mark": [B, K*S, F]} -> [K, B, pred_len = S, D]."""
+
+  GROUPS = ("ffn", "dec_ffn", "attn")
+  ADAPTED_GROUPS = ("ffn", "dec_ffn")  # adapted when --config.mola.targets is unset
+
+  def __init__(self, cfg, *, seq_len: int, pred_len: int, channels: int, marks: int, rngs: nnx.Rngs,
+               make_adapter):
+    if not 0 < cfg.label_len <= seq_len:
+      raise ValueError(f"transformer.label_len must be in 1 .. seq_len={seq_len}, got {cfg.label_len}")
+    self.label_len, self.pred_len = cfg.label_len, pred_len
+    self.enc_embed = DataEmbedding(channels, marks, cfg.d_model, rngs=rngs)
+    self.encoder = nnx.List([
+        EncoderLayer(cfg.d_model, cfg.d_ff, cfg.n_heads, cfg.dropout, rngs=rngs, make_adapter=make_adapter)
+        for _ in range(cfg.e_layers)
+    ])
+    self.enc_norm = layer_norm(cfg.d_model, rngs)
+    self.dec_embed = DataEmbedding(channels, marks, cfg.d_model, rngs=rngs)
+    self.decoder = nnx.List([
+        DecoderLayer(cfg.d_model, cfg.d_ff, cfg.n_heads, cfg.dropout, rngs=rngs, make_adapter=make_adapter)
+        for _ in range(cfg.d_layers)
+    ])
+    self.dec_norm = layer_norm(cfg.d_model, rngs)
+    self.projection = Dense(cfg.d_model, channels, rngs=rngs)
+    self.dropout_rate = cfg.dropout
+
+  def decoder_inputs(self, batch: dict) -> tuple[jax.Array, jax.Array]:
+    """-> values [1, B, label_len + S, D] (known steps, then zeros) and marks [K, B, label_len + S, F]: the same
+    history for every segment, segment k's own time features for its S steps."""
+    x, x_mark, y_mark = batch["x"], batch["x_mark"], batch["y_mark"]
+    b, s, known = x.shape[0], self.pred_len, self.label_len
+    k = y_mark.shape[1] // s
+    values = jnp.concatenate([x[:, -known:], jnp.zeros((b, s, x.shape[-1]), x.dtype)], axis=1)[None]
+    future = y_mark.reshape(b, k, s, -1).swapaxes(0, 1)  # [K, B, S, F]: segment k's steps
+    history = jnp.broadcast_to(x_mark[None, :, -known:], (k, b, known, x_mark.shape[-1]))
+    return values, jnp.concatenate([history, future], axis=2)
+
+  def __call__(self, batch: dict, ctx: Ctx) -> jax.Array:
+    p = self.dropout_rate
+    h = self.enc_embed(batch["x"], batch["x_mark"])[None]  # [1, B, L, d]
+    h = dropout(ctx.split_segments(h), p, ctx)
+    for layer in self.encoder:
+      h = layer(h, ctx)
+    enc = self.enc_norm(h)  # [K', B, L, d]
+    values, marks = self.decoder_inputs(batch)
+    g = dropout(self.dec_embed(values, marks), p, ctx)  # [K, B, label_len + S, d]
+    for layer in self.decoder:
+      g = layer(g, enc, ctx)
+    out = self.projection(self.dec_norm(g))  # [K, B, label_len + S, D]
+    return out[..., -self.pred_len:, :]

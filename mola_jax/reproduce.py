@@ -1,0 +1,219 @@
+"""The evidence in one command: horizons x methods x seeds, S chosen on validation, a table with 95% CIs.
+
+    python -m mola_jax.reproduce --config configs/etth1.py --workdir runs/repro_etth1
+    python -m mola_jax.reproduce --config configs/etth1.py --workdir DIR \
+        --config.reproduce.horizons='(96,)' --config.reproduce.methods='("mtf","mola")' --config.reproduce.num_seeds=1
+
+Layout of DIR (every cell is an ordinary training workdir, so every tool that reads one works here too):
+  stage1/S{S}-seed{seed}/          one stage-1 model per (S, seed), shared by lora and mola at every horizon
+  cells/{method}-T{T}-S{S}-seed{seed}/   stage 2 (or mtf) runs; results.json marks a finished cell
+  selection.csv                    validation MSE of each S option (first seed) and the S chosen
+  table.csv, table.md              the result table; per_step_T{T}.png, windows_T{T}.png
+
+Segment length: for each (method, horizon) every option is trained with the first seed and the one with the
+lower validation MSE is kept; the other seeds run the chosen S only. The test split never influences it.
+Rerunning the command skips finished cells and redoes unfinished ones from scratch.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import pathlib
+import shutil
+import sys
+import time
+
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+from scipy import stats
+
+from mola_jax import checkpointing, config_lib, data
+from mola_jax.train import train_and_evaluate
+
+TABLE_COLUMNS = ("dataset", "backbone", "method", "horizon", "segment_len", "seeds", "test_mse_mean",
+                 "test_mse_ci95", "test_mae_mean", "test_mae_ci95", "winner")
+
+
+def _run_once(cfg, workdir: pathlib.Path) -> dict:
+  """Results of the run in `workdir`, training it first unless it already finished."""
+  done = workdir / "results.json"
+  if done.is_file():
+    return json.loads(done.read_text())
+  if workdir.exists():  # killed part-way: start the cell over rather than mix two partial runs
+    shutil.rmtree(workdir)
+  return train_and_evaluate(cfg, workdir)
+
+
+def _cell_cfg(cfg, **changes):
+  out = copy.deepcopy(cfg)
+  with out.unlocked():
+    for key, value in changes.items():
+      out[key] = value
+  return out
+
+
+def ci95(values) -> float:
+  """Half-width of the two-sided 95% Student-t interval of the mean; 0 for a single seed."""
+  v = np.asarray(values, np.float64)
+  if v.size < 2:
+    return 0.0
+  return float(stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size))
+
+
+def segment_options(cfg, method: str, horizon: int) -> tuple[int, ...]:
+  if method == "mtf":
+    return (horizon,)
+  if cfg.segment_len is not None:
+    return (cfg.segment_len,)
+  options = tuple(cfg.segment_options.get(str(horizon), ()))
+  if not options:
+    raise config_lib.ConfigError(f"no segment_options for horizon {horizon}; add them to the config")
+  return options
+
+
+def run(cfg, workdir) -> list[dict]:
+  """Run every missing cell and write the table, the selection and the plots. Returns the table rows."""
+  rep = cfg.reproduce
+  workdir = pathlib.Path(workdir)
+  seeds = [cfg.seed + i for i in range(rep.num_seeds)]
+  horizons, methods = [int(h) for h in rep.horizons], list(rep.methods)
+  for method in methods:  # fail on a bad request before hours of work, not after
+    config_lib.validate(_cell_cfg(cfg, method=method, horizon=horizons[0]))
+  plan = [(seed, h, m) for seed in seeds for h in horizons for m in methods]
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2))
+
+  results: dict[tuple, dict] = {}  # (method, horizon, S, seed) -> results.json
+  chosen: dict[tuple, int] = {}  # (method, horizon) -> S
+  selection_rows = []
+  t0 = time.perf_counter()
+  for i, (seed, horizon, method) in enumerate(plan, 1):
+    options = segment_options(cfg, method, horizon)
+    if seed != seeds[0] and (method, horizon) in chosen:
+      options = (chosen[(method, horizon)],)
+    for s in options:
+      print(f"[reproduce {i}/{len(plan)}] {method} T={horizon} S={s} seed={seed} "
+            f"({time.perf_counter() - t0:.0f}s elapsed)", flush=True)
+      if method == "mtf":
+        cell = _cell_cfg(cfg, method="mtf", horizon=horizon, segment_len=None, seed=seed, stage="all")
+      else:
+        stage1 = workdir / "stage1" / f"S{s}-seed{seed}"
+        _run_once(_cell_cfg(cfg, method="mola", horizon=s, segment_len=s, seed=seed, stage="pretrain"), stage1)
+        cell = _cell_cfg(cfg, method=method, horizon=horizon, segment_len=s, seed=seed, stage="adapt",
+                         init_from=str(stage1))
+      results[(method, horizon, s, seed)] = _run_once(cell, workdir / "cells" / f"{method}-T{horizon}-S{s}-seed{seed}")
+    if seed == seeds[0]:
+      vals = {s: results[(method, horizon, s, seed)]["val_mse"] for s in options}
+      chosen[(method, horizon)] = min(vals, key=vals.get)
+      for s in options:
+        selection_rows.append({"method": method, "horizon": horizon, "segment_len": s, "seed": seed,
+                               "val_mse": vals[s], "test_mse": results[(method, horizon, s, seed)]["test_mse"],
+                               "chosen": s == chosen[(method, horizon)]})
+
+  _write_csv(workdir / "selection.csv", selection_rows)
+  rows = table_rows(cfg, results, chosen, seeds, horizons, methods)
+  _write_csv(workdir / "table.csv", rows)
+  (workdir / "table.md").write_text(table_markdown(rows))
+  plot(workdir, results, chosen, seeds, horizons, methods)
+  print((workdir / "table.md").read_text())
+  return rows
+
+
+def table_rows(cfg, results, chosen, seeds, horizons, methods) -> list[dict]:
+  rows = []
+  for horizon in horizons:
+    block = []
+    for method in methods:
+      s = chosen[(method, horizon)]
+      runs = [results[(method, horizon, s, seed)] for seed in seeds]
+      mse, mae = [r["test_mse"] for r in runs], [r["test_mae"] for r in runs]
+      block.append({"dataset": runs[0]["dataset"], "backbone": cfg.backbone, "method": method, "horizon": horizon,
+                    "segment_len": s, "seeds": len(seeds), "test_mse_mean": float(np.mean(mse)),
+                    "test_mse_ci95": ci95(mse), "test_mae_mean": float(np.mean(mae)), "test_mae_ci95": ci95(mae),
+                    "winner": False})
+    min(block, key=lambda r: r["test_mse_mean"])["winner"] = True
+    rows += block
+  return rows
+
+
+def table_markdown(rows: list[dict]) -> str:
+  lines = ["| dataset | backbone | method | T | S | seeds | test MSE (±95% CI) | test MAE (±95% CI) |",
+           "|---|---|---|---|---|---|---|---|"]
+  for r in rows:
+    mse = f"{r['test_mse_mean']:.4f} ± {r['test_mse_ci95']:.4f}"
+    mae = f"{r['test_mae_mean']:.4f} ± {r['test_mae_ci95']:.4f}"
+    if r["winner"]:
+      mse = f"**{mse}**"
+    lines.append(f"| {r['dataset']} | {r['backbone']} | {r['method']} | {r['horizon']} | {r['segment_len']} | "
+                 f"{r['seeds']} | {mse} | {mae} |")
+  return "\n".join(lines) + "\n\nBold: the lowest mean test MSE at that horizon.\n"
+
+
+def _write_csv(path: pathlib.Path, rows: list[dict]) -> None:
+  with path.open("w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else TABLE_COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+
+
+def plot(workdir: pathlib.Path, results, chosen, seeds, horizons, methods) -> None:
+  """Per-step test MSE (mean over seeds) of every method, and a few test windows of the target channel."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  from mola_jax.inference import load_run
+
+  for horizon in horizons:
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for method in methods:
+      s = chosen[(method, horizon)]
+      curve = np.mean([results[(method, horizon, s, seed)]["per_step_test_mse"] for seed in seeds], axis=0)
+      ax.plot(np.arange(1, horizon + 1), curve, label=f"{method} (S={s})" if method != "mtf" else method)
+    ax.set(xlabel="forecast step", ylabel="test MSE", title=f"Test MSE per forecast step, T={horizon}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(workdir / f"per_step_T{horizon}.png", dpi=120)
+    plt.close(fig)
+
+    runs = {m: load_run(workdir / "cells" / f"{m}-T{horizon}-S{chosen[(m, horizon)]}-seed{seeds[0]}")
+            for m in methods}
+    first = next(iter(runs.values()))
+    src = data.window_source(first.series, "test", first.cfg.data.seq_len, horizon)
+    picks = np.linspace(0, len(src) - 1, 3).astype(int)
+    batch = {k: np.stack([src[int(i)][k] for i in picks]) for k in src[0]}
+    fig, axes = plt.subplots(len(picks), 1, figsize=(8, 2.6 * len(picks)), squeeze=False)
+    ch = -1  # the target channel (OT), last by construction
+    for row, ax in zip(range(len(picks)), axes[:, 0]):
+      seq_len = batch["x"].shape[1]
+      ax.plot(np.arange(seq_len), batch["x"][row, :, ch], color="gray", lw=1, label="history")
+      ax.plot(np.arange(seq_len, seq_len + horizon), batch["y"][row, :, ch], color="black", lw=1.2, label="truth")
+      for method, run_ in runs.items():
+        ax.plot(np.arange(seq_len, seq_len + horizon), run_.forecast(batch)[row, :, ch], lw=1, label=method)
+      ax.set_title(f"test window {picks[row]}, channel {first.series.columns[ch]} (standardised)", fontsize=9)
+    axes[0, 0].legend(fontsize=8, ncol=len(runs) + 2)
+    fig.tight_layout()
+    fig.savefig(workdir / f"windows_T{horizon}.png", dpi=110)
+    plt.close(fig)
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)
+  try:
+    run(flags.FLAGS.config, flags.FLAGS.workdir)
+  except (config_lib.ConfigError, data.DataError, checkpointing.CheckpointError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  config_flags.DEFINE_config_file("config", None, "Dataset config, e.g. configs/etth1.py", lock_config=True)
+  flags.DEFINE_string("workdir", None, "Directory of the whole study", required=True)
+  flags.mark_flag_as_required("config")
+  app.run(main)

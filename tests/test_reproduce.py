@@ -1,0 +1,65 @@
+"""The reproduction command: S chosen on validation, stage 1 shared, table with CIs, plots, resume."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+
+import numpy as np
+import pytest
+
+from mola_jax import config_lib, reproduce
+
+from conftest import REPO, tiny
+
+
+def test_every_dataset_config_loads_and_validates():
+  names = sorted(p.stem for p in (REPO / "configs").glob("*.py"))
+  assert {"etth1", "etth2", "ettm1", "ettm2", "weather", "exchange_rate", "national_illness", "electricity",
+          "traffic", "synthetic"} <= set(names)
+  for name in names:
+    spec = importlib.util.spec_from_file_location(name, REPO / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cfg = module.get_config()
+    for h in cfg.reproduce.horizons:
+      cfg.horizon = h
+      config_lib.validate(cfg)
+
+
+def test_ci95_is_the_student_t_interval():
+  assert reproduce.ci95([0.5]) == 0.0
+  # n = 3, sample std 0.1: t(0.975, 2) = 4.3027 -> 4.3027 * 0.1 / sqrt(3)
+  assert reproduce.ci95([0.4, 0.5, 0.6]) == pytest.approx(4.302653 * 0.1 / np.sqrt(3), rel=1e-5)
+
+
+def test_reproduce_selects_on_validation_shares_stage1_and_resumes(tmp_path, monkeypatch):
+  cfg = tiny()
+  cfg.data.name, cfg.data.synthetic_rows = "synthetic", 1200
+  cfg.segment_options = {"48": (24, 16)}
+  cfg.reproduce.horizons, cfg.reproduce.methods, cfg.reproduce.num_seeds = (48,), ("mtf", "lora", "mola"), 2
+  rows = reproduce.run(cfg, tmp_path)
+
+  assert [(r["method"], r["horizon"], r["seeds"]) for r in rows] == [("mtf", 48, 2), ("lora", 48, 2), ("mola", 48, 2)]
+  assert sum(r["winner"] for r in rows) == 1
+  assert min(rows, key=lambda r: r["test_mse_mean"])["winner"]
+  with (tmp_path / "table.csv").open() as f:
+    assert tuple(next(csv.reader(f))) == reproduce.TABLE_COLUMNS
+  with (tmp_path / "selection.csv").open() as f:
+    selection = list(csv.DictReader(f))
+  for method in ("lora", "mola"):
+    options = [r for r in selection if r["method"] == method]
+    assert sorted(int(r["segment_len"]) for r in options) == [16, 24]
+    best = min(options, key=lambda r: float(r["val_mse"]))
+    assert best["chosen"] == "True" and sum(r["chosen"] == "True" for r in options) == 1
+    assert next(r for r in rows if r["method"] == method)["segment_len"] == int(best["segment_len"])
+  # One stage-1 model per (S, seed), shared by lora and mola; the second seed trains the chosen S only.
+  stage1 = sorted(p.name for p in (tmp_path / "stage1").iterdir())
+  chosen = {r["method"]: r["segment_len"] for r in rows}
+  assert stage1 == sorted({"S16-seed2023", "S24-seed2023"} | {f"S{chosen[m]}-seed2024" for m in ("lora", "mola")})
+  for name in ("table.md", "per_step_T48.png", "windows_T48.png"):
+    assert (tmp_path / name).stat().st_size > 0
+
+  # Rerunning trains nothing and gives the same table.
+  monkeypatch.setattr(reproduce, "train_and_evaluate", lambda *a: pytest.fail("a finished cell was retrained"))
+  assert reproduce.run(cfg, tmp_path) == rows
