@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pathlib
 
+from absl import logging
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -75,4 +76,41 @@ def load_backbone(model: nnx.Module, directory: pathlib.Path, expect: dict) -> d
                           f"unexpected {extra}, wrong shape {shape}); pretrain it again with this config")
   nnx.replace_by_pure_dict(backbone, pure)
   nnx.update(model, backbone)
+  return meta
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Resume: the whole training state (params, optimizer, rng, batch stats) plus the loop's own position and
+# early-stopping record, saved every few steps. Two are kept so that a corrupt latest one can fall back.
+
+
+def resume_manager(directory: pathlib.Path) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+
+
+def save_resume(mngr: ocp.CheckpointManager, step: int, state, loop: dict) -> None:
+  mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), loop=ocp.args.JsonSave(loop)),
+            force=True)
+
+
+def restore_resume(mngr: ocp.CheckpointManager, target) -> tuple | None:
+  """-> (state, loop) of the newest readable resume checkpoint, or None if there is none. An unreadable one
+  (killed mid-write, disk trouble) is reported and the previous one is used."""
+  for step in sorted(mngr.all_steps(), reverse=True):
+    try:
+      out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
+                                                       loop=ocp.args.JsonRestore()))
+      return out["state"], dict(out["loop"])
+    except Exception as e:  # orbax raises many types for a damaged directory; any of them means "skip it"
+      logging.warning("resume checkpoint %s/%d is unreadable (%s); falling back to the previous one",
+                      mngr.directory, step, " ".join(str(e).split())[:200])
+  return None
+
+
+def restore_into(model: nnx.Module, directory: pathlib.Path) -> dict:
+  """Load the latest best-state checkpoint of `directory` into every leaf of `model`; returns its meta."""
+  pure, meta = restore_latest(directory)
+  state = nnx.state(model)
+  nnx.replace_by_pure_dict(state, pure)
+  nnx.update(model, state)
   return meta

@@ -107,6 +107,7 @@ def default() -> ml_collections.ConfigDict:
   cfg.reproduce.methods = ("mtf", "lora", "mola")
   cfg.reproduce.num_seeds = 3  # seeds cfg.seed, cfg.seed + 1, ...
 
+  cfg.checkpoint_every_steps = 100  # resume checkpoints within an epoch (one is always written at its end)
   cfg.log_every = 50  # steps between progress-bar updates (each one reads a loss back from the device)
   return cfg
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import shutil
 import sys
 import time
 
@@ -56,6 +57,16 @@ class SegmentStopper:
     self.active[worse & (self.count >= self.patience)] = False
     return bool(improved.any())
 
+  def to_dict(self) -> dict:
+    return {"best": self.best.tolist(), "patience": self.patience, "count": self.count.tolist(),
+            "active": self.active.tolist()}
+
+  @classmethod
+  def from_dict(cls, d: dict) -> "SegmentStopper":
+    out = cls(d["best"], d["patience"])
+    out.count, out.active = np.asarray(d["count"], np.int64), np.asarray(d["active"], bool)
+    return out
+
 
 class MetricsLog:
   """metrics.jsonl, one record per epoch (and per evaluation), appended and flushed as it happens."""
@@ -66,6 +77,18 @@ class MetricsLog:
   def write(self, **record) -> None:
     with self.path.open("a") as f:
       f.write(json.dumps(record) + "\n")
+
+  def truncate(self, stage: str, epoch: int) -> None:
+    """On resume: keep what was logged before `stage` reached `epoch`, drop the rest (it will be redone)."""
+    if not self.path.is_file():
+      return
+    kept = []
+    for line in self.path.read_text().splitlines():
+      record = json.loads(line)
+      if record["stage"] == stage and record.get("epoch", 0) >= epoch or record["stage"] == "test":
+        break
+      kept.append(line)
+    self.path.write_text("".join(line + "\n" for line in kept))
 
 
 def summarise(acc: dict, segments: int, channels: int) -> dict:
@@ -93,10 +116,15 @@ def evaluate(eval_step, states, src, batch_size: int, segments: int) -> dict:
 # One stage: fit the trainable group of `model` with early stopping; leave the best state in `model`.
 
 
+class Diverged(FloatingPointError):
+  """A non-finite training loss; the last good checkpoints are left in place."""
+
+
 def fit(model: nnx.Module, *, stage: str, series, cfg, recipe, segments: int, horizon: int, seed: int,
-        ckpt_dir: pathlib.Path, meta: dict, log: MetricsLog, name: str) -> dict:
-  """Train `model` on windows of `horizon` steps split into `segments` segments. Returns a summary with the
-  best validation metrics and timings; `model` holds the selected (last-improved) state afterwards."""
+        workdir: pathlib.Path, meta: dict, log: MetricsLog, name: str) -> dict:
+  """Train `model` on windows of `horizon` steps split into `segments` segments, with per-segment early
+  stopping on validation. Resumes from `workdir`'s resume checkpoint if one exists. Afterwards `model` holds
+  the selected state: the last one in which any segment improved (method.md §7), reloaded from disk."""
   train_src = data.window_source(series, "train", cfg.data.seq_len, horizon)
   val_src = data.window_source(series, "val", cfg.data.seq_len, horizon)
   steps_per_epoch = data.num_train_batches(train_src, recipe.batch_size)
@@ -105,68 +133,104 @@ def fit(model: nnx.Module, *, stage: str, series, cfg, recipe, segments: int, ho
                          f"lower --config.{stage}.batch_size or use a longer series")
   tx = steps.make_tx(recipe.lr, steps_per_epoch)
   graphdef, params, stats, frozen = steps.split(model, stage)
-  state = {"params": params, "opt": tx.init(params), "stats": stats,
-           "key": jax.random.fold_in(jax.random.key(seed), 1 if stage == "pretrain" else 2)}
+  # Raw key data (not a typed key) so that the rng is an ordinary array in the resume checkpoint.
+  key = jax.random.key_data(jax.random.fold_in(jax.random.key(seed), 1 if stage == "pretrain" else 2))
+  state = {"params": params, "opt": tx.init(params), "stats": stats, "key": key}
   share = cfg.mola.share_prefix_dropout
   train_step = steps.make_train_step(graphdef, tx, segments=segments, share_prefix_dropout=share)
   eval_step = steps.make_eval_step(graphdef, segments=segments)
   eval_states = lambda st: (*st["params"], st["stats"], frozen)
+  best_dir = checkpointing.stage_dir(workdir, stage)
+  best_mngr = checkpointing.manager(best_dir)
+  resume_mngr = checkpointing.resume_manager(checkpointing.stage_dir(workdir, stage + "_resume"))
 
-  if stage == "adapt":
-    # B = 0: the untrained adapters reproduce the frozen backbone, so this is the bypassed-adapter baseline.
-    val0 = evaluate(eval_step, eval_states(state), val_src, cfg.data.eval_batch_size, segments)
-    stopper = SegmentStopper(val0["per_segment_mse"], recipe.patience)
-    best_val = val0["mse"]
-    log.write(stage=name, epoch=0, val_mse=val0["mse"], val_mse_per_segment=val0["per_segment_mse"])
-    tqdm.write(f"[{name}] before training: val mse {val0['mse']:.4f} "
-               f"per segment {np.round(val0['per_segment_mse'], 4).tolist()}")
+  restored = checkpointing.restore_resume(resume_mngr, state)
+  if restored is not None:
+    state, loop = restored
+    log.truncate(name, loop["epoch"])  # drop records written after that checkpoint
+    if not loop["finished"]:
+      tqdm.write(f"[{name}] resuming at epoch {loop['epoch']}, batch {loop['batch']} (step {loop['step']})")
   else:
-    stopper = SegmentStopper(np.full(segments, np.inf), recipe.patience)
-    best_val = float("inf")
-  best = jax.device_get(state)  # host copy of the selected state
-  best_epoch, epoch_seconds, t_stage = 0, [], time.perf_counter()
-  mngr = checkpointing.manager(ckpt_dir)
-  if stage == "adapt":  # the state to fall back to if no segment ever improves
-    checkpointing.save(mngr, 0, nnx.state(model), dict(meta, epoch=0, val_mse=val0["mse"]))
+    loop = {"epoch": 1, "batch": 0, "step": 0, "loss_sum": 0.0, "loss_count": 0, "best_epoch": 0,
+            "best_val": float("inf"), "stopper": None, "epoch_seconds": [], "finished": False}
+    if stage == "adapt":
+      # B = 0: the untrained adapters reproduce the frozen backbone, so this is the bypassed-adapter baseline,
+      # and the state to fall back to if no segment ever improves.
+      val0 = evaluate(eval_step, eval_states(state), val_src, cfg.data.eval_batch_size, segments)
+      loop["stopper"] = SegmentStopper(val0["per_segment_mse"], recipe.patience).to_dict()
+      loop["best_val"] = val0["mse"]
+      checkpointing.save(best_mngr, 0, nnx.state(model), dict(meta, epoch=0, val_mse=val0["mse"]))
+      log.write(stage=name, epoch=0, val_mse=val0["mse"], val_mse_per_segment=val0["per_segment_mse"])
+      tqdm.write(f"[{name}] before training: val mse {val0['mse']:.4f} "
+                 f"per segment {np.round(val0['per_segment_mse'], 4).tolist()}")
+    else:
+      loop["stopper"] = SegmentStopper(np.full(segments, np.inf), recipe.patience).to_dict()
+  stopper = SegmentStopper.from_dict(loop["stopper"])
 
-  for epoch in range(1, recipe.epochs + 1):
-    t0 = time.perf_counter()
+  def fold(losses) -> None:
+    """Move the device losses into the loop record (one host read); stop on a non-finite one, before
+    anything computed from it is saved."""
+    values = np.asarray(jax.device_get(losses), np.float64) if losses else np.zeros(0)
+    if not np.isfinite(values).all():
+      bad = loop["step"] - len(values) + int(np.flatnonzero(~np.isfinite(values))[0]) + 1
+      best_mngr.wait_until_finished()
+      raise Diverged(f"[{name}] non-finite training loss at step {bad} (epoch {loop['epoch']}); the last good "
+                     f"checkpoints in {best_dir.parent} are kept; lower --config.{stage}.lr")
+    loop["loss_sum"] += float(values.sum())
+    loop["loss_count"] += len(values)
+    losses.clear()
+
+  def save_resume() -> None:
+    loop["stopper"] = stopper.to_dict()
+    checkpointing.save_resume(resume_mngr, loop["step"], state, loop)
+
+  while not loop["finished"] and loop["epoch"] <= recipe.epochs:
+    epoch, t0 = loop["epoch"], time.perf_counter()
     lr = float(steps.current_lr(state["opt"]))  # the lr this epoch trains with
     active = jnp.asarray(stopper.active)
     losses = []
-    bar = tqdm(data.train_batches(train_src, recipe.batch_size, seed=seed, epoch=epoch), total=steps_per_epoch,
-               desc=f"[{name}] epoch {epoch}/{recipe.epochs}", leave=False, disable=None, file=sys.stderr)
-    for i, batch in enumerate(bar):
+    batches = data.train_batches(train_src, recipe.batch_size, seed=seed, epoch=epoch, start_batch=loop["batch"])
+    bar = tqdm(batches, total=steps_per_epoch, initial=loop["batch"], desc=f"[{name}] epoch {epoch}/{recipe.epochs}",
+               leave=False, disable=None, file=sys.stderr)
+    for batch in bar:
       state, loss = train_step(state, frozen, batch, active)
-      losses.append(loss)  # stays on device; read back below, not per step
-      if i % cfg.log_every == 0:
+      losses.append(loss)  # stays on device; read back at checkpoints and at the epoch's end
+      loop["step"] += 1
+      loop["batch"] += 1
+      if loop["step"] % cfg.log_every == 0:
         bar.set_postfix(loss=f"{float(loss):.4f}")
-    train_loss = float(jnp.mean(jnp.stack(losses)))
-    if not np.isfinite(train_loss):
-      raise FloatingPointError(f"[{name}] non-finite training loss in epoch {epoch}; lower the learning rate")
+      if loop["step"] % cfg.checkpoint_every_steps == 0 and loop["batch"] < steps_per_epoch:
+        fold(losses)
+        save_resume()
+    fold(losses)
+    train_loss = loop["loss_sum"] / max(loop["loss_count"], 1)
     val = evaluate(eval_step, eval_states(state), val_src, cfg.data.eval_batch_size, segments)
     was_active = stopper.active.copy()
     improved = stopper.update(np.asarray(val["per_segment_mse"]))
     if improved:
-      best, best_epoch, best_val = jax.device_get(state), epoch, val["mse"]
+      loop["best_epoch"], loop["best_val"] = epoch, val["mse"]
       merged = nnx.merge(graphdef, *eval_states(state))
-      checkpointing.save(mngr, epoch, nnx.state(merged), dict(meta, epoch=epoch, val_mse=val["mse"]))
+      checkpointing.save(best_mngr, epoch, nnx.state(merged), dict(meta, epoch=epoch, val_mse=val["mse"]))
     seconds = time.perf_counter() - t0
-    epoch_seconds.append(seconds)
+    loop["epoch_seconds"].append(seconds)
     log.write(stage=name, epoch=epoch, train_loss=train_loss, val_mse=val["mse"], val_mae=val["mae"],
               val_mse_per_segment=val["per_segment_mse"], lr=lr, active_segments=int(was_active.sum()),
               improved=improved, seconds=seconds)
     seg_note = f" active {int(stopper.active.sum())}/{segments}" if segments > 1 else ""
     tqdm.write(f"[{name}] epoch {epoch}/{recipe.epochs}  train {train_loss:.4f}  val mse {val['mse']:.4f} "
                f"mae {val['mae']:.4f}  lr {lr:.2e}  {seconds:.1f}s{' *' if improved else ''}{seg_note}")
-    if not stopper.active.any():
-      break
+    loop.update(epoch=epoch + 1, batch=0, loss_sum=0.0, loss_count=0,
+                finished=epoch == recipe.epochs or not stopper.active.any())
+    best_mngr.wait_until_finished()  # the best state is on disk before the resume record points past it
+    save_resume()
 
-  mngr.wait_until_finished()
-  mngr.close()
-  nnx.update(model, *best["params"], best["stats"])
-  return {"best_epoch": best_epoch, "val_mse": best_val, "epochs": len(epoch_seconds),
-          "seconds": time.perf_counter() - t_stage, "seconds_per_epoch": float(np.mean(epoch_seconds))}
+  resume_mngr.wait_until_finished()
+  resume_mngr.close()
+  best_mngr.close()
+  checkpointing.restore_into(model, best_dir)
+  seconds = loop["epoch_seconds"]
+  return {"best_epoch": loop["best_epoch"], "val_mse": loop["best_val"], "epochs": len(seconds),
+          "seconds": float(np.sum(seconds)), "seconds_per_epoch": float(np.mean(seconds)) if seconds else 0.0}
 
 
 def test(model: nnx.Module, *, series, cfg, horizon: int, segments: int) -> dict:
@@ -192,8 +256,39 @@ def default_workdir(cfg) -> str:
   return f"runs/{cfg.data.name}-{cfg.backbone}-{cfg.method}-T{cfg.horizon}-seed{cfg.seed}"
 
 
-def train_and_evaluate(cfg, workdir) -> dict:
-  """Run what `cfg` asks for in `workdir` and return the results dict (also written to results.json)."""
+def _flat(tree, prefix="") -> dict:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out |= _flat(value, f"{prefix}{key}.")
+    else:
+      out[prefix + key] = value
+  return out
+
+
+def claim_workdir(cfg, workdir: pathlib.Path, overwrite: bool) -> None:
+  """Refuse a workdir that holds a run of another config (unless overwriting); a run of the same config is
+  resumed. Called only after everything that can be checked without writing has passed."""
+  path = workdir / "config.json"
+  new = json.loads(cfg.to_json_best_effort())
+  if path.is_file() and not overwrite:
+    old = _flat(json.loads(path.read_text()))
+    diff = sorted(k for k in set(old) | set(_flat(new)) if old.get(k) != _flat(new).get(k))
+    if diff:
+      raise checkpointing.CheckpointError(
+          f"{workdir} holds a run of a different config (differs in {', '.join(diff[:5])}); use another "
+          "--workdir, or --overwrite to replace it")
+  elif overwrite and workdir.exists():
+    for item in ("checkpoints", "metrics.jsonl", "results.json", "config.json"):
+      target = workdir / item
+      shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+  workdir.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps(new, indent=2))
+
+
+def train_and_evaluate(cfg, workdir, *, overwrite: bool = False) -> dict:
+  """Run what `cfg` asks for in `workdir` and return the results dict (also written to results.json).
+  Rerunning it on the same workdir resumes where the last attempt stopped."""
   config_lib.validate(cfg)
   s = config_lib.segment_len(cfg)
   t_len, k = cfg.horizon, cfg.horizon // s
@@ -207,12 +302,10 @@ def train_and_evaluate(cfg, workdir) -> dict:
         "or set --config.init_from to the workdir of a finished stage-1 run")
 
   workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2))
+  claim_workdir(cfg, workdir, overwrite)
   log = MetricsLog(workdir / "metrics.jsonl")
   ident = identity(cfg, series, s)
   timings: dict = {}
-  t_start = time.perf_counter()
 
   if not two_stage or cfg.stage in ("all", "pretrain"):
     pred_len = s if two_stage else t_len
@@ -220,7 +313,7 @@ def train_and_evaluate(cfg, workdir) -> dict:
                   rngs=nnx.Rngs(cfg.seed))
     name = "stage1" if two_stage else "mtf"
     summary = fit(model, stage="pretrain", series=series, cfg=cfg, recipe=cfg.pretrain, segments=1,
-                  horizon=pred_len, seed=cfg.seed, ckpt_dir=checkpointing.stage_dir(workdir, "pretrain"),
+                  horizon=pred_len, seed=cfg.seed, workdir=workdir,
                   meta=dict(ident, stage="pretrain"), log=log, name=name)
     timings["stage1"] = summary
     final, final_h, final_k = model, pred_len, 1
@@ -229,12 +322,12 @@ def train_and_evaluate(cfg, workdir) -> dict:
     model = build(cfg, channels=channels, marks=marks, pred_len=s, segments=k, rngs=nnx.Rngs(cfg.seed + 1))
     checkpointing.load_backbone(model, init_dir, ident)
     summary = fit(model, stage="adapt", series=series, cfg=cfg, recipe=cfg.adapt, segments=k, horizon=t_len,
-                  seed=cfg.seed, ckpt_dir=checkpointing.stage_dir(workdir, "adapt"),
+                  seed=cfg.seed, workdir=workdir,
                   meta=dict(ident, stage="adapt", method=cfg.method, horizon=t_len), log=log, name="stage2")
     timings["stage2"] = summary
     final, final_h, final_k = model, t_len, k
 
-  train_seconds = time.perf_counter() - t_start
+  train_seconds = sum(summary["seconds"] for summary in timings.values())  # excludes time lost to restarts
   metrics = test(final, series=series, cfg=cfg, horizon=final_h, segments=final_k)
   last = timings.get("stage2") or timings.get("stage1")
   results = {
@@ -258,14 +351,18 @@ def main(argv) -> None:
   logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
   cfg = flags.FLAGS.config
   try:
-    train_and_evaluate(cfg, flags.FLAGS.workdir or default_workdir(cfg))
+    train_and_evaluate(cfg, flags.FLAGS.workdir or default_workdir(cfg), overwrite=flags.FLAGS.overwrite)
   except (config_lib.ConfigError, data.DataError, checkpointing.CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  except Diverged as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(3)
 
 
 if __name__ == "__main__":  # flags live here so that importing this module (tests, reproduce) defines none
   config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/etth1.py", lock_config=True)
   flags.DEFINE_string("workdir", None, "Run directory (default: runs/<dataset>-<backbone>-<method>-...)")
+  flags.DEFINE_bool("overwrite", False, "Replace a run of a different config in --workdir instead of refusing")
   flags.mark_flag_as_required("config")
   app.run(main)
