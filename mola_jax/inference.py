@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from mola_jax import checkpointing, config_lib, data
+from mola_jax import checkpointing, config_lib
 from mola_jax.models import Ctx, build, predict
 
 
@@ -18,7 +18,7 @@ from mola_jax.models import Ctx, build, predict
 class Run:
   cfg: ml_collections.ConfigDict
   model: nnx.Module
-  series: data.Series
+  scaler: dict  # {"columns", "mean", "std", "freq", ...} of the training split
   stage: str  # the checkpoint loaded: "adapt" (stage 2) or "pretrain" (stage 1 / mtf)
   segments: int  # K
   horizon: int  # K * S
@@ -29,22 +29,19 @@ class Run:
     return out.reshape(out.shape[0], -1, out.shape[-1])
 
 
-def load_run(workdir, series: data.Series | None = None) -> Run:
+def load_run(workdir) -> Run:
   """The selected state of the last stage that ran in `workdir` (stage 2 if present)."""
   workdir = pathlib.Path(workdir)
-  path = workdir / "config.json"
-  if not path.is_file():
-    raise checkpointing.CheckpointError(f"{workdir} holds no run (no config.json); pass the workdir of a training run")
-  cfg = ml_collections.ConfigDict(json.loads(path.read_text()))
+  if not (workdir / "config.json").is_file() or not (workdir / "scaler.json").is_file():
+    raise checkpointing.CheckpointError(f"{workdir} holds no finished training run (no config.json/scaler.json); "
+                                        "pass the --workdir of a training run")
+  cfg = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+  scaler = json.loads((workdir / "scaler.json").read_text())
   s = config_lib.segment_len(cfg)
   stage = "adapt" if cfg.method != "mtf" and checkpointing.stage_dir(workdir, "adapt").is_dir() else "pretrain"
-  series = series or data.load_series(cfg.data)
   pred_len = cfg.horizon if cfg.method == "mtf" else s
   segments = cfg.horizon // s if stage == "adapt" else 1
-  model = build(cfg, channels=series.values.shape[1], marks=series.marks.shape[1], pred_len=pred_len,
+  model = build(cfg, channels=len(scaler["columns"]), marks=scaler["marks"], pred_len=pred_len,
                 segments=segments if stage == "adapt" else 0, rngs=nnx.Rngs(0))
-  pure, _ = checkpointing.restore_latest(checkpointing.stage_dir(workdir, stage))
-  state = nnx.state(model)
-  nnx.replace_by_pure_dict(state, pure)
-  nnx.update(model, state)
-  return Run(cfg, model, series, stage, segments, segments * pred_len)
+  checkpointing.restore_into(model, checkpointing.stage_dir(workdir, stage))
+  return Run(cfg, model, scaler, stage, segments, segments * pred_len)

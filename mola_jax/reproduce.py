@@ -183,7 +183,8 @@ def plot(workdir: pathlib.Path, results, chosen, seeds, horizons, methods) -> No
     runs = {m: load_run(workdir / "cells" / f"{m}-T{horizon}-S{chosen[(m, horizon)]}-seed{seeds[0]}")
             for m in methods}
     first = next(iter(runs.values()))
-    src = data.window_source(first.series, "test", first.cfg.data.seq_len, horizon)
+    series = data.load_series(first.cfg.data)
+    src = data.window_source(series, "test", first.cfg.data.seq_len, horizon)
     picks = np.linspace(0, len(src) - 1, 3).astype(int)
     batch = {k: np.stack([src[int(i)][k] for i in picks]) for k in src[0]}
     fig, axes = plt.subplots(len(picks), 1, figsize=(8, 2.6 * len(picks)), squeeze=False)
@@ -194,9 +195,9 @@ def plot(workdir: pathlib.Path, results, chosen, seeds, horizons, methods) -> No
       ax.plot(np.arange(seq_len, seq_len + horizon), batch["y"][row, :, ch], color="black", lw=1.2, label="truth")
       for method, run_ in runs.items():
         ax.plot(np.arange(seq_len, seq_len + horizon), run_.forecast(batch)[row, :, ch], lw=1, label=method)
-      ax.set_title(f"test window {picks[row]}, channel {first.series.columns[ch]} (standardised)", fontsize=9)
-    axes[0, 0].legend(fontsize=8, ncol=len(runs) + 2)
-    fig.tight_layout()
+      ax.set_title(f"test window {picks[row]}, channel {series.columns[ch]} (standardised)", fontsize=9)
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="upper center", ncol=len(runs) + 2, fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
     fig.savefig(workdir / f"windows_T{horizon}.png", dpi=110)
     plt.close(fig)
 

@@ -303,6 +303,10 @@ def train_and_evaluate(cfg, workdir, *, overwrite: bool = False) -> dict:
 
   workdir = pathlib.Path(workdir)
   claim_workdir(cfg, workdir, overwrite)
+  # The training scaler travels with the run, so forecasting new data needs neither the training file nor a refit.
+  (workdir / "scaler.json").write_text(json.dumps({
+      "dataset": series.name, "columns": list(series.columns), "mean": series.mean.tolist(),
+      "std": series.std.tolist(), "freq": series.freq, "marks": int(series.marks.shape[1])}, indent=2))
   log = MetricsLog(workdir / "metrics.jsonl")
   ident = identity(cfg, series, s)
   timings: dict = {}

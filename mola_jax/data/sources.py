@@ -273,7 +273,14 @@ def _rows_text(rows: np.ndarray, limit: int = 5) -> str:
 
 
 def load_csv(path, *, name: str, split: str, seq_len: int, freq: str = "h", parity_quirk: bool = False) -> Series:
-  """Read a CSV with a `date` column, order channels ..., OT, split, fit the scaler on TRAIN rows, transform all.
+  """Read a CSV with a `date` column, order channels ..., OT, split, fit the scaler on TRAIN rows, transform all."""
+  data, dates, channels = read_csv(path)
+  return build_series(data, dates, name=name, columns=channels, split=split, seq_len=seq_len, freq=freq,
+                      parity_quirk=parity_quirk, origin=str(path))
+
+
+def read_csv(path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+  """A checked CSV -> (values [rows, D] float64, dates [rows] datetime64[ns], channel names with OT last).
 
   Row numbers in error messages are 0-based data rows (the header is not counted).
   """
@@ -316,8 +323,7 @@ def load_csv(path, *, name: str, split: str, seq_len: int, freq: str = "h", pari
   # pandas 3 infers microsecond resolution; the contract is nanoseconds.
   dates = stamps.to_numpy().astype("datetime64[ns]")  # [rows]
 
-  return build_series(numeric.to_numpy(np.float64), dates, name=name, columns=tuple(str(c) for c in channels),
-                      split=split, seq_len=seq_len, freq=freq, parity_quirk=parity_quirk, origin=str(path))
+  return numeric.to_numpy(np.float64), dates, tuple(str(c) for c in channels)
 
 
 def build_series(data: np.ndarray, dates: np.ndarray, *, name: str, columns: tuple[str, ...], split: str,
