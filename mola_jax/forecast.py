@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from absl import app, flags, logging
 
-from mola_jax import checkpointing, data
+from mola_jax import cli, data
 from mola_jax.inference import Run, load_run
 
 
@@ -97,12 +97,9 @@ def main(argv) -> None:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
   f = flags.FLAGS
-  try:
+  with cli.user_errors():
     run = load_run(f.workdir)
     forecast = forecast_csv(run, f.csv, roll=f.roll)
-  except (data.DataError, checkpointing.CheckpointError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
   out = pathlib.Path(f.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   forecast.to_csv(out, index=False)
@@ -117,4 +114,4 @@ if __name__ == "__main__":
   flags.DEFINE_string("out", "forecast.csv", "Output CSV")
   flags.DEFINE_bool("roll", False, "Also forecast from every T-th row of the file (a backtest)")
   flags.DEFINE_string("plots", None, "Folder for the per-channel PNGs (default: beside --out)")
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

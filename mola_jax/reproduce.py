@@ -30,7 +30,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from scipy import stats
 
-from mola_jax import checkpointing, config_lib, data
+from mola_jax import cli, config_lib, data
 from mola_jax.train import train_and_evaluate
 
 TABLE_COLUMNS = ("dataset", "backbone", "method", "horizon", "segment_len", "seeds", "test_mse_mean",
@@ -206,15 +206,12 @@ def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
-  try:
+  with cli.user_errors():
     run(flags.FLAGS.config, flags.FLAGS.workdir)
-  except (config_lib.ConfigError, data.DataError, checkpointing.CheckpointError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
 
 
 if __name__ == "__main__":
   config_flags.DEFINE_config_file("config", None, "Dataset config, e.g. configs/etth1.py", lock_config=True)
   flags.DEFINE_string("workdir", None, "Directory of the whole study", required=True)
   flags.mark_flag_as_required("config")
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

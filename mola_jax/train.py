@@ -24,7 +24,7 @@ from flax import nnx
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from mola_jax import checkpointing, config_lib, data, steps
+from mola_jax import checkpointing, cli, config_lib, data, steps
 from mola_jax.models import build
 
 
@@ -293,6 +293,8 @@ def train_and_evaluate(cfg, workdir, *, overwrite: bool = False) -> dict:
   s = config_lib.segment_len(cfg)
   t_len, k = cfg.horizon, cfg.horizon // s
   series = data.load_series(cfg.data)  # bad data fails here, before anything is written
+  for split in ("train", "val", "test"):  # every split must hold at least one T-step window
+    data.window_source(series, split, cfg.data.seq_len, t_len)
   channels, marks = series.values.shape[1], series.marks.shape[1]
   two_stage = cfg.method != "mtf"
   init_dir = checkpointing.stage_dir(cfg.init_from or workdir, "pretrain")
@@ -355,13 +357,10 @@ def main(argv) -> None:
   logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
   cfg = flags.FLAGS.config
   try:
-    train_and_evaluate(cfg, flags.FLAGS.workdir or default_workdir(cfg), overwrite=flags.FLAGS.overwrite)
-  except (config_lib.ConfigError, data.DataError, checkpointing.CheckpointError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    with cli.user_errors():
+      train_and_evaluate(cfg, flags.FLAGS.workdir or default_workdir(cfg), overwrite=flags.FLAGS.overwrite)
   except Diverged as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(3)
+    cli.fail(str(e), code=3)
 
 
 if __name__ == "__main__":  # flags live here so that importing this module (tests, reproduce) defines none
@@ -369,4 +368,4 @@ if __name__ == "__main__":  # flags live here so that importing this module (tes
   flags.DEFINE_string("workdir", None, "Run directory (default: runs/<dataset>-<backbone>-<method>-...)")
   flags.DEFINE_bool("overwrite", False, "Replace a run of a different config in --workdir instead of refusing")
   flags.mark_flag_as_required("config")
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

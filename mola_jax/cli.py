@@ -1,0 +1,41 @@
+"""What every command-line entry point shares: user mistakes end in one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+
+from absl import flags
+
+from mola_jax import checkpointing, config_lib, data
+
+# Errors that mean "the input is wrong", never "the program is": one line, exit 2, nothing written.
+USER_ERRORS = (config_lib.ConfigError, data.DataError, checkpointing.CheckpointError)
+
+
+def fail(message: str, code: int = 2):
+  print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+  sys.exit(code)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parser, with unknown flags, config-key typos ("did you mean ...") and bad values as one line."""
+  try:
+    rest = flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
+    text = str(e).replace("\\n", ". ").replace("\\", "").replace("'", "")  # a KeyError repr inside an AttributeError
+    fail(f"bad command line: {text}; see --helpfull for the flags")
+  if "config" in flags.FLAGS:
+    try:  # config_flags defers a failed load of the config file until first use; surface it here
+      flags.FLAGS.config.keys()
+    except OSError as e:
+      fail(f"cannot load the config file: {' '.join(str(e).split())}")
+  return rest
+
+
+@contextlib.contextmanager
+def user_errors():
+  try:
+    yield
+  except USER_ERRORS as e:
+    fail(str(e))

@@ -1,0 +1,86 @@
+"""Every bad input ends with one line naming the problem and the fix, exit code 2, and nothing written."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+ETTH1 = str(REPO / "configs" / "etth1.py")
+SYNTHETIC = str(REPO / "configs" / "synthetic.py")
+
+
+def write(path, text):
+  path.write_text(text)
+  return str(path)
+
+
+def good_rows(n, bad_row=None, bad_value="x"):
+  lines = ["date,a,OT"]
+  for i in range(n):
+    value = bad_value if i == bad_row else f"{i % 7}.5"
+    lines.append(f"2020-01-{1 + i // 24:02d} {i % 24:02d}:00:00,{value},{i % 5}")
+  return "\n".join(lines) + "\n"
+
+
+CASES = {
+    "missing file": lambda tmp: ["--config.data.path=" + str(tmp / "nope.csv")],
+    "no date column": lambda tmp: ["--config.data.path=" + write(tmp / "nodate.csv", "time,a,OT\n1,2,3\n")],
+    "non-numeric value": lambda tmp: ["--config.data.path=" + write(tmp / "text.csv", good_rows(400, 123, "abc"))],
+    "missing value": lambda tmp: ["--config.data.path=" + write(tmp / "hole.csv", good_rows(400, 77, ""))],
+    "too short": lambda tmp: ["--config.data.path=" + write(tmp / "short.csv", good_rows(150))],
+    "horizon not divisible": lambda tmp: ["--config.horizon=96", "--config.segment_len=36"],
+    "unknown dataset": lambda tmp: ["--config.data.name=ETTh3"],
+    "unknown backbone": lambda tmp: ["--config.backbone=resnet"],
+    "unknown method": lambda tmp: ["--config.method=moe"],
+    "config key typo": lambda tmp: ["--config.pretrain.lrr=1e-3"],
+    "bad value type": lambda tmp: ["--config.horizon=ninety"],
+    "missing config file": lambda tmp: ["--config=" + str(tmp / "none.py")],
+}
+EXPECT = {
+    "missing file": "does not exist", "no date column": "no 'date' column", "non-numeric value": "row(s) 123",
+    "missing value": "row(s) 77", "too short": "too few", "horizon not divisible": "not divisible",
+    "unknown dataset": "ETTh3", "unknown backbone": "unknown backbone", "unknown method": "unknown method",
+    "config key typo": 'Did you mean "lr"', "bad value type": "ninety", "missing config file": "none.py",
+}
+
+
+def run_train(args, workdir, env=None):
+  return subprocess.run([sys.executable, "-m", "mola_jax.train", "--config", ETTH1, *args, "--workdir", str(workdir)],
+                        capture_output=True, text=True, cwd=REPO, timeout=300, env=env)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input(case, tmp_path, data_dir):
+  workdir = tmp_path / "run"
+  proc = run_train(CASES[case](tmp_path), workdir)
+  lines = proc.stderr.strip().splitlines()
+  assert proc.returncode == 2, proc.stderr[-1500:]
+  assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-1500:]
+  assert EXPECT[case] in lines[0]
+  assert not workdir.exists()
+  print(f"{case}: {lines[0]}")
+
+
+def test_checksum_mismatch(tmp_path, data_dir):
+  import os
+
+  fake = tmp_path / "data"
+  fake.mkdir()
+  (fake / "ETTh1.csv").write_text((data_dir / "ETTh1.csv").read_text().replace("5.827", "5.828", 1))
+  proc = run_train([], tmp_path / "run", env=dict(os.environ, MOLA_DATA_DIR=str(fake)))
+  assert proc.returncode == 2 and "sha256" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+  assert not (tmp_path / "run").exists()
+
+
+def test_stage2_on_a_checkpoint_of_another_segment_length(tmp_path):
+  base = [sys.executable, "-m", "mola_jax.train", "--config", SYNTHETIC, "--config.pretrain.epochs=1"]
+  subprocess.run(base + ["--config.stage=pretrain", "--workdir", str(tmp_path / "s1")], check=True,
+                 capture_output=True, cwd=REPO, timeout=300)
+  proc = subprocess.run(base + ["--config.stage=adapt", "--config.segment_len=16", "--config.init_from=" +
+                                str(tmp_path / "s1"), "--workdir", str(tmp_path / "s2")],
+                        capture_output=True, text=True, cwd=REPO, timeout=300)
+  assert proc.returncode == 2 and "segment_len=24" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
