@@ -88,6 +88,9 @@ def default() -> ml_collections.ConfigDict:
   cfg.adapt.lr = 1e-3
   cfg.adapt.epochs = 10
   cfg.adapt.patience = 3  # per segment (method.md §7)
+  # any_improved: keep the whole state of the last epoch in which any segment improved (the official rule);
+  # per_segment: each segment keeps the adapter deltas of its own best validation epoch (method.md §13 option).
+  cfg.adapt.selection = "any_improved"
   cfg.adapt.batch_size = 32
 
   cfg.mola = ml_collections.ConfigDict()
@@ -106,6 +109,8 @@ def default() -> ml_collections.ConfigDict:
   cfg.reproduce.horizons = (96, 192, 336, 720)
   cfg.reproduce.methods = ("mtf", "lora", "mola")
   cfg.reproduce.num_seeds = 3  # seeds cfg.seed, cfg.seed + 1, ...
+  # Another study's workdir whose finished stage-1 and mtf runs are reused when they are the same runs.
+  cfg.reproduce.reuse_from = config_dict.placeholder(str)
 
   cfg.checkpoint_every_steps = 100  # resume checkpoints within an epoch (one is always written at its end)
   cfg.log_every = 50  # steps between progress-bar updates (each one reads a loss back from the device)
@@ -149,6 +154,8 @@ def validate(cfg) -> None:
     sub = cfg[key]
     if sub.batch_size <= 0 or sub.epochs <= 0 or sub.lr <= 0:
       raise ConfigError(f"{key}.batch_size, {key}.epochs and {key}.lr must be positive")
+  if cfg.adapt.selection not in ("any_improved", "per_segment"):
+    raise ConfigError(f"unknown adapt.selection {cfg.adapt.selection!r}; use 'any_improved' or 'per_segment'")
   if cfg.mola.targets is not None:
     offered, default = layer_groups(cfg.backbone)
     bad = set(cfg.mola.targets) - set(offered)

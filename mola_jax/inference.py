@@ -11,7 +11,7 @@ import numpy as np
 from flax import nnx
 
 from mola_jax import checkpointing, config_lib
-from mola_jax.models import Ctx, build, predict
+from mola_jax.models import Ctx, adapters, build, predict
 
 
 @dataclasses.dataclass
@@ -43,5 +43,7 @@ def load_run(workdir) -> Run:
   segments = cfg.horizon // s if stage == "adapt" else 1
   model = build(cfg, channels=len(scaler["columns"]), marks=scaler["marks"], pred_len=pred_len,
                 segments=segments if stage == "adapt" else 0, rngs=nnx.Rngs(0))
+  if stage == "adapt" and cfg.adapt.get("selection") == "per_segment":
+    adapters.bake(model)  # saved as fixed per-segment deltas
   checkpointing.restore_into(model, checkpointing.stage_dir(workdir, stage))
   return Run(cfg, model, scaler, stage, segments, segments * pred_len)

@@ -10,6 +10,9 @@ Layout of DIR (every cell is an ordinary training workdir, so every tool that re
   selection.csv                    validation MSE of each S option (first seed) and the S chosen
   table.csv, table.md              the result table; per_step_T{T}.png, windows_T{T}.png
 
+Runs of stage 1 and mtf do not depend on the stage-2 recipe: with --config.reproduce.reuse_from=OTHER_STUDY
+those that OTHER_STUDY finished with the same data, model, pretrain recipe and seed are used from there.
+
 Segment length: for each (method, horizon) every option is trained with the first seed and the one with the
 lower validation MSE is kept; the other seeds run the chosen S only. The test split never influences it.
 Rerunning the command skips finished cells and redoes unfinished ones from scratch.
@@ -45,6 +48,34 @@ def _run_once(cfg, workdir: pathlib.Path) -> dict:
   if workdir.exists():  # killed part-way: start the cell over rather than mix two partial runs
     shutil.rmtree(workdir)
   return train_and_evaluate(cfg, workdir)
+
+
+# What a stage-1 or mtf run depends on; another study's run that agrees on all of it is the same run.
+_PRETRAIN_IDENTITY = ("data.", "model.", "pretrain.", "backbone", "seed", "horizon", "segment_len", "method",
+                      "stage", "segment_options")
+
+
+def _identity(cfg_json: dict) -> dict:
+  flat = _flat(cfg_json)
+  return {k: v for k, v in flat.items() if k.startswith(_PRETRAIN_IDENTITY)}
+
+
+def _flat(tree, prefix="") -> dict:
+  out = {}
+  for key, value in tree.items():
+    out |= _flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value}
+  return out
+
+
+def _locate(cfg, cell_cfg, workdir: pathlib.Path, rel: str) -> pathlib.Path:
+  """Where the stage-1 or mtf run `rel` lives: in `reproduce.reuse_from` if that study finished the very same
+  run (same data, model, pretrain recipe, seed, S or T), else in this study's own workdir."""
+  if cfg.reproduce.reuse_from:
+    other = pathlib.Path(cfg.reproduce.reuse_from) / rel
+    if (other / "results.json").is_file() and _identity(json.loads((other / "config.json").read_text())) == \
+        _identity(json.loads(cell_cfg.to_json_best_effort())):
+      return other
+  return workdir / rel
 
 
 def _cell_cfg(cfg, **changes):
@@ -87,6 +118,7 @@ def run(cfg, workdir) -> list[dict]:
   (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2))
 
   results: dict[tuple, dict] = {}  # (method, horizon, S, seed) -> results.json
+  cell_dirs: dict[tuple, pathlib.Path] = {}
   chosen: dict[tuple, int] = {}  # (method, horizon) -> S
   selection_rows = []
   t0 = time.perf_counter()
@@ -97,14 +129,19 @@ def run(cfg, workdir) -> list[dict]:
     for s in options:
       print(f"[reproduce {i}/{len(plan)}] {method} T={horizon} S={s} seed={seed} "
             f"({time.perf_counter() - t0:.0f}s elapsed)", flush=True)
+      rel = f"cells/{method}-T{horizon}-S{s}-seed{seed}"
       if method == "mtf":
         cell = _cell_cfg(cfg, method="mtf", horizon=horizon, segment_len=None, seed=seed, stage="all")
+        cell_dir = _locate(cfg, cell, workdir, rel)
       else:
-        stage1 = workdir / "stage1" / f"S{s}-seed{seed}"
-        _run_once(_cell_cfg(cfg, method="mola", horizon=s, segment_len=s, seed=seed, stage="pretrain"), stage1)
+        pre = _cell_cfg(cfg, method="mola", horizon=s, segment_len=s, seed=seed, stage="pretrain")
+        stage1 = _locate(cfg, pre, workdir, f"stage1/S{s}-seed{seed}")
+        _run_once(pre, stage1)
         cell = _cell_cfg(cfg, method=method, horizon=horizon, segment_len=s, seed=seed, stage="adapt",
                          init_from=str(stage1))
-      results[(method, horizon, s, seed)] = _run_once(cell, workdir / "cells" / f"{method}-T{horizon}-S{s}-seed{seed}")
+        cell_dir = workdir / rel
+      results[(method, horizon, s, seed)] = _run_once(cell, cell_dir)
+      cell_dirs[(method, horizon, s, seed)] = cell_dir
     if seed == seeds[0]:
       vals = {s: results[(method, horizon, s, seed)]["val_mse"] for s in options}
       chosen[(method, horizon)] = min(vals, key=vals.get)
@@ -117,7 +154,7 @@ def run(cfg, workdir) -> list[dict]:
   rows = table_rows(cfg, results, chosen, seeds, horizons, methods)
   _write_csv(workdir / "table.csv", rows)
   (workdir / "table.md").write_text(table_markdown(rows))
-  plot(workdir, results, chosen, seeds, horizons, methods)
+  plot(workdir, results, cell_dirs, chosen, seeds, horizons, methods)
   print((workdir / "table.md").read_text())
   return rows
 
@@ -159,7 +196,7 @@ def _write_csv(path: pathlib.Path, rows: list[dict]) -> None:
     writer.writerows(rows)
 
 
-def plot(workdir: pathlib.Path, results, chosen, seeds, horizons, methods) -> None:
+def plot(workdir: pathlib.Path, results, cell_dirs, chosen, seeds, horizons, methods) -> None:
   """Per-step test MSE (mean over seeds) of every method, and a few test windows of the target channel."""
   import matplotlib
 
@@ -180,8 +217,7 @@ def plot(workdir: pathlib.Path, results, chosen, seeds, horizons, methods) -> No
     fig.savefig(workdir / f"per_step_T{horizon}.png", dpi=120)
     plt.close(fig)
 
-    runs = {m: load_run(workdir / "cells" / f"{m}-T{horizon}-S{chosen[(m, horizon)]}-seed{seeds[0]}")
-            for m in methods}
+    runs = {m: load_run(cell_dirs[(m, horizon, chosen[(m, horizon)], seeds[0])]) for m in methods}
     first = next(iter(runs.values()))
     series = data.load_series(first.cfg.data)
     src = data.window_source(series, "test", first.cfg.data.seq_len, horizon)

@@ -25,7 +25,7 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 from mola_jax import checkpointing, cli, config_lib, data, steps
-from mola_jax.models import build
+from mola_jax.models import adapters, build
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -50,6 +50,7 @@ class SegmentStopper:
 
   def update(self, val: np.ndarray) -> bool:
     improved = self.active & (val <= self.best)
+    self.improved = improved  # [K] which segments improved in this update
     self.best[improved] = val[improved]
     self.count[improved] = 0
     worse = self.active & ~improved
@@ -140,6 +141,13 @@ def fit(model: nnx.Module, *, stage: str, series, cfg, recipe, segments: int, ho
   train_step = steps.make_train_step(graphdef, tx, segments=segments, share_prefix_dropout=share)
   eval_step = steps.make_eval_step(graphdef, segments=segments)
   eval_states = lambda st: (*st["params"], st["stats"], frozen)
+  train_state = lambda st: {k: st[k] for k in ("params", "opt", "stats", "key")}
+  # Per-segment selection (stage 2): each segment keeps the deltas of its own best epoch; the official rule
+  # keeps the whole state of the last epoch in which any segment improved.
+  per_segment = stage == "adapt" and cfg.adapt.selection == "per_segment"
+  if per_segment:
+    current_deltas = jax.jit(lambda st: adapters.deltas(nnx.merge(graphdef, *eval_states(st))))
+    state["selected"] = current_deltas(state)  # B = 0: the frozen backbone's output for every segment
   best_dir = checkpointing.stage_dir(workdir, stage)
   best_mngr = checkpointing.manager(best_dir)
   resume_mngr = checkpointing.resume_manager(checkpointing.stage_dir(workdir, stage + "_resume"))
@@ -193,7 +201,8 @@ def fit(model: nnx.Module, *, stage: str, series, cfg, recipe, segments: int, ho
     bar = tqdm(batches, total=steps_per_epoch, initial=loop["batch"], desc=f"[{name}] epoch {epoch}/{recipe.epochs}",
                leave=False, disable=None, file=sys.stderr)
     for batch in bar:
-      state, loss = train_step(state, frozen, batch, active)
+      new, loss = train_step(train_state(state), frozen, batch, active)
+      state.update(new)
       losses.append(loss)  # stays on device; read back at checkpoints and at the epoch's end
       loop["step"] += 1
       loop["batch"] += 1
@@ -207,7 +216,12 @@ def fit(model: nnx.Module, *, stage: str, series, cfg, recipe, segments: int, ho
     val = evaluate(eval_step, eval_states(state), val_src, cfg.data.eval_batch_size, segments)
     was_active = stopper.active.copy()
     improved = stopper.update(np.asarray(val["per_segment_mse"]))
-    if improved:
+    if per_segment:
+      chosen = jnp.asarray(stopper.improved)[:, None, None]
+      state["selected"] = jax.tree.map(lambda new, old: jnp.where(chosen, new, old), current_deltas(state),
+                                       state["selected"])
+      loop["best_epoch"], loop["best_val"] = epoch, float(np.mean(stopper.best))
+    elif improved:
       loop["best_epoch"], loop["best_val"] = epoch, val["mse"]
       merged = nnx.merge(graphdef, *eval_states(state))
       checkpointing.save(best_mngr, epoch, nnx.state(merged), dict(meta, epoch=epoch, val_mse=val["mse"]))
@@ -221,22 +235,30 @@ def fit(model: nnx.Module, *, stage: str, series, cfg, recipe, segments: int, ho
                f"mae {val['mae']:.4f}  lr {lr:.2e}  {seconds:.1f}s{' *' if improved else ''}{seg_note}")
     loop.update(epoch=epoch + 1, batch=0, loss_sum=0.0, loss_count=0,
                 finished=epoch == recipe.epochs or not stopper.active.any())
+    if per_segment and loop["finished"]:  # the selected deltas become the stage's final state
+      selected = nnx.merge(graphdef, *eval_states(state))
+      adapters.bake(selected, state["selected"])
+      checkpointing.save(best_mngr, epoch + 1, nnx.state(selected),
+                         dict(meta, epoch=epoch, selection="per_segment", val_mse=loop["best_val"]))
     best_mngr.wait_until_finished()  # the best state is on disk before the resume record points past it
     save_resume()
 
   resume_mngr.wait_until_finished()
   resume_mngr.close()
   best_mngr.close()
+  if per_segment:
+    adapters.bake(model)  # the structure the selected state was saved in
   checkpointing.restore_into(model, best_dir)
   seconds = loop["epoch_seconds"]
   return {"best_epoch": loop["best_epoch"], "val_mse": loop["best_val"], "epochs": len(seconds),
           "seconds": float(np.sum(seconds)), "seconds_per_epoch": float(np.mean(seconds)) if seconds else 0.0}
 
 
-def test(model: nnx.Module, *, series, cfg, horizon: int, segments: int) -> dict:
-  """One pass over every test window, in order, after training (never used for selection)."""
+def test(model: nnx.Module, *, series, cfg, horizon: int, segments: int, split: str = "test") -> dict:
+  """One pass over every window of `split`, in order: the test split once, after training (never used for
+  selection)."""
   graphdef, *states = nnx.split(model)
-  src = data.window_source(series, "test", cfg.data.seq_len, horizon)
+  src = data.window_source(series, split, cfg.data.seq_len, horizon)
   return evaluate(steps.make_eval_step(graphdef, segments=segments), tuple(states), src,
                   cfg.data.eval_batch_size, segments)
 

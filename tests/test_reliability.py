@@ -82,3 +82,23 @@ def test_a_non_finite_loss_stops_with_the_step_and_keeps_earlier_checkpoints(tmp
   assert "[stage2] non-finite training loss at step" in line and "adapt.lr" in line
   assert (tmp_path / "checkpoints" / "pretrain").is_dir()  # stage 1 is intact and reusable
   assert not (tmp_path / "results.json").exists()
+
+
+def test_an_unreadable_latest_resume_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
+  import jax.numpy as jnp
+
+  from mola_jax import checkpointing
+
+  state = {"w": jnp.arange(4.0), "key": jnp.zeros(2, jnp.uint32)}
+  mngr = checkpointing.resume_manager(tmp_path / "resume")
+  checkpointing.save_resume(mngr, 10, state, {"step": 10})
+  checkpointing.save_resume(mngr, 20, {"w": state["w"] + 1, "key": state["key"]}, {"step": 20})
+  mngr.wait_until_finished()
+  for f in (tmp_path / "resume" / "20" / "state").rglob("*"):  # damage every file of the newest one
+    if f.is_file():
+      f.write_bytes(b"garbage")
+  with caplog.at_level("WARNING"):
+    restored, loop = checkpointing.restore_resume(mngr, state)
+  assert loop == {"step": 10} and np.array_equal(restored["w"], np.arange(4.0))
+  assert any("unreadable" in r.message and "falling back" in r.message for r in caplog.records)
+  mngr.close()

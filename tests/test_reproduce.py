@@ -63,3 +63,29 @@ def test_reproduce_selects_on_validation_shares_stage1_and_resumes(tmp_path, mon
   # Rerunning trains nothing and gives the same table.
   monkeypatch.setattr(reproduce, "train_and_evaluate", lambda *a: pytest.fail("a finished cell was retrained"))
   assert reproduce.run(cfg, tmp_path) == rows
+
+
+def test_a_second_recipe_reuses_the_first_studys_stage1_and_mtf_runs(tmp_path, monkeypatch):
+  cfg = tiny()
+  cfg.data.name, cfg.data.synthetic_rows = "synthetic", 1200
+  cfg.segment_len = 24
+  cfg.reproduce.horizons, cfg.reproduce.methods, cfg.reproduce.num_seeds = (48,), ("mtf", "mola"), 1
+  reproduce.run(cfg, tmp_path / "official")
+
+  improved = tiny()
+  improved.update_from_flattened_dict({"data.name": "synthetic", "data.synthetic_rows": 1200, "segment_len": 24})
+  improved.reproduce.horizons, improved.reproduce.methods, improved.reproduce.num_seeds = (48,), ("mtf", "mola"), 1
+  improved.adapt.selection = "per_segment"  # a stage-2 change only
+  improved.reproduce.reuse_from = str(tmp_path / "official")
+  trained = []
+  real = reproduce.train_and_evaluate
+  monkeypatch.setattr(reproduce, "train_and_evaluate", lambda c, w: trained.append((c.method, c.stage)) or real(c, w))
+  rows = reproduce.run(improved, tmp_path / "improved")
+  assert trained == [("mola", "adapt")]  # stage 1 and mtf came from the first study
+  assert not (tmp_path / "improved" / "stage1").exists()
+  assert rows[0]["test_mse_mean"] == reproduce.run(cfg, tmp_path / "official")[0]["test_mse_mean"]  # same mtf
+
+  improved.pretrain.lr = 1e-3  # a different stage-1 recipe is a different run: trained here, not reused
+  trained.clear()
+  reproduce.run(improved, tmp_path / "changed")
+  assert ("mtf", "all") in trained and ("mola", "pretrain") in trained

@@ -131,3 +131,25 @@ def test_mtf_and_synthetic_run_with_no_data_file(tmp_path, monkeypatch):
   assert results["segment_len"] == 48 and results["segments"] == 1 and len(results["per_step_test_mse"]) == 48
   # The known pattern (two cycles + noise 0.1) is learnable: far better than predicting the mean (MSE ~1).
   assert results["test_mse"] < 0.8
+
+
+def test_per_segment_selection_keeps_each_segments_best_epoch(tmp_path, monkeypatch):
+  """Each segment's validation MSE after selection is the minimum over its epochs (epoch 0 = the frozen
+  backbone included), however the other segments fared."""
+  monkeypatch.setenv("MOLA_DATA_DIR", str(tmp_path / "nowhere"))
+  cfg = tiny()
+  cfg.data.name, cfg.data.synthetic_rows = "synthetic", 1200
+  cfg.horizon, cfg.segment_len = 48, 16
+  cfg.adapt.update(epochs=4, lr=5e-3, selection="per_segment")
+  train_and_evaluate(cfg, tmp_path / "run")
+  records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+  curves = np.array([r["val_mse_per_segment"] for r in records if r["stage"] == "stage2"])  # [epochs + 1, K]
+  assert curves.shape == (5, 3)
+
+  from mola_jax.inference import load_run
+  from mola_jax.train import test as evaluate_split
+
+  run = load_run(tmp_path / "run")
+  series = data.load_series(cfg.data)
+  val = evaluate_split(run.model, series=series, cfg=cfg, horizon=48, segments=3, split="val")
+  np.testing.assert_allclose(val["per_segment_mse"], curves.min(axis=0), rtol=1e-5)

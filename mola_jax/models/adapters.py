@@ -62,3 +62,33 @@ def adapter_factory(method: str, segments: int, mola_cfg):
 
 def no_adapter(group, d_in, d_out, rngs):
   return None
+
+
+class SegmentDelta(nnx.Module):
+  """Fixed per-segment weight deltas [K, d_in, d_out]. The result of per-segment selection, where segment k
+  keeps the adapter state of its own best validation epoch: those states differ in the shared experts too, so
+  what survives is each segment's delta, not a bank."""
+
+  def __init__(self, delta: jax.Array):
+    self.value = nnx.LoRAParam(jnp.asarray(delta))
+
+  def delta(self) -> jax.Array:
+    return self.value[...]
+
+
+def adapted_layers(model: nnx.Module) -> dict[str, nnx.Module]:
+  """path -> every layer of `model` that carries an adapter."""
+  return {"/".join(map(str, path)): node for path, node in nnx.iter_graph(model)
+          if isinstance(node, nnx.Module) and getattr(node, "adapter", None) is not None}
+
+
+def deltas(model: nnx.Module) -> dict[str, jax.Array]:
+  """path -> the layer's current per-segment deltas [K, d_in, d_out]."""
+  return {path: layer.adapter.delta() for path, layer in adapted_layers(model).items()}
+
+
+def bake(model: nnx.Module, values: dict | None = None) -> None:
+  """Replace every adapter by a SegmentDelta holding `values[path]` (zeros if None, e.g. as a restore target)."""
+  for path, layer in adapted_layers(model).items():
+    delta = values[path] if values is not None else jnp.zeros(jax.eval_shape(layer.adapter.delta).shape)
+    layer.adapter = SegmentDelta(delta)
