@@ -56,7 +56,9 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, *, segments: int
   Loss = sum over ACTIVE segments of the segment MSE (a sum, as the official code does: method.md §6)."""
 
   def loss_fn(params, stats, frozen, batch, key, active):
-    model = nnx.merge(graphdef, *params, stats, frozen)
+    # copy=True: fresh Variables at this trace level, so that a forward pass may update its BatchStats in place
+    # (a BatchNorm in training); merging the jit-level Variables themselves makes that a TraceContextError.
+    model = nnx.merge(graphdef, *params, stats, frozen, copy=True)
     ctx = Ctx(rngs=nnx.Rngs(dropout=key), segments=segments, share_prefix_dropout=share_prefix_dropout)
     per_seg = segment_mse(predict(model, batch, ctx), batch["y"])
     return jnp.sum(jnp.where(active, per_seg, 0.0)), nnx.state(model, nnx.BatchStat)
