@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from mola_jax import config_lib
-from mola_jax.models import Ctx, build, predict
+from mola_jax.models import Ctx, build, predict, predict_per_segment
 from mola_jax.models.adapters import LoRABank, MoLABank, SegmentParam
 
 from conftest import tiny
@@ -91,6 +91,10 @@ def test_batched_segments_equal_one_pass_per_segment(graph_mode):
   for k in range(3):
     nnx.update(single, jax.tree.map(lambda v: v[k:k + 1], nnx.state(model, SegmentParam)))  # logits row k
     np.testing.assert_allclose(np.asarray(predict(single, x, Ctx()))[:, 0], got[:, k], rtol=1e-5, atol=1e-5)
+  # The library's own per-segment loop and the unshared prefix (benchmark variants) compute the same numbers.
+  np.testing.assert_allclose(np.asarray(predict_per_segment(model, x, Ctx(segments=3))), got, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(predict(model, x, Ctx(segments=3, share_prefix=False))), got,
+                             rtol=1e-5, atol=1e-5)
 
 
 def test_instance_norm_makes_the_forecast_affine_equivariant():

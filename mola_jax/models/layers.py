@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mola_jax import sharding
+
 
 @dataclasses.dataclass(frozen=True)
 class Ctx:
@@ -25,6 +27,8 @@ class Ctx:
   segments: int = 1
   # Training only: keep one set of dropout masks for the shared prefix instead of one per segment.
   share_prefix_dropout: bool = False
+  # False: compute the layers before the first adapted one K times too (for benchmarks of the saving).
+  share_prefix: bool = True
 
   @property
   def training(self) -> bool:
@@ -33,7 +37,8 @@ class Ctx:
   def split_segments(self, h: jax.Array) -> jax.Array:
     """[1, ...] -> [K, ...] in training, so that every segment draws its own dropout masks from here on,
     as the official K separate passes do. In eval the prefix stays shared: that is exact and K times cheaper."""
-    if self.training and self.segments > 1 and not self.share_prefix_dropout and h.shape[0] == 1:
+    own_masks = self.training and not self.share_prefix_dropout
+    if self.segments > 1 and h.shape[0] == 1 and (own_masks or not self.share_prefix):
       return jnp.broadcast_to(h, (self.segments,) + h.shape[1:])
     return h
 
@@ -60,9 +65,12 @@ class Dense(nnx.Module):
   small delta keeps its precision instead of being rounded into a large kernel (which matters in bf16).
   """
 
-  def __init__(self, d_in: int, d_out: int, *, rngs: nnx.Rngs, adapter: nnx.Module | None = None):
-    self.kernel = nnx.Param(torch_uniform(rngs.params(), (d_in, d_out), d_in))
-    self.bias = nnx.Param(torch_uniform(rngs.params(), (d_out,), d_in))
+  def __init__(self, d_in: int, d_out: int, *, rngs: nnx.Rngs, adapter: nnx.Module | None = None,
+               axes: tuple[str | None, str | None] | None = None):
+    # axes: logical names of (d_in, d_out) for the sharding rules (mola_jax/sharding.py); None: replicated.
+    kernel_axes, bias_axes = (sharding.axes(*axes), sharding.axes(axes[1])) if axes else ({}, {})
+    self.kernel = nnx.Param(torch_uniform(rngs.params(), (d_in, d_out), d_in), **kernel_axes)
+    self.bias = nnx.Param(torch_uniform(rngs.params(), (d_out,), d_in), **bias_axes)
     self.adapter = adapter
 
   def __call__(self, h: jax.Array) -> jax.Array:  # h: [K', ..., d_in] -> [K' or K, ..., d_out]
@@ -88,10 +96,11 @@ class Attention(nnx.Module):
 
   def __init__(self, d_model: int, n_heads: int, dropout_rate: float, *, rngs: nnx.Rngs, make_adapter=None):
     make = make_adapter or (lambda *a: None)
-    self.q = Dense(d_model, d_model, rngs=rngs, adapter=make("attn", d_model, d_model, rngs))
-    self.k = Dense(d_model, d_model, rngs=rngs, adapter=make("attn", d_model, d_model, rngs))
-    self.v = Dense(d_model, d_model, rngs=rngs, adapter=make("attn", d_model, d_model, rngs))
-    self.o = Dense(d_model, d_model, rngs=rngs, adapter=make("attn", d_model, d_model, rngs))
+    qkv, out = ("embed", "heads"), ("heads", "embed")  # logical axes of the kernels
+    self.q = Dense(d_model, d_model, rngs=rngs, adapter=make("attn", d_model, d_model, rngs), axes=qkv)
+    self.k = Dense(d_model, d_model, rngs=rngs, adapter=make("attn", d_model, d_model, rngs), axes=qkv)
+    self.v = Dense(d_model, d_model, rngs=rngs, adapter=make("attn", d_model, d_model, rngs), axes=qkv)
+    self.o = Dense(d_model, d_model, rngs=rngs, adapter=make("attn", d_model, d_model, rngs), axes=out)
     self.n_heads = n_heads
     self.dropout_rate = dropout_rate
 
@@ -115,17 +124,19 @@ class EncoderLayer(nnx.Module):
   def __init__(self, d_model, d_ff, n_heads, dropout_rate, *, rngs: nnx.Rngs, make_adapter):
     self.attn = Attention(d_model, n_heads, dropout_rate, rngs=rngs, make_adapter=make_adapter)
     self.norm1 = layer_norm(d_model, rngs)
-    self.ffn1 = Dense(d_model, d_ff, rngs=rngs, adapter=make_adapter("ffn", d_model, d_ff, rngs))
-    self.ffn2 = Dense(d_ff, d_model, rngs=rngs, adapter=make_adapter("ffn", d_ff, d_model, rngs))
+    self.ffn1 = Dense(d_model, d_ff, rngs=rngs, adapter=make_adapter("ffn", d_model, d_ff, rngs), axes=("embed", "mlp"))
+    self.ffn2 = Dense(d_ff, d_model, rngs=rngs, adapter=make_adapter("ffn", d_ff, d_model, rngs), axes=("mlp", "embed"))
     self.norm2 = layer_norm(d_model, rngs)
     self.dropout_rate = dropout_rate
 
   def __call__(self, x: jax.Array, ctx: Ctx) -> jax.Array:  # [K', B, N, d]
     p = self.dropout_rate
+    names = sharding.activation_axes(x.ndim)  # [segment, batch, ..., token, embed]; a no-op without a mesh
+    x = sharding.constrain(x, names)
     x = self.norm1(x + dropout(self.attn(x, x, ctx), p, ctx))
     y = dropout(gelu(self.ffn1(x)), p, ctx)  # the first adapted layer: K' becomes K here
     y = dropout(self.ffn2(y), p, ctx)
-    return self.norm2(x + y)
+    return sharding.constrain(self.norm2(x + y), names)
 
 
 def instance_norm(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
