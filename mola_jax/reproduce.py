@@ -51,13 +51,13 @@ def _run_once(cfg, workdir: pathlib.Path) -> dict:
 
 
 # What a stage-1 or mtf run depends on; another study's run that agrees on all of it is the same run.
-_PRETRAIN_IDENTITY = ("data.", "model.", "pretrain.", "backbone", "seed", "horizon", "segment_len", "method",
-                      "stage", "segment_options")
+_PRETRAIN_IDENTITY = ("data.", "pretrain.", "backbone", "seed", "horizon", "segment_len", "method", "stage")
 
 
 def _identity(cfg_json: dict) -> dict:
   flat = _flat(cfg_json)
-  return {k: v for k, v in flat.items() if k.startswith(_PRETRAIN_IDENTITY)}
+  own_model = f"model.{cfg_json['backbone']}."  # the other backbones' sizes do not matter
+  return {k: v for k, v in flat.items() if k.startswith(_PRETRAIN_IDENTITY + (own_model,))}
 
 
 def _flat(tree, prefix="") -> dict:
