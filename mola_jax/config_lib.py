@@ -114,6 +114,18 @@ def default() -> ml_collections.ConfigDict:
 
   cfg.checkpoint_every_steps = 100  # resume checkpoints within an epoch (one is always written at its end)
   cfg.log_every = 50  # steps between progress-bar updates (each one reads a loss back from the device)
+
+  # Device mesh and sharding (mola_jax/sharding.py; recipes in launch/README.md).
+  cfg.mesh = ml_collections.ConfigDict()
+  # Unset: no mesh, one device, the plain jit path. Else one size per name, -1 = the rest of the devices:
+  # (-1, 1) data parallel over every device; (4, 2) 4-way data x 2-way model.
+  cfg.mesh.shape = config_dict.placeholder(tuple)
+  cfg.mesh.names = ("data", "model")  # mesh axes; the rules tables map the modules' logical axes onto them
+  # A key of sharding.RULES: data_parallel | segment (K over model) | expert (P over model) | variate (the token
+  # axis over model: iTransformer's variates, for wide data such as traffic) | tensor (d_ff and heads over model).
+  cfg.mesh.rules = "data_parallel"
+  # Multi-host: jax.distributed.initialize() first thing (also MOLA_DISTRIBUTED=1); only process 0 writes logs.
+  cfg.distributed = False
   return cfg
 
 
@@ -147,6 +159,12 @@ def validate(cfg) -> None:
   if cfg.data.seq_len <= 0:
     raise ConfigError(f"data.seq_len must be positive, got {cfg.data.seq_len}")
   from mola_jax.models import BACKBONES, layer_groups  # late: models import jax, config checks should not need to
+  from mola_jax.sharding import RULES
+
+  if cfg.mesh.rules not in RULES:
+    raise ConfigError(f"unknown mesh.rules {cfg.mesh.rules!r}; use one of {', '.join(RULES)}")
+  if cfg.mesh.shape is not None and len(cfg.mesh.shape) != len(cfg.mesh.names):
+    raise ConfigError(f"mesh.shape {tuple(cfg.mesh.shape)} needs one size per mesh.names {tuple(cfg.mesh.names)}")
 
   if cfg.backbone not in BACKBONES:
     raise ConfigError(f"unknown backbone {cfg.backbone!r}; use one of {', '.join(sorted(BACKBONES))}")

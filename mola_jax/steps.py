@@ -7,13 +7,12 @@ neither. Stage 1, stage 2 and every method use these same two steps; only the fi
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from mola_jax import sharding
 from mola_jax.models import Ctx, SegmentParam, predict
 
 TRAINABLE = {"pretrain": nnx.Param, "adapt": nnx.LoRAParam}
@@ -51,9 +50,12 @@ def hold_stopped(new, old, active: jax.Array):
   return jax.tree.map(keep, new, old)
 
 
-def make_train_step(graphdef, tx: optax.GradientTransformation, *, segments: int, share_prefix_dropout: bool):
+def make_train_step(graphdef, tx: optax.GradientTransformation, *, segments: int, share_prefix_dropout: bool,
+                    layout: sharding.Layout | None = None):
   """step(state, frozen, batch, active) -> (state, loss). state = {params, opt, stats, key} is donated.
-  Loss = sum over ACTIVE segments of the segment MSE (a sum, as the official code does: method.md §6)."""
+  Loss = sum over ACTIVE segments of the segment MSE (a sum, as the official code does: method.md §6).
+  Under a mesh (`layout`, else the active `sharding.use`) the step is jitted with explicit in/out shardings
+  (sharding.ShardedStep); without one it is the plain jax.jit."""
 
   def loss_fn(params, stats, frozen, batch, key, active):
     # copy=True: fresh Variables at this trace level, so that a forward pass may update its BatchStats in place
@@ -63,7 +65,6 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, *, segments: int
     per_seg = segment_mse(predict(model, batch, ctx), batch["y"])
     return jnp.sum(jnp.where(active, per_seg, 0.0)), nnx.state(model, nnx.BatchStat)
 
-  @functools.partial(jax.jit, donate_argnums=0)
   def step(state, frozen, batch, active):
     key, sub = jax.random.split(state["key"])
     (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -73,15 +74,14 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, *, segments: int
     seg = hold_stopped(seg, state["params"][0], active)
     return {"params": (seg, train), "opt": opt, "stats": stats, "key": key}, loss
 
-  return step
+  return sharding.jit(step, batch_argnum=2, donate_argnums=0, layout=layout)
 
 
-def make_eval_step(graphdef, *, segments: int):
+def make_eval_step(graphdef, *, segments: int, layout: sharding.Layout | None = None):
   """step(acc, states, batch) -> acc: sums of squared and absolute errors per forecast step over the real
   (mask == True) windows and all channels, plus the window count. Accumulating on device means one host
-  read per evaluation, not one per batch."""
+  read per evaluation, not one per batch. Sharded under a mesh as make_train_step."""
 
-  @functools.partial(jax.jit, donate_argnums=0)
   def step(acc, states, batch):
     model = nnx.merge(graphdef, *states)
     pred = predict(model, batch, Ctx(segments=segments))  # [B, K, S, D]
@@ -94,7 +94,7 @@ def make_eval_step(graphdef, *, segments: int):
         "count": acc["count"] + jnp.sum(batch["mask"]),
     }
 
-  return step
+  return sharding.jit(step, batch_argnum=2, donate_argnums=0, layout=layout)
 
 
 def empty_acc(horizon: int) -> dict:

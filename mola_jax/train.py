@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
 import shutil
 import sys
@@ -24,7 +25,7 @@ from flax import nnx
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from mola_jax import checkpointing, cli, config_lib, data, steps
+from mola_jax import checkpointing, cli, config_lib, data, sharding, steps
 from mola_jax.models import adapters, build
 
 
@@ -197,7 +198,7 @@ def fit(model: nnx.Module, *, stage: str, series, cfg, recipe, segments: int, ho
     lr = float(steps.current_lr(state["opt"]))  # the lr this epoch trains with
     active = jnp.asarray(stopper.active)
     losses = []
-    batches = data.train_batches(train_src, recipe.batch_size, seed=seed, epoch=epoch, start_batch=loop["batch"])
+    batches = sharding.train_batches(train_src, recipe.batch_size, seed=seed, epoch=epoch, start_batch=loop["batch"])
     bar = tqdm(batches, total=steps_per_epoch, initial=loop["batch"], desc=f"[{name}] epoch {epoch}/{recipe.epochs}",
                leave=False, disable=None, file=sys.stderr)
     for batch in bar:
@@ -310,8 +311,14 @@ def claim_workdir(cfg, workdir: pathlib.Path, overwrite: bool) -> None:
 
 def train_and_evaluate(cfg, workdir, *, overwrite: bool = False) -> dict:
   """Run what `cfg` asks for in `workdir` and return the results dict (also written to results.json).
-  Rerunning it on the same workdir resumes where the last attempt stopped."""
+  Rerunning it on the same workdir resumes where the last attempt stopped. With `cfg.mesh.shape` set, the whole
+  run happens on that device mesh: state born sharded, steps jitted with explicit shardings (sharding.py)."""
   config_lib.validate(cfg)
+  with sharding.use(sharding.make_mesh(cfg.mesh), cfg.mesh.rules):  # no mesh configured: does nothing
+    return _train_and_evaluate(cfg, workdir, overwrite=overwrite)
+
+
+def _train_and_evaluate(cfg, workdir, *, overwrite: bool) -> dict:
   s = config_lib.segment_len(cfg)
   t_len, k = cfg.horizon, cfg.horizon // s
   series = data.load_series(cfg.data)  # bad data fails here, before anything is written
@@ -326,32 +333,39 @@ def train_and_evaluate(cfg, workdir, *, overwrite: bool = False) -> dict:
         "or set --config.init_from to the workdir of a finished stage-1 run")
 
   workdir = pathlib.Path(workdir)
-  claim_workdir(cfg, workdir, overwrite)
-  # The training scaler travels with the run, so forecasting new data needs neither the training file nor a refit.
-  (workdir / "scaler.json").write_text(json.dumps({
-      "dataset": series.name, "columns": list(series.columns), "mean": series.mean.tolist(),
-      "std": series.std.tolist(), "freq": series.freq, "marks": int(series.marks.shape[1])}, indent=2))
-  log = MetricsLog(workdir / "metrics.jsonl")
+  lead = sharding.is_lead()  # only process 0 writes logs and results; every process writes its checkpoint shards
+  if lead:
+    claim_workdir(cfg, workdir, overwrite)
+    # The training scaler travels with the run, so forecasting new data needs neither the training file nor a refit.
+    (workdir / "scaler.json").write_text(json.dumps({
+        "dataset": series.name, "columns": list(series.columns), "mean": series.mean.tolist(),
+        "std": series.std.tolist(), "freq": series.freq, "marks": int(series.marks.shape[1])}, indent=2))
+  sharding.sync("workdir claimed")
+  log = MetricsLog(workdir / "metrics.jsonl" if lead else pathlib.Path(os.devnull))
   ident = identity(cfg, series, s)
   timings: dict = {}
 
   if not two_stage or cfg.stage in ("all", "pretrain"):
     pred_len = s if two_stage else t_len
-    model = build(cfg, channels=channels, marks=marks, pred_len=pred_len, segments=0,
-                  rngs=nnx.Rngs(cfg.seed))
+    model = sharding.create(lambda: build(cfg, channels=channels, marks=marks, pred_len=pred_len, segments=0,
+                                          rngs=nnx.Rngs(cfg.seed)))  # born sharded under a mesh
     name = "stage1" if two_stage else "mtf"
     summary = fit(model, stage="pretrain", series=series, cfg=cfg, recipe=cfg.pretrain, segments=1,
                   horizon=pred_len, seed=cfg.seed, workdir=workdir,
                   meta=dict(ident, stage="pretrain"), log=log, name=name)
+    sharding.place_model(model)  # the selected state comes back from disk as host arrays
     timings["stage1"] = summary
     final, final_h, final_k = model, pred_len, 1
 
   if two_stage and cfg.stage in ("all", "adapt"):
-    model = build(cfg, channels=channels, marks=marks, pred_len=s, segments=k, rngs=nnx.Rngs(cfg.seed + 1))
+    model = sharding.create(lambda: build(cfg, channels=channels, marks=marks, pred_len=s, segments=k,
+                                          rngs=nnx.Rngs(cfg.seed + 1)))
     checkpointing.load_backbone(model, init_dir, ident)
+    sharding.place_model(model)  # the loaded backbone arrives as host arrays
     summary = fit(model, stage="adapt", series=series, cfg=cfg, recipe=cfg.adapt, segments=k, horizon=t_len,
                   seed=cfg.seed, workdir=workdir,
                   meta=dict(ident, stage="adapt", method=cfg.method, horizon=t_len), log=log, name="stage2")
+    sharding.place_model(model)
     timings["stage2"] = summary
     final, final_h, final_k = model, t_len, k
 
@@ -366,7 +380,8 @@ def train_and_evaluate(cfg, workdir, *, overwrite: bool = False) -> dict:
       "per_step_test_mse": metrics["per_step_mse"], "per_segment_test_mse": metrics["per_segment_mse"],
       "stages": timings, "device": jax.devices()[0].device_kind,
   }
-  (workdir / "results.json").write_text(json.dumps(results, indent=2))
+  if lead:
+    (workdir / "results.json").write_text(json.dumps(results, indent=2))
   log.write(stage="test", test_mse=metrics["mse"], test_mae=metrics["mae"], windows=metrics["windows"])
   tqdm.write(f"test mse {metrics['mse']:.4f} mae {metrics['mae']:.4f} on {metrics['windows']} windows "
              f"({cfg.method}, T={final_h}); results in {workdir / 'results.json'}")
@@ -378,6 +393,9 @@ def main(argv) -> None:
     raise app.UsageError(f"unexpected arguments {argv[1:]}; overrides look like --config.horizon=192")
   logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
   cfg = flags.FLAGS.config
+  # Multi-host (cfg.distributed or MOLA_DISTRIBUTED=1): before anything touches a device. Only process 0 reports.
+  if sharding.initialize_distributed(cfg.distributed) and not sharding.is_lead():
+    sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process); errors still reach stderr
   try:
     with cli.user_errors():
       train_and_evaluate(cfg, flags.FLAGS.workdir or default_workdir(cfg), overwrite=flags.FLAGS.overwrite)

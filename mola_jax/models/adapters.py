@@ -12,9 +12,16 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mola_jax import sharding
+
 
 class SegmentParam(nnx.LoRAParam):
   """An adapter array with a leading segment axis K; rows of stopped segments are held fixed."""
+
+
+# Logical axes (mola_jax/sharding.py): per-segment arrays [K, ., .] and the deltas [K, d_in, d_out] they give.
+PER_SEGMENT = sharding.axes("segment", None, None)
+DELTA_AXES = ("segment", None, None)
 
 
 class MoLABank(nnx.Module):
@@ -22,24 +29,28 @@ class MoLABank(nnx.Module):
   the mixture weights are free parameters, independent of the input (method.md §4.3)."""
 
   def __init__(self, d_in, d_out, *, segments, experts, rank, a_std, rngs: nnx.Rngs):
-    self.a = nnx.LoRAParam(a_std * jax.random.normal(rngs.params(), (experts, d_in, rank)))  # [P, d_in, r]
-    self.b = nnx.LoRAParam(jnp.zeros((experts, rank, d_out)))  # [P, r, d_out]; 0: starts at the backbone
-    self.logits = SegmentParam(jax.random.normal(rngs.params(), (segments, experts)))  # [K, P]
+    bank = sharding.axes("expert", None, None)  # logical axes for the sharding rules (mola_jax/sharding.py)
+    self.a = nnx.LoRAParam(a_std * jax.random.normal(rngs.params(), (experts, d_in, rank)), **bank)  # [P, d_in, r]
+    self.b = nnx.LoRAParam(jnp.zeros((experts, rank, d_out)), **bank)  # [P, r, d_out]; 0: starts at the backbone
+    self.logits = SegmentParam(jax.random.normal(rngs.params(), (segments, experts)),
+                               **sharding.axes("segment", "expert"))  # [K, P]
 
   def delta(self) -> jax.Array:
     mix = jax.nn.softmax(self.logits[...], axis=-1)  # [K, P]
-    return jnp.einsum("kp,pir,pro->kio", mix, self.a[...], self.b[...])  # [K, d_in, d_out]
+    delta = jnp.einsum("kp,pir,pro->kio", mix, self.a[...], self.b[...])  # [K, d_in, d_out]
+    return sharding.constrain(delta, DELTA_AXES)
 
 
 class LoRABank(nnx.Module):
   """One independent rank-r LoRA per segment (the official `iTransformerLora` baseline): no sharing."""
 
   def __init__(self, d_in, d_out, *, segments, rank, a_std, rngs: nnx.Rngs):
-    self.a = SegmentParam(a_std * jax.random.normal(rngs.params(), (segments, d_in, rank)))  # [K, d_in, r]
-    self.b = SegmentParam(jnp.zeros((segments, rank, d_out)))  # [K, r, d_out]
+    a = a_std * jax.random.normal(rngs.params(), (segments, d_in, rank))
+    self.a = SegmentParam(a, **PER_SEGMENT)  # [K, d_in, r]
+    self.b = SegmentParam(jnp.zeros((segments, rank, d_out)), **PER_SEGMENT)  # [K, r, d_out]
 
   def delta(self) -> jax.Array:
-    return jnp.einsum("kir,kro->kio", self.a[...], self.b[...])  # [K, d_in, d_out]
+    return sharding.constrain(jnp.einsum("kir,kro->kio", self.a[...], self.b[...]), DELTA_AXES)  # [K, d_in, d_out]
 
 
 def adapter_factory(method: str, segments: int, mola_cfg):
@@ -70,7 +81,7 @@ class SegmentDelta(nnx.Module):
   what survives is each segment's delta, not a bank."""
 
   def __init__(self, delta: jax.Array):
-    self.value = nnx.LoRAParam(jnp.asarray(delta))
+    self.value = nnx.LoRAParam(jnp.asarray(delta), **PER_SEGMENT)
 
   def delta(self) -> jax.Array:
     return self.value[...]

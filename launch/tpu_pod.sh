@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Cloud TPU pod slice: create it (or use an existing one), install the code and environment on every worker,
+# and run the same command on all workers at once. jax.distributed.initialize() (MOLA_DISTRIBUTED=1) finds the
+# other workers through the TPU metadata; each worker reads only its own rows of every batch; process 0 writes
+# the logs and results; every worker writes its shards of the checkpoints.
+#
+#   export TPU=mola-v5e-32 ZONE=us-west4-a TYPE=v5litepod-32 BUCKET=my-bucket   # BUCKET: a GCS bucket (no gs://)
+#   launch/tpu_pod.sh create                   # skip for an existing pod
+#   launch/tpu_pod.sh setup                    # code (this checkout's HEAD), environment, bucket mount: every worker
+#   launch/tpu_pod.sh train --config configs/etth1.py --config.mesh.shape='(-1,1)' --workdir /mnt/mola/runs/etth1
+#   launch/tpu_pod.sh scaling --config configs/etth1.py --workdir /mnt/mola/runs/scaling --meshes=8x1,16x1,32x1,16x2
+#   launch/tpu_pod.sh exec 'python3 -c "import jax; print(jax.device_count())"'
+#   launch/tpu_pod.sh delete
+#
+# The workdir must be visible to every worker: the bucket mounted with gcsfuse at $MOUNT (setup does that), or a
+# Filestore/NFS share. train.py writes its workdir with ordinary file operations, so pass a mounted path, not a
+# gs:// URL. Put the dataset CSVs in $MOUNT/data (e.g. gsutil cp ETTh1.csv gs://$BUCKET/data/).
+set -euo pipefail
+
+: "${TPU:?set TPU to the TPU VM name}" "${ZONE:?set ZONE, e.g. us-west4-a}"
+TYPE=${TYPE:-v5litepod-32}                 # accelerator type of `create`
+VERSION=${VERSION:-v2-alpha-tpuv5-lite}    # TPU VM software version of `create` (v4: tpu-ubuntu2204-base)
+BUCKET=${BUCKET:-}                         # GCS bucket mounted at $MOUNT on every worker (optional)
+MOUNT=${MOUNT:-/mnt/mola}
+CODE=${CODE:-mola_jax}                     # checkout directory on every worker, relative to $HOME
+EXTRA=()
+[[ -n ${PROJECT:-} ]] && EXTRA+=(--project="$PROJECT")
+
+on_all() {  # run a shell command on every worker at the same time
+  gcloud compute tpus tpu-vm ssh "$TPU" --zone="$ZONE" "${EXTRA[@]}" --worker=all --command="$1"
+}
+
+quote() { printf '%q ' "$@"; }
+
+cmd=${1:-}
+shift || true
+case "$cmd" in
+  create)
+    gcloud compute tpus tpu-vm create "$TPU" --zone="$ZONE" --accelerator-type="$TYPE" --version="$VERSION" \
+      "${EXTRA[@]}"
+    ;;
+  setup)
+    cd "$(dirname "$0")/.."
+    archive=$(mktemp /tmp/mola_jax.XXXXXX.tar.gz)
+    git archive --format=tar.gz -o "$archive" HEAD   # committed code only: the run is identified by its SHA
+    gcloud compute tpus tpu-vm scp "$archive" "$TPU":mola_jax.tar.gz --zone="$ZONE" "${EXTRA[@]}" --worker=all
+    rm -f "$archive"
+    on_all "set -e; rm -rf ~/$CODE && mkdir -p ~/$CODE && tar -xzf ~/mola_jax.tar.gz -C ~/$CODE
+      echo $(git rev-parse HEAD) > ~/$CODE/COMMIT
+      python3 -m pip install -q -U 'jax[tpu]' -r ~/$CODE/requirements.txt"
+    if [[ -n $BUCKET ]]; then
+      on_all "set -e; if ! command -v gcsfuse >/dev/null; then
+          echo 'deb https://packages.cloud.google.com/apt gcsfuse-'\$(lsb_release -c -s)' main' |
+            sudo tee /etc/apt/sources.list.d/gcsfuse.list >/dev/null
+          curl -fsSL https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo apt-key add - >/dev/null
+          sudo apt-get update -qq && sudo apt-get install -y -qq gcsfuse; fi
+        sudo mkdir -p $MOUNT && sudo chown \$USER $MOUNT
+        mountpoint -q $MOUNT || gcsfuse --implicit-dirs $BUCKET $MOUNT"
+    fi
+    ;;
+  train | scaling)
+    on_all "cd ~/$CODE && MOLA_DISTRIBUTED=1 MOLA_DATA_DIR=\${MOLA_DATA_DIR:-$MOUNT/data} \
+      python3 -m mola_jax.$cmd $(quote "$@")"
+    ;;
+  exec)
+    on_all "cd ~/$CODE && $*"
+    ;;
+  delete)
+    gcloud compute tpus tpu-vm delete "$TPU" --zone="$ZONE" "${EXTRA[@]}" --quiet
+    ;;
+  *)
+    echo "usage: launch/tpu_pod.sh create|setup|train|scaling|exec|delete [ARGS...]" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,252 @@
+"""Scaling study: for every mesh shape and global batch size, compile the train step ahead of time, record its
+compiled memory and FLOPs per device, then time it.
+
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 \\
+      python -m mola_jax.scaling --config configs/etth1.py --workdir runs/scaling       # 8 simulated CPU devices
+    python -m mola_jax.scaling --config configs/etth1.py --workdir /shared/scaling \\
+      --meshes=8x1,16x1,32x1,16x2 --batches=256,1024 --rules=segment                   # a pod (launch/README.md)
+
+Writes DIR/scaling.csv (mesh, devices, global_batch, step_seconds, windows_per_second, bytes_per_device,
+flops_per_step), DIR/scaling.json (the same rows plus the memory breakdown, FLOPs per device, compile time and
+the run's settings) and DIR/scaling.png (throughput and scaling efficiency against devices).
+
+* The step is the real one (steps.make_train_step under sharding.use), stage 2 by default: MoLA with K = T / S
+  segments, on real windows of the config's dataset. Weights are random: the cost does not depend on them.
+* bytes_per_device = arguments + outputs + temporaries - donated (aliased) buffers of the compiled program, per
+  device. flops_per_step = the compiled per-device FLOPs x devices (XLA's cost analysis; CPU counts are
+  approximate). step_seconds = the median of `--steps` timed steps after `--warmup` untimed ones.
+* Scaling efficiency = (throughput(n) / throughput(n0)) / (n / n0), n0 the smallest device count measured at the
+  same global batch (strong scaling).
+* Simulated CPU devices share the host's cores, so their timings show the program's overheads, not speed-up;
+  memory and FLOPs per device are meaningful. On a pod, every process runs this same command
+  (MOLA_DISTRIBUTED=1); sub-meshes take the same number of devices from every process; process 0 writes.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import pathlib
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
+from flax import nnx
+from ml_collections import config_flags
+
+from mola_jax import cli, config_lib, data, sharding, steps
+from mola_jax.models import build
+
+COLUMNS = ("mesh", "devices", "global_batch", "step_seconds", "windows_per_second", "bytes_per_device",
+           "flops_per_step")
+
+
+def default_meshes(n: int) -> list[tuple[int, int]]:
+  """Data parallel on 1, 2, 4, ... n devices, plus n devices as (n/2) x 2 and (n/4) x 4."""
+  out, d = [], 1
+  while d < n:
+    out.append((d, 1))
+    d *= 2
+  out.append((n, 1))
+  out += [(n // m, m) for m in (2, 4) if n % m == 0 and n // m >= 1]
+  return list(dict.fromkeys(out))
+
+
+def parse_meshes(text: str | None, n: int) -> list[tuple[int, int]]:
+  if not text:
+    return default_meshes(n)
+  try:
+    meshes = [tuple(int(v) for v in item.lower().split("x")) for item in text.split(",") if item.strip()]
+  except ValueError:
+    raise config_lib.ConfigError(f"--meshes {text!r}: use DATAxMODEL items such as 8x1,4x2") from None
+  for m in meshes:
+    if len(m) != 2 or min(m) < 1 or math.prod(m) > n:
+      raise config_lib.ConfigError(f"--meshes: {m} is not DATAxMODEL with at most {n} devices")
+  return meshes
+
+
+def model_and_batches(cfg, stage: str, batch_sizes):
+  """-> (graphdef, host state, segments, {global batch: host batch}) for the study's step."""
+  series = data.load_series(cfg.data)
+  s = config_lib.segment_len(cfg)
+  k = 1 if stage == "pretrain" else cfg.horizon // s
+  horizon = s if stage == "pretrain" else cfg.horizon
+  model = build(cfg, channels=series.values.shape[1], marks=series.marks.shape[1], pred_len=s,
+                segments=0 if stage == "pretrain" else k, rngs=nnx.Rngs(cfg.seed))
+  graphdef, state = nnx.split(model)
+  src = data.window_source(series, "train", cfg.data.seq_len, horizon)
+  batches = {b: data.train_batches(src, b, seed=cfg.seed, epoch=1)[0] for b in batch_sizes}
+  return graphdef, jax.tree.map(np.asarray, state), k, batches
+
+
+def measure(layout, graphdef, host_state, batch, *, stage: str, segments: int, cfg, warmup: int, timed: int):
+  """Compile the train step for `layout` and this batch ahead of time, then time it. -> one record."""
+  with sharding.use(layout.mesh, layout.rules):
+    model = nnx.merge(graphdef, jax.tree.map(np.asarray, host_state))  # new Variables: the step donates them
+    sharding.place_model(model)
+    graphdef, params, stats, frozen = steps.split(model, stage)
+    tx = steps.make_tx(cfg[stage].lr, 1000)
+    state = {"params": params, "opt": tx.init(params), "stats": stats,
+             "key": jax.random.key_data(jax.random.key(cfg.seed))}
+    step = steps.make_train_step(graphdef, tx, segments=segments,
+                                 share_prefix_dropout=cfg.mola.share_prefix_dropout)
+    args = step.place(state, frozen, batch, jnp.ones(segments, bool))
+    t0 = time.perf_counter()
+    compiled = step.lower(*args).compile()
+    compile_seconds = time.perf_counter() - t0
+    mem = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    state, rest = args[0], args[1:]
+    seconds = []
+    for i in range(warmup + timed):
+      t0 = time.perf_counter()
+      state, loss = compiled(state, *rest)
+      loss.block_until_ready()
+      if i >= warmup:
+        seconds.append(time.perf_counter() - t0)
+  devices = layout.mesh.devices.size
+  step_seconds = statistics.median(seconds)
+  flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+  memory = {k: int(getattr(mem, k)) for k in ("argument_size_in_bytes", "output_size_in_bytes",
+                                                "temp_size_in_bytes", "alias_size_in_bytes",
+                                                "generated_code_size_in_bytes")} if mem else {}
+  global_batch = int(np.shape(batch["x"])[0])
+  return {
+      "mesh": sharding.mesh_name(layout.mesh), "devices": devices, "global_batch": global_batch,
+      "step_seconds": step_seconds, "windows_per_second": global_batch / step_seconds,
+      "bytes_per_device": (memory["argument_size_in_bytes"] + memory["output_size_in_bytes"]
+                           + memory["temp_size_in_bytes"] - memory["alias_size_in_bytes"]) if memory else -1,
+      "flops_per_step": flops * devices,
+      "flops_per_device": flops, "memory": memory, "compile_seconds": compile_seconds,
+      "step_seconds_all": seconds, "loss": float(loss),
+  }
+
+
+def efficiency(rows: list[dict]) -> list[float]:
+  """Strong-scaling efficiency of every row against the smallest device count at its global batch."""
+  base = {}
+  for r in sorted(rows, key=lambda r: r["devices"]):
+    base.setdefault(r["global_batch"], r)
+  return [(r["windows_per_second"] / base[r["global_batch"]]["windows_per_second"])
+          / (r["devices"] / base[r["global_batch"]]["devices"]) for r in rows]
+
+
+def plot(rows: list[dict], path: pathlib.Path, title: str) -> None:
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  eff = efficiency(rows)
+  fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+  series: dict = {}
+  for r, e in zip(rows, eff):
+    model = int(r["mesh"].split("x")[1])
+    series.setdefault((r["global_batch"], model), []).append((r["devices"], r["windows_per_second"], e, r["mesh"]))
+  for (batch, model), pts in sorted(series.items()):
+    pts.sort()
+    n, wps, e, names = zip(*pts)
+    label = f"batch {batch}" + (f", model axis {model}" if model > 1 else "")
+    style = "-o" if model == 1 else "--s"
+    ax1.plot(n, wps, style, label=label)
+    ax2.plot(n, e, style, label=label)
+    for x, y, name in zip(n, wps, names):
+      ax1.annotate(name, (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
+  for ax in (ax1, ax2):
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("devices")
+    ax.grid(alpha=0.3)
+  ax1.set_ylabel("windows / second")
+  ax1.set_title("throughput")
+  ax2.axhline(1.0, color="grey", lw=0.8)
+  ax2.set_ylabel("scaling efficiency")
+  ax2.set_title("efficiency vs. the smallest mesh at that batch")
+  ax2.legend(fontsize=8, loc="upper right")
+  fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def run(cfg, workdir, *, meshes: str | None, batches: str, rules: str, stage: str, warmup: int, timed: int) -> list:
+  config_lib.validate(cfg)
+  if rules not in sharding.RULES:
+    raise config_lib.ConfigError(f"unknown --rules {rules!r}; use one of {', '.join(sharding.RULES)}")
+  if stage not in ("adapt", "pretrain"):
+    raise config_lib.ConfigError(f"--stage must be adapt or pretrain, not {stage!r}")
+  if stage == "adapt" and cfg.method == "mtf":
+    raise config_lib.ConfigError("method mtf has no stage 2; use --stage=pretrain or another --config.method")
+  try:
+    batch_sizes = [int(b) for b in batches.split(",") if b.strip()]
+  except ValueError:
+    raise config_lib.ConfigError(f"--batches {batches!r}: use integers such as 32,128") from None
+  mesh_list = parse_meshes(meshes, jax.device_count())
+  graphdef, host_state, k, host_batches = model_and_batches(cfg, stage, batch_sizes)
+  workdir = pathlib.Path(workdir)
+  lead = sharding.is_lead()
+  if lead:
+    workdir.mkdir(parents=True, exist_ok=True)
+  rows = []
+  for shape in mesh_list:
+    mesh = jax.make_mesh(shape, sharding.MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 2,
+                         devices=sharding.mesh_devices(math.prod(shape)))
+    layout = sharding.Layout(mesh, sharding.RULES[rules], rules)
+    for b in batch_sizes:
+      if b % shape[0]:
+        logging.warning("skipping mesh %s with global batch %d: the batch does not split over %d", shape, b, shape[0])
+        continue
+      row = measure(layout, graphdef, host_state, host_batches[b], stage=stage, segments=k, cfg=cfg,
+                    warmup=warmup, timed=timed)
+      rows.append(row)
+      if lead:
+        print(f"mesh {row['mesh']:>5}  batch {b:>5}  step {row['step_seconds'] * 1e3:8.2f} ms  "
+              f"{row['windows_per_second']:10.1f} windows/s  {row['bytes_per_device'] / 2**20:8.2f} MiB/device  "
+              f"{row['flops_per_step'] / 1e9:8.3f} GFLOP/step  (compile {row['compile_seconds']:.1f} s)", flush=True)
+  if lead and rows:
+    with (workdir / "scaling.csv").open("w", newline="") as f:
+      writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+      writer.writeheader()
+      writer.writerows(rows)
+    for r, e in zip(rows, efficiency(rows)):
+      r["efficiency"] = e
+    settings = {"dataset": cfg.data.name, "backbone": cfg.backbone, "method": cfg.method, "stage": stage,
+                "horizon": cfg.horizon, "segments": k, "rules": rules, "platform": jax.devices()[0].platform,
+                "device_kind": jax.devices()[0].device_kind, "processes": jax.process_count(),
+                "jax": jax.__version__, "warmup": warmup, "timed_steps": timed}
+    (workdir / "scaling.json").write_text(json.dumps({"settings": settings, "rows": rows}, indent=1))
+    title = (f"{cfg.data.name} {cfg.backbone} {cfg.method} stage {stage} (K={k}), rules {rules}, "
+             f"{jax.device_count()} {jax.devices()[0].platform} devices")
+    plot(rows, workdir / "scaling.png", title)
+    print(f"wrote {workdir / 'scaling.csv'}, scaling.json and scaling.png")
+  return rows
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)
+  cfg = flags.FLAGS.config
+  sharding.initialize_distributed(cfg.distributed)
+  with cli.user_errors():
+    run(cfg, flags.FLAGS.workdir, meshes=flags.FLAGS.meshes, batches=flags.FLAGS.batches, rules=flags.FLAGS.rules,
+        stage=flags.FLAGS.stage, warmup=flags.FLAGS.warmup, timed=flags.FLAGS.steps)
+
+
+if __name__ == "__main__":
+  config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/etth1.py", lock_config=True)
+  flags.DEFINE_string("workdir", None, "Where scaling.csv, scaling.json and scaling.png go", required=True)
+  flags.DEFINE_string("meshes", None, "DATAxMODEL mesh shapes, e.g. 1x1,2x1,4x1,8x1,4x2,2x4 "
+                      "(default: powers of two up to all devices, plus n/2 x 2 and n/4 x 4)")
+  flags.DEFINE_string("batches", "32,128", "Global batch sizes (windows per step)")
+  flags.DEFINE_string("rules", "segment", "Sharding rules table (sharding.RULES); on n x 1 meshes every table "
+                      "is data parallel")
+  flags.DEFINE_string("stage", "adapt", "adapt: the stage-2 step with K segments; pretrain: the stage-1 step")
+  flags.DEFINE_integer("warmup", 2, "Untimed steps after compiling")
+  flags.DEFINE_integer("steps", 5, "Timed steps (the median is reported)")
+  flags.mark_flag_as_required("config")
+  app.run(main, flags_parser=cli.parse_flags)

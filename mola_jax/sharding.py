@@ -1,0 +1,444 @@
+"""Device mesh, logical-axis rules, sharded state and global batches (style.md §3.4).
+
+Modules name the axes of their variables and activations with *logical* names; a small named table of rules,
+chosen by `cfg.mesh.rules`, maps those names onto the axes of a device mesh built from `cfg.mesh`:
+
+    with sharding.use(sharding.make_mesh(cfg.mesh), cfg.mesh.rules):   # jax.set_mesh + the rules table
+      model = sharding.create(lambda: build(cfg, ..., rngs=nnx.Rngs(seed)))   # params born sharded
+      step = steps.make_train_step(...)   # jitted with explicit in/out shardings derived from the rules
+
+Outside `use(...)` nothing here does anything: `create` calls the builder, `constrain` returns its input and the
+step factories keep their plain `jax.jit`, so a single-device run needs no mesh and is bit-identical to a run
+of the code without this module.
+
+Logical axis names (attached with `nnx.Param(value, **sharding.axes(...))` in models/layers.py, adapters.py):
+
+  batch    windows of a batch: inputs [B, ...] and activations [K', B, ...]
+  segment  the MoLA segment axis K: activations [K', B, ...], logits [K, P], LoRA a [K, d_in, r] and b [K, r, d_out],
+           per-segment deltas [K, d_in, d_out]
+  expert   the MoLA expert axis P: a [P, d_in, r], b [P, r, d_out], logits [K, P]
+  token    the token axis of an encoder layer: the variates in iTransformer (862 + 4 for traffic), the patches
+           in PatchTST
+  embed    d_model; mlp: d_ff; heads: the attention projections' output features (heads x d_head)
+
+Two rules that keep every table valid on every mesh: a name that a table does not list is replicated, and a
+mesh axis that does not divide a dimension (or is already used by an earlier dimension of the same array) is
+dropped for that dimension, so that dimension is replicated: the segment table on K = 3 segments and a model
+axis of 2 replicates the K axis of the logits. Activations (`constrain`, inside a jit) may be split unevenly,
+XLA pads them: only a dimension smaller than its mesh axes is replicated, e.g. the shared prefix (K' = 1).
+
+We keep our own metadata key, `logical_axes`, rather than flax's `out_sharding`: flax shards a variable with
+`out_sharding` eagerly when it is created, which needs a mesh even for single-device runs, and it keeps names
+that a table does not list (an error on the mesh) instead of replicating them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import math
+import os
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from absl import logging
+from flax import nnx
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+
+from mola_jax.config_lib import ConfigError
+
+MESH_AXES = ("data", "model")
+
+# The menu (T5X style): name -> ((logical axis, mesh axis or tuple of mesh axes), ...). Names not listed are
+# replicated. `cfg.mesh.rules` picks one.
+RULES: dict[str, tuple[tuple[str, Any], ...]] = {
+    # Batch over `data`, every weight replicated: MoLA at the paper's scale (style.md §3.4).
+    "data_parallel": (("batch", "data"),),
+    # + the K segments over `model`: the per-segment logits / LoRA banks and every activation after the first
+    # adapted layer ([K, B, ...]) are split by segment; the shared prefix (K' = 1) stays replicated.
+    "segment": (("batch", "data"), ("segment", "model")),
+    # + the P experts of each MoLA bank over `model` (the mixture einsum then sums over devices).
+    "expert": (("batch", "data"), ("expert", "model")),
+    # + the token axis over `model`: iTransformer's variate tokens, for wide data (traffic: 862 variates).
+    "variate": (("batch", "data"), ("token", "model")),
+    # + Megatron-style FFN and attention weights over `model` (d_ff and the heads' features).
+    "tensor": (("batch", "data"), ("mlp", "model"), ("heads", "model")),
+}
+
+
+def axes(*names: str | None) -> dict:
+  """Variable metadata naming the logical axis of each dimension: `nnx.Param(value, **axes("embed", "mlp"))`.
+  Inert without a layout: it creates no sharding and needs no mesh."""
+  return {"logical_axes": tuple(names)}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The mesh.
+
+
+def mesh_shape(shape, names, num_devices: int) -> tuple[int, ...]:
+  """Resolve one -1 ("the rest of the devices") in `shape`; the product must equal `num_devices`."""
+  shape = tuple(int(s) for s in shape)
+  if len(shape) != len(names):
+    raise ConfigError(f"mesh.shape {shape} and mesh.names {tuple(names)} differ in length")
+  for name in MESH_AXES:
+    if name not in names:
+      raise ConfigError(f"mesh.names {tuple(names)} must include {MESH_AXES}")
+  if shape.count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
+    raise ConfigError(f"mesh.shape {shape}: positive sizes and at most one -1")
+  known = math.prod(s for s in shape if s != -1)
+  if -1 in shape:
+    if num_devices % known:
+      raise ConfigError(f"mesh.shape {shape}: {num_devices} devices are not a multiple of {known}")
+    shape = tuple(num_devices // known if s == -1 else s for s in shape)
+  if math.prod(shape) != num_devices:
+    raise ConfigError(f"mesh.shape {shape} needs {math.prod(shape)} devices, there are {num_devices}")
+  return shape
+
+
+def mesh_devices(n: int) -> list:
+  """The first `n` devices, taken evenly from every process (a sub-mesh must span all processes, since every
+  process runs every computation)."""
+  if n == jax.device_count():
+    return jax.devices()
+  count = jax.process_count()
+  if n % count:
+    raise ConfigError(f"a mesh of {n} devices cannot be spread evenly over {count} processes")
+  per = n // count
+  devices = []
+  for p in range(count):
+    devices += [d for d in jax.devices() if d.process_index == p][:per]
+  return devices
+
+
+def make_mesh(mesh_cfg, devices=None) -> jax.sharding.Mesh | None:
+  """`cfg.mesh` -> a jax Mesh with Auto axes (the logical-rule/GSPMD path), or None if `mesh_cfg.shape` is
+  unset. `devices`: a subset to use (default: all)."""
+  if mesh_cfg.shape is None:
+    return None
+  devices = list(devices) if devices is not None else jax.devices()
+  shape = mesh_shape(mesh_cfg.shape, mesh_cfg.names, len(devices))
+  return jax.make_mesh(shape, tuple(mesh_cfg.names), axis_types=(AxisType.Auto,) * len(shape),
+                       devices=devices)
+
+
+def mesh_name(mesh: jax.sharding.Mesh) -> str:
+  return "x".join(str(s) for s in mesh.devices.shape)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The layout: a mesh plus a rules table, and everything derived from the two.
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  mesh: jax.sharding.Mesh
+  rules: tuple[tuple[str, Any], ...]
+  name: str = ""
+
+  def mesh_axes(self, logical: str | None) -> tuple[str, ...]:
+    for key, value in self.rules:
+      if key == logical:
+        return () if value is None else (value,) if isinstance(value, str) else tuple(value)
+    return ()
+
+  def spec(self, names, shape, *, even: bool = True) -> P:
+    """Logical names of an array's dimensions -> its PartitionSpec on this mesh (see the module docstring for
+    the replication rules). Trailing replicated dimensions are left out. even=False (activations inside a jit
+    only, where XLA pads): a dimension at least as large as its mesh axes is split even if they do not divide
+    it, e.g. traffic's 866 tokens over 4 devices as 217 + 217 + 217 + 215."""
+    if not names:
+      return P()
+    if len(names) != len(shape):
+      raise ValueError(f"logical axes {tuple(names)} do not fit an array of shape {tuple(shape)}")
+    used, out = set(), []
+    for name, dim in zip(names, shape):
+      wanted = tuple(a for a in self.mesh_axes(name) if self.mesh.shape[a] > 1 and a not in used)
+      size = math.prod(self.mesh.shape[a] for a in wanted)
+      if wanted and (dim % size if even else dim < size):
+        _warn_once(name, dim, wanted, size)
+        wanted = ()
+      used.update(wanted)
+      out.append(None if not wanted else wanted[0] if len(wanted) == 1 else wanted)
+    while out and out[-1] is None:
+      out.pop()
+    return P(*out)
+
+  def sharding(self, names, shape, *, even: bool = True) -> NamedSharding:
+    return NamedSharding(self.mesh, self.spec(names, shape, even=even))
+
+  def state_shardings(self, tree):
+    """A NamedSharding for every array of `tree` (params, optimizer state, stats, keys; concrete or
+    jax.ShapeDtypeStruct): a Variable's from its `logical_axes`, anything else replicated. Optimizer moments
+    are Variables that carry their parameter's metadata, so they follow their parameter."""
+
+    def one(x):
+      if isinstance(x, nnx.Variable):
+        return x.replace(self.sharding(x.get_metadata().get("logical_axes"), x.shape))
+      return self.sharding(None, np.shape(x))
+
+    return jax.tree.map(one, tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+  def batch_shardings(self, batch):
+    """Every leaf of a batch split along its leading (window) axis by the `batch` rule."""
+    return jax.tree.map(lambda x: self.sharding(("batch",) + (None,) * (np.ndim(x) - 1), np.shape(x)), batch)
+
+  def process_rows(self, batch_size: int) -> tuple[int, int]:
+    """The rows [start, stop) of every global batch that this process's devices hold (one contiguous block)."""
+    sharding = self.sharding(("batch",), (batch_size,))
+    spans = sorted({(s[0].start or 0, batch_size if s[0].stop is None else s[0].stop)
+                    for s in sharding.addressable_devices_indices_map((batch_size,)).values()})
+    start, stop = spans[0][0], spans[-1][1]
+    if sum(b - a for a, b in spans) != stop - start or batch_size % (stop - start) or start % (stop - start):
+      raise ValueError(f"this process holds rows {spans} of a batch of {batch_size}: not one aligned block; "
+                       "use a mesh whose data axis is laid out by process")
+    return start, stop
+
+
+_WARNED: set = set()
+
+
+def _warn_once(name, dim, axes_, size) -> None:
+  if dim >= size and (name, dim, axes_) not in _WARNED:
+    _WARNED.add((name, dim, axes_))
+    logging.warning("logical axis %r of size %d is not divisible by mesh axes %s (%d devices): replicated",
+                    name, dim, axes_, size)
+
+
+_LAYOUT: contextvars.ContextVar[Layout | None] = contextvars.ContextVar("mola_jax_layout", default=None)
+
+
+def current() -> Layout | None:
+  """The layout of the innermost `use(...)`, or None outside one."""
+  return _LAYOUT.get()
+
+
+@contextlib.contextmanager
+def use(mesh: jax.sharding.Mesh | None, rules: str | tuple = "data_parallel"):
+  """Enter `jax.set_mesh(mesh)` and make `rules` (a RULES key or a table) the active mapping; yields the
+  Layout. With mesh None this does nothing and yields None (the single-device path)."""
+  if mesh is None:
+    yield None
+    return
+  if isinstance(rules, str):
+    if rules not in RULES:
+      raise ConfigError(f"unknown mesh.rules {rules!r}; use one of {', '.join(RULES)}")
+    layout = Layout(mesh, RULES[rules], rules)
+  else:
+    layout = Layout(mesh, tuple(rules), "custom")
+  token = _LAYOUT.set(layout)
+  try:
+    with jax.set_mesh(mesh):
+      yield layout
+  finally:
+    _LAYOUT.reset(token)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Models and activations.
+
+
+def constrain(x: jax.Array, names) -> jax.Array:
+  """with_sharding_constraint by logical names under the active layout; the identity outside one."""
+  layout = current()
+  if layout is None:
+    return x
+  return jax.lax.with_sharding_constraint(x, layout.sharding(tuple(names), x.shape, even=False))
+
+
+def activation_axes(ndim: int) -> tuple:
+  """Logical names of an encoder activation [K', B, ..., N, d]."""
+  return ("segment", "batch") + (None,) * (ndim - 4) + ("token", "embed")
+
+
+def create(fn: Callable[[], nnx.Module]) -> nnx.Module:
+  """`fn()` with every variable born sharded by the active layout: the shapes come from nnx.eval_shape, the
+  values from one jitted call of `fn` with those out_shardings, so no replicated copy is ever materialised.
+  Outside a layout: plain `fn()`."""
+  layout = current()
+  if layout is None:
+    return fn()
+  graphdef, abstract = nnx.split(nnx.eval_shape(fn))
+  state = jax.jit(lambda: nnx.split(fn())[1], out_shardings=layout.state_shardings(abstract))()
+  return nnx.merge(graphdef, state)
+
+
+def place_model(model: nnx.Module) -> None:
+  """Move every variable of `model` (e.g. numpy arrays from a checkpoint) to its sharding; no-op outside a
+  layout."""
+  layout = current()
+  if layout is not None:
+    state = nnx.state(model)
+    nnx.update(model, jax.tree.map(_put, state, layout.state_shardings(state)))
+
+
+def abstract(tree, layout: Layout):
+  """`tree` as jax.ShapeDtypeStructs with the layout's shardings: an orbax restore target or an AOT input."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s), tree,
+                      layout.state_shardings(tree))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Data: process-local batches -> global arrays.
+
+
+class ProcessLocal(dict):
+  """A batch that holds only this process's rows of the global batch (see `train_batches`)."""
+
+
+def global_batch(batch: dict, layout: Layout) -> dict:
+  """Host batch -> global jax arrays split by the `batch` rule. A ProcessLocal batch holds this process's
+  rows (each host read its own shard); a plain dict is the whole global batch, identical on every process."""
+  local = isinstance(batch, ProcessLocal)
+  spread = math.prod(layout.mesh.shape[a] for a in layout.mesh_axes("batch"))  # devices the batch is split over
+  out = {}
+  for key, x in batch.items():
+    if isinstance(x, jax.Array):
+      out[key] = _put(x, layout.batch_shardings(x))
+      continue
+    x = np.asarray(x)
+    names = ("batch",) + (None,) * (x.ndim - 1)
+    if local:  # this process's rows: split as the global batch is (its size is then inferred by jax)
+      out[key] = jax.make_array_from_process_local_data(
+          layout.sharding(names, (x.shape[0] * spread,) + x.shape[1:]), x)
+    else:
+      out[key] = jax.make_array_from_process_local_data(layout.sharding(names, x.shape), x, x.shape)
+  return out
+
+
+def train_batches(src, batch_size: int, *, seed: int, epoch: int, start_batch: int = 0):
+  """`data.train_batches`, read per process: each process reads only its rows of every global batch (the
+  global batches are exactly those of one process). One process, or no layout: `data.train_batches` itself."""
+  from mola_jax import data  # late: data is pure numpy and must not depend on this module
+
+  batches = data.train_batches(src, batch_size, seed=seed, epoch=epoch, start_batch=start_batch)  # validates
+  layout = current()
+  if layout is None or jax.process_count() == 1:
+    return batches
+  import grain
+
+  start, stop = layout.process_rows(batch_size)
+  rows = stop - start
+  blocks, block = batch_size // rows, start // rows
+  n = data.num_train_batches(src, batch_size)
+  # Global batch j = shuffled windows [jB, (j+1)B) = local batches j*blocks .. j*blocks + blocks - 1 of `rows`.
+  local = (grain.MapDataset.source(src).shuffle(seed=data.epoch_seed(seed, epoch))
+           .batch(rows, drop_remainder=True))
+  return local[start_batch * blocks + block:n * blocks:blocks].map(ProcessLocal)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Steps jitted with explicit shardings.
+
+
+class ShardedStep:
+  """`fn` jitted with in/out shardings from the layout: argument `batch_argnum` by the batch rule, every other
+  argument (and every output) by `state_shardings`. The shardings are derived from the first arguments of
+  each structure; every call places its arguments first (a no-op for arrays already placed, a transfer for
+  host arrays, a global array assembled from process-local rows for a ProcessLocal batch)."""
+
+  def __init__(self, fn, layout: Layout, *, batch_argnum: int, donate_argnums=()):
+    self.fn, self.layout, self.batch_argnum, self.donate_argnums = fn, layout, batch_argnum, donate_argnums
+    self._cache: dict = {}
+
+  def shardings(self, *args):
+    ins = tuple(self.layout.batch_shardings(a) if i == self.batch_argnum else self.layout.state_shardings(a)
+                for i, a in enumerate(args))
+    outs = self.layout.state_shardings(jax.eval_shape(self._traced, *args))
+    return ins, outs
+
+  def _traced(self, *args):
+    token = _LAYOUT.set(self.layout)  # the activation constraints see this layout wherever it is traced
+    try:
+      return self.fn(*args)
+    finally:
+      _LAYOUT.reset(token)
+
+  def _jitted(self, args):
+    key = tuple((jax.tree.structure(a), tuple((np.shape(x), str(x.dtype)) for x in jax.tree.leaves(a)))
+                for a in args)
+    if key not in self._cache:
+      ins, outs = self.shardings(*args)
+      self._cache[key] = (jax.jit(self._traced, in_shardings=ins, out_shardings=outs,
+                                  donate_argnums=self.donate_argnums), ins)
+    return self._cache[key]
+
+  def _prepare(self, args):
+    args = list(args)
+    if isinstance(args[self.batch_argnum], dict):
+      args[self.batch_argnum] = global_batch(args[self.batch_argnum], self.layout)
+    jitted, ins = self._jitted(args)
+    return jitted, tuple(jax.tree.map(_put, a, s) for a, s in zip(args, ins))
+
+  def place(self, *args) -> tuple:
+    """The arguments as the compiled step wants them (global arrays with the step's in_shardings)."""
+    return self._prepare(args)[1]
+
+  def lower(self, *args):
+    """AOT: lower on placed arrays or on jax.ShapeDtypeStructs (see `abstract`)."""
+    return self._jitted(list(args))[0].lower(*args)
+
+  def __call__(self, *args):
+    jitted, args = self._prepare(args)
+    return jitted(*args)
+
+
+def _put(x, sharding: NamedSharding):
+  """`x` (host or device, any placement) as a global array with `sharding`; no copy if it is one already. Every
+  process holds the same value: a host value onto a mesh that spans processes is assembled slice by slice."""
+  if isinstance(x, jax.Array):
+    if x.sharding == sharding:
+      return x
+    if sharding.is_fully_addressable or not x.is_fully_addressable:
+      return jax.device_put(x, sharding)
+  if sharding.is_fully_addressable:
+    return jax.device_put(x, sharding)
+  host = np.asarray(x)
+  return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def jit(fn, *, batch_argnum: int, donate_argnums=(), layout: Layout | None = None):
+  """`jax.jit(fn, donate_argnums=...)` outside a layout; a ShardedStep under one (or under `layout`)."""
+  layout = layout or current()
+  if layout is None:
+    return jax.jit(fn, donate_argnums=donate_argnums)
+  return ShardedStep(fn, layout, batch_argnum=batch_argnum, donate_argnums=donate_argnums)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Multi-host.
+
+
+def _truthy(value: str | None) -> bool:
+  return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def initialize_distributed(requested: bool = False) -> bool:
+  """jax.distributed.initialize() if `requested` (cfg.distributed) or MOLA_DISTRIBUTED=1; call it before
+  anything touches a device. The coordinator, process count and id come from the cluster (Cloud TPU, SLURM,
+  Open MPI, Kubernetes are auto-detected) or from JAX_COORDINATOR_ADDRESS, MOLA_NUM_PROCESSES and
+  MOLA_PROCESS_ID (e.g. several CPU processes on one machine: launch/local.sh). Returns whether it ran."""
+  if not (requested or _truthy(os.environ.get("MOLA_DISTRIBUTED"))):
+    return False
+  kwargs = {}
+  if os.environ.get("MOLA_NUM_PROCESSES"):
+    kwargs["num_processes"] = int(os.environ["MOLA_NUM_PROCESSES"])
+  if os.environ.get("MOLA_PROCESS_ID"):
+    kwargs["process_id"] = int(os.environ["MOLA_PROCESS_ID"])
+  jax.distributed.initialize(**kwargs)
+  return True
+
+
+def is_lead() -> bool:
+  """Process 0: the only one that writes logs and results (every process writes its checkpoint shards)."""
+  return jax.process_index() == 0
+
+
+def sync(name: str) -> None:
+  """Wait until every process gets here (no-op with one process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)

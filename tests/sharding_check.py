@@ -1,0 +1,237 @@
+"""The sharding checks, run in a fresh process on 8 simulated CPU devices (tests/test_sharding.py runs it).
+
+    python tests/sharding_check.py                  # prints one JSON report on stdout
+    python tests/sharding_check.py --write-golden   # rewrites tests/golden/param_specs.json (review the diff)
+
+XLA_FLAGS must be set before jax is imported, and other test files import jax in the pytest process, hence
+a subprocess. The report holds, per (mesh, rules, model) case, the largest absolute differences between a
+sharded step and the plain single-device step on the same batches; the parameter PartitionSpec tree per
+rules table; and the result of saving a sharded training state under one mesh and restoring it under another.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import json  # noqa: E402
+import pathlib  # noqa: E402
+import tempfile  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+from flax import nnx  # noqa: E402
+from jax.sharding import AxisType  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from mola_jax import checkpointing, config_lib, sharding, steps  # noqa: E402
+from mola_jax.models import build  # noqa: E402
+
+GOLDEN = REPO / "tests" / "golden" / "param_specs.json"
+CHANNELS, MARKS, SEQ_LEN, SEG_LEN, SEGMENTS, BATCH = 12, 4, 24, 6, 4, 8  # 16 tokens; K = 4; T = 24
+ACTIVE = np.array([True, True, False, True])  # segment 2 has stopped: its rows must stay put
+
+# (mesh shape, rules, model): model = "mola" | "lora" (stage 2, K = 4) | "pretrain" (stage 1, one segment).
+# Every rules table once, on each of the three meshes.
+CASES = [
+    ((8, 1), "data_parallel", "pretrain"),
+    ((4, 2), "segment", "mola"),
+    ((4, 2), "expert", "mola"),
+    ((2, 4), "variate", "mola"),
+    ((2, 4), "tensor", "lora"),
+]
+
+
+def tiny_cfg(method: str):
+  cfg = config_lib.default()
+  cfg.method = "mola" if method == "pretrain" else method
+  cfg.model.itransformer.update(d_model=16, d_ff=32, n_heads=4, e_layers=1)
+  cfg.data.seq_len = SEQ_LEN
+  cfg.mola.update(num_experts=4, rank=2)
+  return cfg
+
+
+def make_model(method: str) -> nnx.Module:
+  segments = 0 if method == "pretrain" else SEGMENTS
+  return build(tiny_cfg(method), channels=CHANNELS, marks=MARKS, pred_len=SEG_LEN, segments=segments,
+               rngs=nnx.Rngs(0))
+
+
+def make_tx(method: str):
+  """Stage 2: the project's Adam. Stage 1: SGD, because the backbone has parameters whose true gradient is
+  exactly zero (the attention key bias: softmax ignores a shift of all scores), and Adam's normalisation
+  turns the ~1e-9 rounding noise of such a gradient into an update of order lr, differently on every layout."""
+  return optax.sgd(0.1) if method == "pretrain" else steps.make_tx(1e-2, 10)
+
+
+def batches(method: str, n: int = 2) -> list[dict]:
+  horizon = SEG_LEN if method == "pretrain" else SEG_LEN * SEGMENTS
+  rng = np.random.default_rng(1)
+  return [{"x": rng.standard_normal((BATCH, SEQ_LEN, CHANNELS), np.float32),
+           "x_mark": rng.uniform(-.5, .5, (BATCH, SEQ_LEN, MARKS)).astype(np.float32),
+           "y": rng.standard_normal((BATCH, horizon, CHANNELS), np.float32)} for _ in range(n)]
+
+
+def mesh(shape) -> jax.sharding.Mesh:
+  return jax.make_mesh(shape, sharding.MESH_AXES, axis_types=(AxisType.Auto,) * 2)
+
+
+def train_state(model: nnx.Module, stage: str, tx):
+  graphdef, params, stats, frozen = steps.split(model, stage)
+  key = jax.random.key_data(jax.random.key(7))
+  return graphdef, {"params": params, "opt": tx.init(params), "stats": stats, "key": key}, frozen
+
+
+def host(tree) -> list[np.ndarray]:
+  return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def run(method: str, start, layout=None, evaluate: bool = True) -> dict:
+  """Two train steps (and one eval pass) from the host state `start`: on one device without `layout`; else
+  with the state placed by the layout's shardings and the steps jitted with explicit shardings."""
+  stage = "pretrain" if method == "pretrain" else "adapt"
+  k = 1 if method == "pretrain" else SEGMENTS
+  active = jnp.ones(1, bool) if k == 1 else jnp.asarray(ACTIVE)
+  tx = make_tx(method)
+  graphdef, pure = start
+  with sharding.use(layout.mesh if layout else None, layout.rules if layout else "data_parallel"):
+    model = nnx.merge(graphdef, jax.tree.map(jnp.array, pure))  # fresh device arrays: the steps donate them
+    sharding.place_model(model)
+    graphdef, state, frozen = train_state(model, stage, tx)
+    step = steps.make_train_step(graphdef, tx, segments=k, share_prefix_dropout=False)
+    losses = []
+    for batch in batches(method):  # dropout is on: its masks must not depend on the sharding either
+      state, loss = step(state, frozen, batch, active)
+      losses.append(float(loss))
+    out = {"loss": np.array(losses), "params": host(state["params"]), "opt": host(state["opt"]),
+           "specs": [spec_list(x.sharding.spec) for x in jax.tree.leaves((state["params"], frozen))] if layout else None}
+    if evaluate:
+      eval_step = steps.make_eval_step(graphdef, segments=k)
+      eval_batch = dict(batches(method, 1)[0], mask=np.arange(BATCH) < BATCH - 3)  # 3 padded rows
+      acc = eval_step(steps.empty_acc(SEG_LEN * k), (*state["params"], state["stats"], frozen), eval_batch)
+      out.update(eval=[np.asarray(acc["sq"]), np.asarray(acc["abs"])], count=int(acc["count"]))
+  return out
+
+
+def max_diff(a, b) -> float:
+  return max((float(np.max(np.abs(x - y))) if np.size(x) else 0.0 for x, y in zip(a, b, strict=True)), default=0.0)
+
+
+def max_rel_diff(a, b) -> float:
+  return max(float(np.max(np.abs(x - y) / np.maximum(np.abs(y), 1e-6))) for x, y in zip(a, b, strict=True))
+
+
+def equality() -> list[dict]:
+  starts = {}
+  for method in sorted({c[2] for c in CASES}):
+    graphdef, state = nnx.split(make_model(method))
+    starts[method] = (graphdef, jax.tree.map(np.asarray, state))
+  reference = {m: run(m, starts[m]) for m in starts}
+  out = []
+  for i, (shape, rules, method) in enumerate(CASES):
+    layout = sharding.Layout(mesh(shape), sharding.RULES[rules], rules)
+    got, want = run(method, starts[method], layout, evaluate=i < 2), reference[method]
+    out.append({
+        "mesh": "x".join(map(str, shape)), "rules": rules, "model": method,
+        "loss_diff": max_diff([got["loss"]], [want["loss"]]),
+        "param_diff": max_diff(got["params"], want["params"]),
+        "opt_diff": max_diff(got["opt"], want["opt"]),
+        "sharded_params": sum(bool(spec) for spec in got["specs"]),
+        "loss": got["loss"].tolist(),
+    })
+    if "eval" in got:
+      out[-1].update(eval_rel_diff=max_rel_diff(got["eval"], want["eval"]), eval_count=[got["count"], want["count"]])
+  return out
+
+
+def spec_list(spec) -> list:
+  """A PartitionSpec as JSON, independent of how a jax version prints it: [] replicated, ["model"], [null, "model"]."""
+  return [list(s) if isinstance(s, tuple) else s for s in spec]
+
+
+def param_specs() -> dict:
+  """rules -> {variable path: PartitionSpec as a list} of the tiny stage-2 MoLA model under the (4, 2) mesh."""
+  model = make_model("mola")
+  out = {}
+  for rules in sharding.RULES:
+    layout = sharding.Layout(mesh((4, 2)), sharding.RULES[rules], rules)
+    flat = jax.tree_util.tree_flatten_with_path(layout.state_shardings(nnx.state(model)),
+                                                is_leaf=lambda x: isinstance(x, nnx.Variable))[0]
+    out[rules] = {"/".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path):
+                  spec_list(jax.tree.leaves(v)[0].spec) for path, v in flat}
+  return out
+
+
+def checkpoint_round_trip() -> dict:
+  """Save a trained stage-2 state under (4, 2) with the segment rules; restore it under (8, 1), data parallel,
+  with the resume path (orbax restores into the target's shardings) and the best-state path."""
+  tx = steps.make_tx(1e-2, 10)
+  with tempfile.TemporaryDirectory() as tmp:
+    tmp = pathlib.Path(tmp)
+    with sharding.use(mesh((4, 2)), "segment") as layout:
+      model = sharding.create(lambda: make_model("mola"))  # born sharded: built by one jit with out_shardings
+      born = nnx.state(model)
+      born_sharded = all(x.sharding == s for x, s in
+                         zip(jax.tree.leaves(born), jax.tree.leaves(layout.state_shardings(born)), strict=True))
+      init_diff = max_diff(host(born), host(nnx.state(make_model("mola"))))  # vs the eager single-device build
+      graphdef, state, frozen = train_state(model, "adapt", tx)
+      step = steps.make_train_step(graphdef, tx, segments=SEGMENTS, share_prefix_dropout=False)
+      state, _ = step(state, frozen, batches("mola")[0], jnp.asarray(ACTIVE))
+      saved_specs = sorted({json.dumps(spec_list(x.sharding.spec)) for x in jax.tree.leaves(state)})
+      saved = [np.asarray(x) for x in jax.tree.leaves(state)]
+      with checkpointing.resume_manager(tmp / "resume") as mngr:
+        checkpointing.save_resume(mngr, 1, state, {"epoch": 1})
+        mngr.wait_until_finished()
+      best = nnx.merge(graphdef, *state["params"], state["stats"], frozen)
+      with checkpointing.manager(tmp / "best") as mngr:
+        checkpointing.save(mngr, 1, nnx.state(best), {"stage": "adapt"})
+        mngr.wait_until_finished()
+      best_saved = [np.asarray(x) for x in jax.tree.leaves(nnx.state(best))]
+
+    with sharding.use(mesh((8, 1)), "data_parallel") as layout:
+      model = sharding.create(lambda: make_model("mola"))
+      _, target, _ = train_state(model, "adapt", tx)
+      with checkpointing.resume_manager(tmp / "resume") as mngr:
+        restored, loop = checkpointing.restore_resume(mngr, target)
+      want = jax.tree.leaves(layout.state_shardings(target))
+      got = jax.tree.leaves(restored)
+      checkpointing.restore_into(model, tmp / "best")
+      sharding.place_model(model)
+      best_restored = jax.tree.leaves(nnx.state(model))
+      best_ok = all(x.sharding == s for x, s in
+                    zip(best_restored, jax.tree.leaves(layout.state_shardings(nnx.state(model)))))
+  return {
+      "born_sharded": born_sharded,
+      "init_diff": init_diff,
+      "saved_specs": saved_specs,
+      "restored_specs": sorted({json.dumps(spec_list(x.sharding.spec)) for x in got}),
+      "restored_mesh": sorted({sharding.mesh_name(x.sharding.mesh) for x in got}),
+      "shardings_match_target": all(x.sharding == s for x, s in zip(got, want, strict=True)),
+      "max_diff": max_diff([np.asarray(x) for x in got], saved),
+      "loop": loop,
+      "best_max_diff": max_diff([np.asarray(x) for x in best_restored], best_saved),
+      "best_shardings_match": best_ok,
+  }
+
+
+def main() -> None:
+  assert jax.device_count() == 8, jax.devices()
+  if "--write-golden" in sys.argv:
+    GOLDEN.parent.mkdir(exist_ok=True)
+    GOLDEN.write_text(json.dumps(param_specs(), indent=1, sort_keys=True) + "\n")
+    print(f"wrote {GOLDEN}")
+    return
+  report = {"devices": jax.device_count(), "jax": jax.__version__, "param_specs": param_specs(),
+            "checkpoint": checkpoint_round_trip(), "equality": equality()}
+  print(json.dumps(report))
+
+
+if __name__ == "__main__":
+  main()
