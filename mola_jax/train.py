@@ -9,6 +9,7 @@ validation and early stopping -> best-state checkpoint -> one test pass -> resul
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import os
@@ -107,6 +108,20 @@ def summarise(acc: dict, segments: int, channels: int) -> dict:
   }
 
 
+def prefetch_to_device(batches, size: int = 1):
+  """Yield `batches` as device arrays, `size` batches ahead: batch i+1 is already transferred (device_put is
+  asynchronous) while step i runs. Under a mesh each batch becomes a global array split by the batch rule."""
+  layout = sharding.current()
+  put = (lambda b: sharding.global_batch(b, layout)) if layout is not None else jax.device_put
+  queue = collections.deque()
+  for batch in batches:
+    queue.append(put(batch))
+    if len(queue) > size:
+      yield queue.popleft()
+  while queue:
+    yield queue.popleft()
+
+
 def evaluate(eval_step, states, src, batch_size: int, segments: int) -> dict:
   acc = steps.empty_acc(src.pred_len)
   for batch in data.eval_batches(src, batch_size):
@@ -139,8 +154,9 @@ def fit(model: nnx.Module, *, stage: str, series, cfg, recipe, segments: int, ho
   key = jax.random.key_data(jax.random.fold_in(jax.random.key(seed), 1 if stage == "pretrain" else 2))
   state = {"params": params, "opt": tx.init(params), "stats": stats, "key": key}
   share = cfg.mola.share_prefix_dropout
-  train_step = steps.make_train_step(graphdef, tx, segments=segments, share_prefix_dropout=share)
-  eval_step = steps.make_eval_step(graphdef, segments=segments)
+  dtype = cfg.get("compute_dtype")  # float32 (None in configs from before the key existed) or bfloat16
+  train_step = steps.make_train_step(graphdef, tx, segments=segments, share_prefix_dropout=share, compute_dtype=dtype)
+  eval_step = steps.make_eval_step(graphdef, segments=segments, compute_dtype=dtype)
   eval_states = lambda st: (*st["params"], st["stats"], frozen)
   train_state = lambda st: {k: st[k] for k in ("params", "opt", "stats", "key")}
   # Per-segment selection (stage 2): each segment keeps the deltas of its own best epoch; the official rule
@@ -198,7 +214,8 @@ def fit(model: nnx.Module, *, stage: str, series, cfg, recipe, segments: int, ho
     lr = float(steps.current_lr(state["opt"]))  # the lr this epoch trains with
     active = jnp.asarray(stopper.active)
     losses = []
-    batches = sharding.train_batches(train_src, recipe.batch_size, seed=seed, epoch=epoch, start_batch=loop["batch"])
+    batches = prefetch_to_device(sharding.train_batches(train_src, recipe.batch_size, seed=seed, epoch=epoch,
+                                                        start_batch=loop["batch"]))
     bar = tqdm(batches, total=steps_per_epoch, initial=loop["batch"], desc=f"[{name}] epoch {epoch}/{recipe.epochs}",
                leave=False, disable=None, file=sys.stderr)
     for batch in bar:
@@ -260,8 +277,8 @@ def test(model: nnx.Module, *, series, cfg, horizon: int, segments: int, split: 
   selection)."""
   graphdef, *states = nnx.split(model)
   src = data.window_source(series, split, cfg.data.seq_len, horizon)
-  return evaluate(steps.make_eval_step(graphdef, segments=segments), tuple(states), src,
-                  cfg.data.eval_batch_size, segments)
+  return evaluate(steps.make_eval_step(graphdef, segments=segments, compute_dtype=cfg.get("compute_dtype")),
+                  tuple(states), src, cfg.data.eval_batch_size, segments)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -296,7 +313,9 @@ def claim_workdir(cfg, workdir: pathlib.Path, overwrite: bool) -> None:
   new = json.loads(cfg.to_json_best_effort())
   if path.is_file() and not overwrite:
     old = _flat(json.loads(path.read_text()))
-    diff = sorted(k for k in set(old) | set(_flat(new)) if old.get(k) != _flat(new).get(k))
+    # Where and how it runs is not what it computes: a run may resume under another mesh or process count.
+    diff = sorted(k for k in set(old) | set(_flat(new))
+                  if old.get(k) != _flat(new).get(k) and not k.startswith(("mesh.", "distributed")))
     if diff:
       raise checkpointing.CheckpointError(
           f"{workdir} holds a run of a different config (differs in {', '.join(diff[:5])}); use another "
