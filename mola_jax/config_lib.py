@@ -126,6 +126,26 @@ def default() -> ml_collections.ConfigDict:
   cfg.mesh.rules = "data_parallel"
   # Multi-host: jax.distributed.initialize() first thing (also MOLA_DISTRIBUTED=1); only process 0 writes logs.
   cfg.distributed = False
+
+  # Compute dtype of the train and eval steps' forward and backward pass: "float32", or "bfloat16" (for GPU/TPU)
+  # with float32 master weights, optimizer state and loss (steps.caster). Its accuracy effect: mola_jax.bench.
+  cfg.compute_dtype = "float32"
+
+  # `python -m mola_jax.bench` (docs/performance.md). Throughputs are medians of `repeats` timed repeats after
+  # `warmup` untimed steps; a repeat runs enough steps to last about `repeat_seconds` (within min/max_steps).
+  cfg.bench = ml_collections.ConfigDict()
+  cfg.bench.tiny = False  # CI mode: 3 steps a repeat, 2 repeats, sweeps cut to K[:2], T[:1], D[:1]; no speed asserted
+  cfg.bench.repeats = 5
+  cfg.bench.warmup = 2
+  cfg.bench.repeat_seconds = 2.0
+  cfg.bench.min_steps = 5
+  cfg.bench.max_steps = 200
+  cfg.bench.segments = (1, 2, 4, 8, 24)  # K sweep at T = horizon (S = T / K); a K that does not divide T is skipped
+  cfg.bench.horizons = (96, 192, 336, 720)  # T sweep, S = each T's default segment length
+  cfg.bench.channels = (7, 21, 321)  # channel sweep, on synthetic data with the config's model
+  cfg.bench.sweep_loop = True  # also time the per-segment loop (the official K passes) in the K sweep
+  cfg.bench.accuracy_steps = 0  # bf16 vs float32: train steps per stage from one init; 0 = one epoch each
+  cfg.bench.matmul_size = 2048  # square matmul that measures the attainable FLOP/s (the MFU denominator)
   return cfg
 
 
@@ -172,6 +192,8 @@ def validate(cfg) -> None:
     sub = cfg[key]
     if sub.batch_size <= 0 or sub.epochs <= 0 or sub.lr <= 0:
       raise ConfigError(f"{key}.batch_size, {key}.epochs and {key}.lr must be positive")
+  if cfg.get("compute_dtype", "float32") not in ("float32", "bfloat16"):
+    raise ConfigError(f"unknown compute_dtype {cfg.compute_dtype!r}; use 'float32' or 'bfloat16'")
   if cfg.adapt.selection not in ("any_improved", "per_segment"):
     raise ConfigError(f"unknown adapt.selection {cfg.adapt.selection!r}; use 'any_improved' or 'per_segment'")
   if cfg.mola.targets is not None:
