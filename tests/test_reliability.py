@@ -47,21 +47,28 @@ def metrics_of(workdir) -> dict:
   return {k: r[k] for k in ("test_mse", "test_mae", "val_mse", "per_step_test_mse", "num_test_windows")}
 
 
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+  """One uninterrupted run, the reference for every interrupted one."""
+  workdir = tmp_path_factory.mktemp("straight")
+  cli(workdir)
+  return workdir
+
+
 @pytest.mark.parametrize("resume_dir,min_steps", [("pretrain_resume", 14), ("adapt_resume", 7)],
                          ids=["killed-in-stage1", "killed-in-stage2"])
-def test_kill_9_then_rerun_gives_the_uninterrupted_result(tmp_path, resume_dir, min_steps):
-  cli(tmp_path / "straight")
+def test_kill_9_then_rerun_gives_the_uninterrupted_result(tmp_path, straight, resume_dir, min_steps):
   kill_when(tmp_path / "killed", resume_dir, min_steps)
   assert not (tmp_path / "killed" / "results.json").exists()
   cli(tmp_path / "killed")
-  want, got = metrics_of(tmp_path / "straight"), metrics_of(tmp_path / "killed")
+  want, got = metrics_of(straight), metrics_of(tmp_path / "killed")
   assert got["num_test_windows"] == want["num_test_windows"]
   for key in ("test_mse", "test_mae", "val_mse"):
     assert got[key] == pytest.approx(want[key], rel=1e-6, abs=1e-6)
   np.testing.assert_allclose(got["per_step_test_mse"], want["per_step_test_mse"], rtol=1e-6, atol=1e-6)
   # The metrics log holds each epoch once, as an uninterrupted run's does.
   lines = lambda w: [(r["stage"], r.get("epoch")) for r in map(json.loads, (w / "metrics.jsonl").open())]
-  assert lines(tmp_path / "killed") == lines(tmp_path / "straight")
+  assert lines(tmp_path / "killed") == lines(straight)
 
 
 def test_a_workdir_of_another_config_is_refused_unless_overwritten(tmp_path):
