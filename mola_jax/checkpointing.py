@@ -7,6 +7,7 @@ is restored: the official code's non-strict load silently adapted a random backb
 
 from __future__ import annotations
 
+import json
 import pathlib
 
 from absl import logging
@@ -31,10 +32,16 @@ def manager(directory: pathlib.Path) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
 
 
+def _own_copy(tree):
+  """orbax writes in the background while training goes on, and the train step donates (reuses) the state's
+  buffers: a save gets its own copy, or it may write arrays that later steps have already overwritten."""
+  return jax.tree.map(lambda x: x.copy() if isinstance(x, jax.Array) else x, tree)
+
+
 def save(mngr: ocp.CheckpointManager, step: int, state: nnx.State, meta: dict) -> None:
   """Asynchronous: orbax writes in the background; call mngr.wait_until_finished() before relying on it."""
-  mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(nnx.to_pure_dict(state)),
-                                          meta=ocp.args.JsonSave(meta)), force=True)
+  mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_own_copy(nnx.to_pure_dict(state))),
+                                          meta=ocp.args.JsonSave(json.loads(json.dumps(meta)))), force=True)
 
 
 def restore_latest(directory: pathlib.Path) -> tuple[dict, dict]:
@@ -89,7 +96,8 @@ def resume_manager(directory: pathlib.Path) -> ocp.CheckpointManager:
 
 
 def save_resume(mngr: ocp.CheckpointManager, step: int, state, loop: dict) -> None:
-  mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), loop=ocp.args.JsonSave(loop)),
+  loop = json.loads(json.dumps(loop))  # frozen now: the caller keeps mutating its dict while orbax writes
+  mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_own_copy(state)), loop=ocp.args.JsonSave(loop)),
             force=True)
 
 

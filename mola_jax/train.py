@@ -313,9 +313,12 @@ def claim_workdir(cfg, workdir: pathlib.Path, overwrite: bool) -> None:
   new = json.loads(cfg.to_json_best_effort())
   if path.is_file() and not overwrite:
     old = _flat(json.loads(path.read_text()))
-    # Where and how it runs is not what it computes: a run may resume under another mesh or process count.
-    diff = sorted(k for k in set(old) | set(_flat(new))
-                  if old.get(k) != _flat(new).get(k) and not k.startswith(("mesh.", "distributed")))
+    # Where and how it runs is not what it computes: a run may resume under another mesh or process count,
+    # and with other logging, checkpoint or benchmark settings. A key the old run predates counts as its default.
+    ignored = ("mesh.", "distributed", "bench.", "reproduce.", "log_every", "checkpoint_every_steps")
+    defaults, now = _flat(json.loads(config_lib.default().to_json_best_effort())), _flat(new)
+    diff = sorted(k for k in set(old) | set(now)
+                  if old.get(k, defaults.get(k)) != now.get(k) and not k.startswith(ignored))
     if diff:
       raise checkpointing.CheckpointError(
           f"{workdir} holds a run of a different config (differs in {', '.join(diff[:5])}); use another "
