@@ -43,9 +43,7 @@ import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags, logging
 from flax import nnx
-from ml_collections import config_flags
 
 from mola_jax import cli, config_lib, data, steps
 from mola_jax.models import build, predict, predict_per_segment
@@ -697,16 +695,5 @@ def markdown(r: dict) -> str:
   return "\n".join(out) + "\n"
 
 
-def main(argv) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  logging.set_verbosity(logging.WARNING)
-  with cli.user_errors():
-    run(flags.FLAGS.config, flags.FLAGS.workdir)
-
-
 if __name__ == "__main__":
-  config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/etth1.py", lock_config=True)
-  flags.DEFINE_string("workdir", None, "Where bench.json and bench.md go", required=True)
-  flags.mark_flag_as_required("config")
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.config_command(run, "Where bench.json and bench.md go")

@@ -33,6 +33,24 @@ def parse_flags(argv: list[str]) -> list[str]:
   return rest
 
 
+def config_command(run, workdir_help: str) -> None:
+  """Entry point of a `--config FILE --workdir DIR` command that calls run(cfg, workdir)."""
+  from absl import app, logging
+  from ml_collections import config_flags
+
+  def main(argv) -> None:
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    with user_errors():
+      run(flags.FLAGS.config, flags.FLAGS.workdir)
+
+  config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/etth1.py", lock_config=True)
+  flags.DEFINE_string("workdir", None, workdir_help, required=True)
+  flags.mark_flag_as_required("config")
+  app.run(main, flags_parser=parse_flags)
+
+
 @contextlib.contextmanager
 def user_errors():
   try:

@@ -29,8 +29,6 @@ import sys
 import time
 
 import numpy as np
-from absl import app, flags, logging
-from ml_collections import config_flags
 from scipy import stats
 
 from mola_jax import cli, config_lib, data
@@ -238,16 +236,5 @@ def plot(workdir: pathlib.Path, results, cell_dirs, chosen, seeds, horizons, met
     plt.close(fig)
 
 
-def main(argv) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  logging.set_verbosity(logging.WARNING)
-  with cli.user_errors():
-    run(flags.FLAGS.config, flags.FLAGS.workdir)
-
-
 if __name__ == "__main__":
-  config_flags.DEFINE_config_file("config", None, "Dataset config, e.g. configs/etth1.py", lock_config=True)
-  flags.DEFINE_string("workdir", None, "Directory of the whole study", required=True)
-  flags.mark_flag_as_required("config")
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.config_command(run, "Directory of the whole study")
