@@ -75,6 +75,36 @@ def test_mixture_einsum_equals_per_segment_reference():
     np.testing.assert_allclose(np.asarray(lora.delta()[k]), np.asarray(lora.a[...][k] @ lora.b[...][k]), rtol=1e-5)
 
 
+@pytest.mark.parametrize("method", ["mola", "lora"])
+def test_factored_application_equals_dense_delta(method):
+  """Big layers apply a bank factored, sum_p w[k,p] (h A_p) B_p, never forming the delta: same outputs and
+  same gradients as h @ delta[k], for a shared-prefix input [1, ...] and a per-segment one [K, ...]."""
+  make = {"mola": lambda: MoLABank(64, 256, segments=3, experts=4, rank=2, a_std=0.1, rngs=nnx.Rngs(0)),
+          "lora": lambda: LoRABank(64, 256, segments=3, rank=2, a_std=0.1, rngs=nnx.Rngs(0))}[method]
+  bank = make()
+  assert bank.factored  # 2 R (d_in + d_out) <= d_in d_out here
+  bank.b[...] = jax.random.normal(jax.random.key(1), bank.b[...].shape)
+  graphdef, state = nnx.split(bank)
+
+  def out(state, h, factored):
+    m = nnx.merge(graphdef, state)
+    m.factored = factored
+    return m(h)
+
+  for lead in (1, 3):
+    h = jax.random.normal(jax.random.key(lead), (lead, 5, 7, 64))  # [K', B, tokens, d_in]
+    want = np.einsum("kbti,kio->kbto", np.broadcast_to(np.asarray(h, np.float64), (3, 5, 7, 64)),
+                     np.asarray(bank.delta(), np.float64))
+    for factored in (True, False):
+      np.testing.assert_allclose(np.asarray(out(state, h, factored)), want, rtol=1e-4, atol=1e-5)
+    loss = lambda st, f: jnp.sum(jnp.sin(out(st, h, f)))
+    g_fact, g_dense = jax.grad(loss)(state, True), jax.grad(loss)(state, False)
+    for gf, gd in zip(jax.tree.leaves(g_fact), jax.tree.leaves(g_dense)):
+      np.testing.assert_allclose(np.asarray(gf), np.asarray(gd), rtol=1e-4, atol=1e-4)
+  # Small layers (iTransformer's 128 x 128 with 6 rank-8 experts) keep the dense form.
+  assert not MoLABank(128, 128, segments=2, experts=6, rank=8, a_std=0.01, rngs=nnx.Rngs(0)).factored
+
+
 def test_batched_segments_equal_one_pass_per_segment(graph_mode):
   """The K-axis forward (shared prefix, one einsum) equals K separate passes, each a K=1 model holding only
   segment k's mixture, as the official per-segment loop computes it."""

@@ -57,12 +57,12 @@ def torch_uniform(key: jax.Array, shape: tuple[int, ...], fan_in: int) -> jax.Ar
 
 
 class Dense(nnx.Module):
-  """`h @ kernel + bias`, kernel [d_in, d_out]. With an adapter, segment k computes `h @ (kernel + delta[k])`,
-  where the adapter returns all K deltas `[K, d_in, d_out]` from one einsum.
+  """`h @ kernel + bias`, kernel [d_in, d_out]. With an adapter, segment k computes `h @ (kernel + delta[k])`.
 
-  The delta is applied as its own term, `h @ kernel + h @ delta[k]`, rather than merged into the kernel first:
-  with B = 0 the output is then bit-identical to the frozen layer (not merely equal up to rounding), and a
-  small delta keeps its precision instead of being rounded into a large kernel (which matters in bf16).
+  The adapter's term is added on its own, `h @ kernel + adapter(h)`, rather than merged into the kernel first:
+  with B = 0 the output is then bit-identical to the frozen layer (not merely equal up to rounding), a small
+  delta keeps its precision instead of being rounded into a large kernel (which matters in bf16), and a bank
+  may apply its delta factored, never forming it (adapters.py).
   """
 
   def __init__(self, d_in: int, d_out: int, *, rngs: nnx.Rngs, adapter: nnx.Module | None = None,
@@ -77,10 +77,7 @@ class Dense(nnx.Module):
     y = h @ self.kernel[...] + self.bias[...]  # frozen path; computed once while the prefix is shared
     if self.adapter is None:
       return y
-    delta = self.adapter.delta()  # [K, d_in, d_out]
-    if h.shape[0] == 1:  # shared prefix: one input feeds all K segment deltas
-      return y + jnp.einsum("...i,kio->k...o", h[0], delta)
-    return y + jnp.einsum("k...i,kio->k...o", h, delta)
+    return y + self.adapter(h)  # [K, ..., d_out]; K' = 1 broadcasts
 
 
 def layer_norm(d: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
