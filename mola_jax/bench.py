@@ -522,6 +522,11 @@ def run(cfg, workdir) -> dict:
   shared_dropout = {f: train(prob, "adapt", forward=f, share_dropout=True, name=f"stage2_{f}_shared_dropout")
                     for f in ("batched", "unshared_prefix")}
   s2_bf16 = train(prob, "adapt", dtype="bfloat16", name="stage2_batched_pipeline_bf16")
+  form = {}  # how the adapters are applied: the materialised delta vs factored (models/adapters.py)
+  for factored, name in ((False, "dense_delta"), (True, "factored")):
+    variant = dataclasses.replace(prob, cfg=copy.deepcopy(prob.cfg))
+    variant.cfg.mola.factored = factored
+    form[name] = train(variant, "adapt", mode="device", name=f"stage2_step_{name}")
 
   model1 = new_model(prob, "pretrain")
   model2 = new_model(prob, "adapt")
@@ -575,6 +580,11 @@ def run(cfg, workdir) -> dict:
       "stage2_shared_dropout_over_unshared_prefix": (shared_dropout["batched"]["windows_per_s"]
                                                      / shared_dropout["unshared_prefix"]["windows_per_s"]),
       "stage2_bf16_windows_per_s": s2_bf16["windows_per_s"],
+      "stage2_step_dense_delta_windows_per_s": form["dense_delta"]["windows_per_s"],
+      "stage2_step_factored_windows_per_s": form["factored"]["windows_per_s"],
+      "stage2_factored_over_dense_delta": form["factored"]["windows_per_s"] / form["dense_delta"]["windows_per_s"],
+      "stage2_flops_per_step_dense_delta": form["dense_delta"]["flops_per_step"],
+      "stage2_flops_per_step_factored": form["factored"]["flops_per_step"],
       "eval_test_seconds": ev["batched"]["seconds"],
       "eval_test_windows_per_s": ev["batched"]["windows_per_s"],
       "eval_test_loop_seconds": ev["loop"]["seconds"],
@@ -631,7 +641,7 @@ def markdown(r: dict) -> str:
          "", "| figure | value |", "|---|---|"]
   for key in REQUIRED + ("stage2_step_windows_per_s", "stage2_scan_windows_per_s", "stage2_batched_over_loop",
                          "stage2_shared_over_unshared_prefix", "stage2_shared_dropout_over_unshared_prefix",
-                         "eval_test_windows_per_s", "eval_batched_over_loop", "eval_shared_over_unshared_prefix",
+                         "stage2_factored_over_dense_delta", "eval_test_windows_per_s", "eval_batched_over_loop", "eval_shared_over_unshared_prefix",
                          "loop_max_rel_diff", "unshared_prefix_max_rel_diff"):
     out.append(f"| `{key}` | {g(r[key])} |")
 

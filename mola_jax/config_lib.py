@@ -103,6 +103,10 @@ def default() -> ml_collections.ConfigDict:
   # Share the dropout masks of the pre-adapter prefix across segments in training. Off: each segment draws its
   # own, as the official K separate passes do (method.md §12). Eval always shares the prefix (it is exact there).
   cfg.mola.share_prefix_dropout = False
+  # How a bank applies its delta (models/adapters.py): unset -> per layer by cost (factored, sum_p w (h A_p) B_p,
+  # for big layers such as PatchTST's 512 x 2048; the materialised [K, d_in, d_out] delta for small ones such as
+  # iTransformer's 128 x 128); True / False forces one. Same numbers up to rounding; speed only.
+  cfg.mola.factored = config_dict.placeholder(bool)
 
   # The study of `python -m mola_jax.reproduce`.
   cfg.reproduce = ml_collections.ConfigDict()

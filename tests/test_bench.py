@@ -50,6 +50,8 @@ def test_tiny_cli_writes_every_figure(tmp_path):
   assert {row["sweep"] for row in result["rows"] if "sweep" in row} == {"K", "T", "D"}
   assert {row["mode"] for row in result["rows"]} == {"pipeline", "device", "scan"}
   assert all(row["flops_per_step"] > 0 for row in result["rows"])
+  # The two adapter forms are two programs (a cached compile of one would time the other twice).
+  assert result["stage2_flops_per_step_dense_delta"] != result["stage2_flops_per_step_factored"]
   acc = result["accuracy_bf16"]
   assert np.isfinite(acc["float32"]["test_mse"]) and np.isfinite(acc["bfloat16"]["test_mse"])
   table = (tmp_path / "bench.md").read_text()

@@ -25,8 +25,9 @@ from flax import nnx
 from mola_jax import sharding
 
 
-def use_factored(total_rank: int, d_in: int, d_out: int) -> bool:
-  return 2 * total_rank * (d_in + d_out) <= d_in * d_out
+def use_factored(total_rank: int, d_in: int, d_out: int, choice: bool | None = None) -> bool:
+  """choice (config mola.factored): True / False forces a form; None picks by cost."""
+  return bool(choice) if choice is not None else 2 * total_rank * (d_in + d_out) <= d_in * d_out
 
 
 def apply_delta(h: jax.Array, delta: jax.Array) -> jax.Array:
@@ -50,13 +51,13 @@ class MoLABank(nnx.Module):
   """P rank-r experts shared by all segments, mixed per segment by softmax(logits[k]). No router:
   the mixture weights are free parameters, independent of the input (method.md §4.3)."""
 
-  def __init__(self, d_in, d_out, *, segments, experts, rank, a_std, rngs: nnx.Rngs):
+  def __init__(self, d_in, d_out, *, segments, experts, rank, a_std, rngs: nnx.Rngs, factored=None):
     bank = sharding.axes("expert", None, None)  # logical axes for the sharding rules (mola_jax/sharding.py)
     self.a = nnx.LoRAParam(a_std * jax.random.normal(rngs.params(), (experts, d_in, rank)), **bank)  # [P, d_in, r]
     self.b = nnx.LoRAParam(jnp.zeros((experts, rank, d_out)), **bank)  # [P, r, d_out]; 0: starts at the backbone
     self.logits = SegmentParam(jax.random.normal(rngs.params(), (segments, experts)),
                                **sharding.axes("segment", "expert"))  # [K, P]
-    self.factored = use_factored(experts * rank, d_in, d_out)
+    self.factored = use_factored(experts * rank, d_in, d_out, factored)
 
   def __call__(self, h: jax.Array) -> jax.Array:  # h [K', ..., d_in] -> [K, ..., d_out]
     if not self.factored:
@@ -77,11 +78,11 @@ class MoLABank(nnx.Module):
 class LoRABank(nnx.Module):
   """One independent rank-r LoRA per segment (the official `iTransformerLora` baseline): no sharing."""
 
-  def __init__(self, d_in, d_out, *, segments, rank, a_std, rngs: nnx.Rngs):
+  def __init__(self, d_in, d_out, *, segments, rank, a_std, rngs: nnx.Rngs, factored=None):
     a = a_std * jax.random.normal(rngs.params(), (segments, d_in, rank))
     self.a = SegmentParam(a, **PER_SEGMENT)  # [K, d_in, r]
     self.b = SegmentParam(jnp.zeros((segments, rank, d_out)), **PER_SEGMENT)  # [K, r, d_out]
-    self.factored = use_factored(rank, d_in, d_out)
+    self.factored = use_factored(rank, d_in, d_out, factored)
 
   def __call__(self, h: jax.Array) -> jax.Array:  # h [K', ..., d_in] -> [K, ..., d_out]
     if not self.factored:
@@ -106,9 +107,10 @@ def adapter_factory(method: str, segments: int, mola_cfg):
       return None
     if method == "mola":
       return MoLABank(d_in, d_out, segments=segments, experts=mola_cfg.num_experts, rank=mola_cfg.rank,
-                      a_std=mola_cfg.a_std, rngs=rngs)
+                      a_std=mola_cfg.a_std, rngs=rngs, factored=mola_cfg.get("factored"))
     if method == "lora":
-      return LoRABank(d_in, d_out, segments=segments, rank=mola_cfg.rank, a_std=mola_cfg.a_std, rngs=rngs)
+      return LoRABank(d_in, d_out, segments=segments, rank=mola_cfg.rank, a_std=mola_cfg.a_std, rngs=rngs,
+                      factored=mola_cfg.get("factored"))
     raise ValueError(f"method {method!r} has no adapters")
 
   return make
