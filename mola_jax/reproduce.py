@@ -25,7 +25,6 @@ import csv
 import json
 import pathlib
 import shutil
-import sys
 import time
 
 import numpy as np
