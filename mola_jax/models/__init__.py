@@ -24,14 +24,12 @@ BACKBONES = {
 
 # A backbone class declares the layer groups its dense layers belong to (GROUPS: the names it passes to
 # make_adapter) and which of them get adapters unless --config.mola.targets says otherwise (ADAPTED_GROUPS).
-# A class that declares neither is a Transformer encoder with the method's placement (method.md §4.2).
-ENCODER_GROUPS, ENCODER_ADAPTED = ("ffn", "attn"), ("ffn",)
 
 
 def layer_groups(backbone: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
   """-> (groups the backbone offers, groups adapted by default)."""
   cls = BACKBONES[backbone]
-  return getattr(cls, "GROUPS", ENCODER_GROUPS), getattr(cls, "ADAPTED_GROUPS", ENCODER_ADAPTED)
+  return cls.GROUPS, cls.ADAPTED_GROUPS
 
 
 def adapted_groups(cfg) -> tuple[str, ...]:

@@ -17,6 +17,9 @@ class ITransformer(nnx.Module):
   "attn" (the Q/K/V/O projections). Embedding, LayerNorms and the head are never adapted.
   """
 
+  GROUPS = ("ffn", "attn")  # the encoder FFN and attention projections
+  ADAPTED_GROUPS = ("ffn",)  # the method's placement (method.md §4.2); --config.mola.targets overrides
+
   def __init__(self, cfg, *, seq_len: int, pred_len: int, channels: int, marks: int, rngs: nnx.Rngs,
                make_adapter):
     del channels, marks  # tokens are series, so the sizes do not depend on how many there are
