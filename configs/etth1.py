@@ -3,12 +3,21 @@
     python -m mola_jax.train --config configs/etth1.py --workdir runs/etth1
     python -m mola_jax.train --config configs/etth1.py --config.method=mtf --workdir runs/etth1_mtf
     python -m mola_jax.train --config configs/etth1.py --config.horizon=336 --config.segment_len=84 ...
+
+`--config configs/etth1.py:fixed_s` keeps only the default (first) segment length per horizon, so a
+reproduction study trains one S instead of choosing between two on validation (half the stage-2 cost).
 """
 
 from mola_jax import config_lib
 
+VARIANTS = ("fixed_s",)
 
-def get_config():
+
+def get_config(variant: str | None = None):
   cfg = config_lib.default()
   cfg.data.name = "ETTh1"
+  if variant == "fixed_s":
+    cfg.segment_options = {h: options[:1] for h, options in config_lib.SEGMENT_OPTIONS.items()}
+  elif variant is not None:
+    raise config_lib.ConfigError(f"unknown variant {variant!r} of configs/etth1.py; use one of {', '.join(VARIANTS)}")
   return cfg

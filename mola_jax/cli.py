@@ -24,6 +24,8 @@ def parse_flags(argv: list[str]) -> list[str]:
     rest = flags.FLAGS(argv)
   except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
     text = str(e).replace("\\n", ". ").replace("\\", "").replace("'", "")  # a KeyError repr inside an AttributeError
+    if "Traceback" in text:  # the config file's get_config raised: keep its last line (the reason)
+      text = text.strip().splitlines()[-1].split("Error: ", 1)[-1]
     fail(f"bad command line: {text}; see --helpfull for the flags")
   if "config" in flags.FLAGS:
     try:  # config_flags defers a failed load of the config file until first use; surface it here

@@ -39,12 +39,14 @@ CASES = {
     "config key typo": lambda tmp: ["--config.pretrain.lrr=1e-3"],
     "bad value type": lambda tmp: ["--config.horizon=ninety"],
     "missing config file": lambda tmp: ["--config=" + str(tmp / "none.py")],
+    "unknown config variant": lambda tmp: ["--config=" + ETTH1 + ":fixed"],
 }
 EXPECT = {
     "missing file": "does not exist", "no date column": "no 'date' column", "non-numeric value": "row(s) 123",
     "missing value": "row(s) 77", "too short": "too few", "horizon not divisible": "not divisible",
     "unknown dataset": "ETTh3", "unknown backbone": "unknown backbone", "unknown method": "unknown method",
     "config key typo": 'Did you mean "lr"', "bad value type": "ninety", "missing config file": "none.py",
+    "unknown config variant": "unknown variant fixed of configs/etth1.py",
 }
 
 

@@ -73,3 +73,14 @@ def test_cli_bad_config_exits_2_with_one_line_and_writes_nothing(tmp_path):
   assert proc.returncode == 2
   assert "not divisible" in proc.stderr.strip().splitlines()[-1]
   assert not workdir.exists()
+
+
+def test_fixed_s_variant_keeps_only_the_default_segment_length():
+  argv = ["prog", f"--config={REPO / 'configs' / 'etth1.py'}:fixed_s"]
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True, sys_argv=argv)
+  fv(argv)
+  fixed = fv.config
+  assert {h: tuple(o) for h, o in fixed.segment_options.items()} == {"96": (24,), "192": (48,), "336": (84,),
+                                                                      "720": (180,)}
+  assert config_lib.segment_len(fixed) == 24 and fixed.backbone == "itransformer"
