@@ -4,7 +4,7 @@
 # (`configs/etth1.py:fixed_s`: T=96 -> S=24, T=336 -> S=84; no choice on validation), TSLib's model sizes.
 #
 # Epoch caps: at TSLib's sizes (d_model 512, d_ff 2048) one epoch on the 2-core development CPU takes 1.5 min
-# (PatchTST stage 1) to 18 min (Transformer stage 2 at T=96), so there the study caps the epochs: PatchTST
+# (PatchTST stage 1) to 20-30 min (Transformer stage 2), so there the study caps the epochs: PatchTST
 # stage 1 / mtf <= 3 and stage 2 <= 1, the Transformer 1 and 1; DLinear (seconds per epoch) runs the full
 # recipe. FULL=1 drops the caps (the recipe's 5 / 10 epochs with early stopping), for an accelerator.
 # Usage: [FULL=1] bash docs/backbones_etth1.sh [RUNS_DIR]   (default runs/backbones_etth1). Finished cells are
