@@ -641,7 +641,8 @@ def markdown(r: dict) -> str:
          "", "| figure | value |", "|---|---|"]
   for key in REQUIRED + ("stage2_step_windows_per_s", "stage2_scan_windows_per_s", "stage2_batched_over_loop",
                          "stage2_shared_over_unshared_prefix", "stage2_shared_dropout_over_unshared_prefix",
-                         "stage2_factored_over_dense_delta", "eval_test_windows_per_s", "eval_batched_over_loop", "eval_shared_over_unshared_prefix",
+                         "stage2_factored_over_dense_delta", "eval_test_windows_per_s", "eval_batched_over_loop",
+                         "eval_shared_over_unshared_prefix",
                          "loop_max_rel_diff", "unshared_prefix_max_rel_diff"):
     out.append(f"| `{key}` | {g(r[key])} |")
 

@@ -103,7 +103,8 @@ def test_factored_application_equals_dense_delta(method):
       np.testing.assert_allclose(np.asarray(gf), np.asarray(gd), rtol=1e-4, atol=1e-4)
   # Small layers (iTransformer's 128 x 128 with 6 rank-8 experts) keep the dense form.
   assert not MoLABank(128, 128, segments=2, experts=6, rank=8, a_std=0.01, rngs=nnx.Rngs(0)).factored
-  assert MoLABank(128, 128, segments=2, experts=6, rank=8, a_std=0.01, rngs=nnx.Rngs(0), factored=True).factored  # mola.factored
+  forced = MoLABank(128, 128, segments=2, experts=6, rank=8, a_std=0.01, rngs=nnx.Rngs(0), factored=True)
+  assert forced.factored  # --config.mola.factored=True
 
 
 def test_batched_segments_equal_one_pass_per_segment(graph_mode):

@@ -10,10 +10,13 @@ Two ways to apply a bank, with the same result up to float rounding (method.md Â
 - factored: `sum_p w[k, p] (h @ A_p) @ B_p`, never forming the delta. A layer of d_in x d_out costs
   R (d_in + d_out) per token instead of d_in d_out, R = P r (MoLA) or r (LoRA), and its backward needs no
   d_in x d_out weight gradient per segment. For PatchTST's and the Transformer's 512 x 2048 FFN layers
-  (R = 48) that is 8x fewer FLOPs per adapted layer, and the whole stage-2 step about 2x faster.
-A bank picks the factored form when it costs at most half the dense one (skinny matmuls run below peak). Adapter variables are `nnx.LoRAParam`s: stage 2 trains
-exactly that type and nothing else. Arrays whose leading axis is the segment axis are `SegmentParam`s, so the
-per-segment early stopping can freeze a stopped segment's rows (and only those).
+  (R = 48) that is 8x fewer FLOPs per adapted layer; PatchTST's whole stage-2 step needs 1.9x fewer
+  (docs/performance.md).
+A bank picks the factored form when it costs at most half the dense one (skinny matmuls run below peak).
+
+Adapter variables are `nnx.LoRAParam`s: stage 2 trains exactly that type and nothing else. Arrays whose leading
+axis is the segment axis are `SegmentParam`s, so the per-segment early stopping can freeze a stopped segment's
+rows (and only those).
 """
 
 from __future__ import annotations
