@@ -15,7 +15,7 @@ How it measures (a throughput is windows per second = batch size x steps / wall 
 * The timed program is the compiled executable itself, so a batch of another shape (a ragged last batch, a new
   epoch) would be an error, not a silent recompile: the timed loops cross epoch ends on the real pipeline.
 * Modes: `pipeline` is fit's inner loop (grain batches of the real train split, shuffled per epoch, put on the
-  device one batch ahead by train.prefetch_to_device); `device` steps over a few batches already on the device
+  gathered on the device from window indices by data.DeviceWindows); `device` steps over a few batches already on the device
   (the step alone); `scan` runs a whole epoch (CI mode: a few steps) as one jitted lax.scan over the series held
   on the device, windows gathered there by index, in the same order as the pipeline's epoch.
 * Variants of stage 2 on identical batches: `batched` (models.predict: one pass with a leading K axis),
@@ -47,7 +47,7 @@ from flax import nnx
 
 from mola_jax import cli, config_lib, data, steps
 from mola_jax.models import build, predict, predict_per_segment
-from mola_jax.train import evaluate, prefetch_to_device
+from mola_jax.train import evaluate
 
 REQUIRED = ("stage1_train_windows_per_s", "stage2_train_windows_per_s", "stage2_loop_windows_per_s",
             "eval_test_seconds", "compile_seconds", "peak_rss_mb")
@@ -176,7 +176,7 @@ class Setup:
   graphdef: object
   state: dict  # donated by the step: never reuse after a call
   frozen: object
-  active: jax.Array
+  active: tuple  # the step's (segment ids, active mask): every segment trains
   src: data.WindowSource
   batch_size: int
   segments: int
@@ -206,21 +206,21 @@ def train_setup(prob: Problem, stage: str, *, forward: str = "batched", dtype: s
                                compute_dtype=dtype)
   key = ("train", model_key(cfg), stage, forward, dtype or "float32", share, k, recipe.lr,
          data.num_train_batches(src, recipe.batch_size))
-  return Setup(step, graphdef, state, frozen, jnp.ones(k, bool), src, recipe.batch_size, k, seed, key)
+  return Setup(step, graphdef, state, frozen, steps.training_segments([True] * k), src, recipe.batch_size, k, seed, key)
 
 
-def host_epochs(src, batch_size: int, seed: int):
-  """Training batches as fit reads them, epoch after epoch, forever."""
+def fit_batches(src, batch_size: int, seed: int):
+  """Training batches as fit makes them (gathered on the device from each epoch's window order), epoch after
+  epoch, forever."""
+  windows = data.DeviceWindows(src)
   for epoch in itertools.count(1):
-    yield from data.train_batches(src, batch_size, seed=seed, epoch=epoch)
+    for idx in data.train_order(src, batch_size, seed=seed, epoch=epoch):
+      yield windows.take(idx)
 
 
 def epoch_starts(src, batch_size: int, seed: int, epoch: int) -> np.ndarray:
-  """int32 [batches, B]: the window indices of one epoch's batches, in the order of data.train_batches (grain's
-  shuffle depends only on the length and the seed)."""
-  order = grain.MapDataset.range(len(src)).shuffle(seed=data.epoch_seed(seed, epoch))
-  n = data.num_train_batches(src, batch_size)
-  return np.asarray([order[i] for i in range(n * batch_size)], np.int32).reshape(n, batch_size)
+  """int32 [batches, B]: the window indices of one epoch's batches, in training's order (data.train_order)."""
+  return data.train_order(src, batch_size, seed=seed, epoch=epoch)
 
 
 def make_scan(step, src):
@@ -311,7 +311,7 @@ def timed(run, state, inputs, *, windows_per_call: int, st: Settings, min_calls:
 
 def compile_step(setup: Setup, options: dict | None = None):
   """The setup's train step compiled ahead of time for its batches -> (executable, info, cache key)."""
-  first = jax.device_put(data.train_batches(setup.src, setup.batch_size, seed=setup.seed, epoch=1)[0])
+  first = next(fit_batches(setup.src, setup.batch_size, setup.seed))
   return *aot(setup.step, setup.state, setup.frozen, first, setup.active, key=setup.key, options=options), setup.key
 
 
@@ -339,7 +339,7 @@ def measure_train(prob: Problem, stage: str, st: Settings, *, mode: str = "pipel
   else:
     run = lambda state, batch: compiled(state, frozen, batch, active)
     if mode == "pipeline":
-      inputs = prefetch_to_device(host_epochs(setup.src, b, setup.seed))
+      inputs = fit_batches(setup.src, b, setup.seed)
     elif mode == "device":
       some = itertools.islice(data.train_batches(setup.src, b, seed=setup.seed, epoch=1), 8)
       inputs = itertools.cycle([jax.device_put(x) for x in some])
@@ -378,11 +378,12 @@ def measure_eval(prob: Problem, model: nnx.Module, st: Settings, *, stage: str, 
   graphdef, *states = nnx.split(model)
   states = tuple(states)
   step = steps.make_eval_step(graphdef, segments=k, forward=FORWARDS[forward], compute_dtype=dtype)
-  first = data.eval_batches(src, cfg.data.eval_batch_size)[0]
+  windows = data.DeviceWindows(src)
+  first = windows.take(*(part[0] for part in data.eval_order(src, cfg.data.eval_batch_size)))
   compiled, info = aot(step, steps.empty_acc(src.pred_len), states, first,
                        key=("eval", model_key(cfg), stage, forward, dtype or "float32", k),
                        options=st.compiler_options)
-  run = lambda: evaluate(compiled, states, src, cfg.data.eval_batch_size, k)
+  run = lambda: evaluate(compiled, states, windows, cfg.data.eval_batch_size, k)
   result = run()  # warm-up
   seconds = []
   for _ in range(st.repeats):
@@ -420,7 +421,7 @@ def train_steps(setup: Setup, n: int, st: Settings) -> tuple[dict, float]:
   """n train steps on the pipeline, as fit runs them -> (state, mean loss of the last tenth of the steps)."""
   step = compile_step(setup, st.compiler_options)[0]
   state, losses = setup.state, []
-  for batch in itertools.islice(prefetch_to_device(host_epochs(setup.src, setup.batch_size, setup.seed)), n):
+  for batch in itertools.islice(fit_batches(setup.src, setup.batch_size, setup.seed), n):
     state, loss = step(state, setup.frozen, batch, setup.active)
     losses.append(loss)
   tail = np.asarray(jax.device_get(losses[-max(1, n // 10):]), np.float64)

@@ -92,6 +92,10 @@ def default() -> ml_collections.ConfigDict:
   # per_segment: each segment keeps the adapter deltas of its own best validation epoch (method.md §13 option).
   cfg.adapt.selection = "any_improved"
   cfg.adapt.batch_size = 32
+  # True: a step computes only the segments that have not early-stopped (as the official code, which runs no pass
+  # for a stopped segment); False: every step computes all K and masks the stopped ones out of the loss. The same
+  # numbers to float rounding, except that a BatchNorm's running statistics then see the stopped segments too.
+  cfg.adapt.skip_stopped = True
 
   cfg.mola = ml_collections.ConfigDict()
   cfg.mola.num_experts = 6  # P (the scripts pass 6; the CLI default was 3)
@@ -116,7 +120,14 @@ def default() -> ml_collections.ConfigDict:
   # Another study's workdir whose finished stage-1 and mtf runs are reused when they are the same runs.
   cfg.reproduce.reuse_from = config_dict.placeholder(str)
 
-  cfg.checkpoint_every_steps = 100  # resume checkpoints within an epoch (one is always written at its end)
+  # JAX's persistent compilation cache in the user cache directory (mola_jax/runtime.py): a rerun or the next run
+  # of a study loads its compiled steps instead of compiling them again. Speed only; False turns it off.
+  cfg.compile_cache = True
+
+  # Resume checkpoints within an epoch, every so many seconds of training (and steps, if set); one is always written
+  # at each epoch's end. A kill loses at most that much work; each save costs the host a few tens of milliseconds.
+  cfg.checkpoint_every_seconds = 60.0
+  cfg.checkpoint_every_steps = 0  # 0: by time only
   cfg.log_every = 50  # steps between progress-bar updates (each one reads a loss back from the device)
 
   # Device mesh and sharding (mola_jax/sharding.py; recipes in launch/README.md).

@@ -185,17 +185,6 @@ class Layout:
     """Every leaf of a batch split along its leading (window) axis by the `batch` rule."""
     return jax.tree.map(lambda x: self.sharding(("batch",) + (None,) * (np.ndim(x) - 1), np.shape(x)), batch)
 
-  def process_rows(self, batch_size: int) -> tuple[int, int]:
-    """The rows [start, stop) of every global batch that this process's devices hold (one contiguous block)."""
-    sharding = self.sharding(("batch",), (batch_size,))
-    spans = sorted({(s[0].start or 0, batch_size if s[0].stop is None else s[0].stop)
-                    for s in sharding.addressable_devices_indices_map((batch_size,)).values()})
-    start, stop = spans[0][0], spans[-1][1]
-    if sum(b - a for a, b in spans) != stop - start or batch_size % (stop - start) or start % (stop - start):
-      raise ValueError(f"this process holds rows {spans} of a batch of {batch_size}: not one aligned block; "
-                       "use a mesh whose data axis is laid out by process")
-    return start, stop
-
 
 _WARNED: set = set()
 
@@ -281,18 +270,12 @@ def abstract(tree, layout: Layout):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Data: process-local batches -> global arrays.
-
-
-class ProcessLocal(dict):
-  """A batch that holds only this process's rows of the global batch (see `train_batches`)."""
+# Data: host batches -> global arrays. Training itself gathers its batches on the device (data.DeviceWindows).
 
 
 def global_batch(batch: dict, layout: Layout) -> dict:
-  """Host batch -> global jax arrays split by the `batch` rule. A ProcessLocal batch holds this process's
-  rows (each host read its own shard); a plain dict is the whole global batch, identical on every process."""
-  local = isinstance(batch, ProcessLocal)
-  spread = math.prod(layout.mesh.shape[a] for a in layout.mesh_axes("batch"))  # devices the batch is split over
+  """Host batch -> global jax arrays split by the `batch` rule. The batch is the whole global batch, identical on
+  every process; arrays already on the devices are re-placed only if their sharding differs."""
   out = {}
   for key, x in batch.items():
     if isinstance(x, jax.Array):
@@ -300,33 +283,8 @@ def global_batch(batch: dict, layout: Layout) -> dict:
       continue
     x = np.asarray(x)
     names = ("batch",) + (None,) * (x.ndim - 1)
-    if local:  # this process's rows: split as the global batch is (its size is then inferred by jax)
-      out[key] = jax.make_array_from_process_local_data(
-          layout.sharding(names, (x.shape[0] * spread,) + x.shape[1:]), x)
-    else:
-      out[key] = jax.make_array_from_process_local_data(layout.sharding(names, x.shape), x, x.shape)
+    out[key] = jax.make_array_from_process_local_data(layout.sharding(names, x.shape), x, x.shape)
   return out
-
-
-def train_batches(src, batch_size: int, *, seed: int, epoch: int, start_batch: int = 0):
-  """`data.train_batches`, read per process: each process reads only its rows of every global batch (the
-  global batches are exactly those of one process). One process, or no layout: `data.train_batches` itself."""
-  from mola_jax import data  # late: data is pure numpy and must not depend on this module
-
-  batches = data.train_batches(src, batch_size, seed=seed, epoch=epoch, start_batch=start_batch)  # validates
-  layout = current()
-  if layout is None or jax.process_count() == 1:
-    return batches
-  import grain
-
-  start, stop = layout.process_rows(batch_size)
-  rows = stop - start
-  blocks, block = batch_size // rows, start // rows
-  n = data.num_train_batches(src, batch_size)
-  # Global batch j = shuffled windows [jB, (j+1)B) = local batches j*blocks .. j*blocks + blocks - 1 of `rows`.
-  local = (grain.MapDataset.source(src).shuffle(seed=data.epoch_seed(seed, epoch))
-           .batch(rows, drop_remainder=True))
-  return local[start_batch * blocks + block:n * blocks:blocks].map(ProcessLocal)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -337,7 +295,7 @@ class ShardedStep:
   """`fn` jitted with in/out shardings from the layout: argument `batch_argnum` by the batch rule, every other
   argument (and every output) by `state_shardings`. The shardings are derived from the first arguments of
   each structure; every call places its arguments first (a no-op for arrays already placed, a transfer for
-  host arrays, a global array assembled from process-local rows for a ProcessLocal batch)."""
+  host arrays)."""
 
   def __init__(self, fn, layout: Layout, *, batch_argnum: int, donate_argnums=()):
     self.fn, self.layout, self.batch_argnum, self.donate_argnums = fn, layout, batch_argnum, donate_argnums
@@ -383,6 +341,14 @@ class ShardedStep:
   def __call__(self, *args):
     jitted, args = self._prepare(args)
     return jitted(*args)
+
+
+def replicate(tree):
+  """Host arrays -> device arrays, replicated on every device of the active mesh (None leaves stay None)."""
+  layout = current()
+  if layout is None:
+    return jax.device_put(tree)
+  return jax.tree.map(lambda x: _put(x, NamedSharding(layout.mesh, P())), tree)
 
 
 def _put(x, sharding: NamedSharding):

@@ -7,8 +7,11 @@ neither. Stage 1, stage 2 and every method use these same two steps; only the fi
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -37,8 +40,8 @@ def current_lr(opt_state) -> jax.Array:
 
 
 def segment_mse(pred: jax.Array, y: jax.Array) -> jax.Array:
-  """pred [B, K, S, D], y [B, T, D] -> [K]: each segment's MSE over batch, steps and channels."""
-  return jnp.mean((pred - y.reshape(pred.shape)) ** 2, axis=(0, 2, 3))
+  """pred [B, K, S, D], y [B, K, S, D] -> [K]: each segment's MSE over batch, steps and channels."""
+  return jnp.mean((pred - y) ** 2, axis=(0, 2, 3))
 
 
 def caster(compute_dtype: str | None):
@@ -56,52 +59,92 @@ def cast_inputs(cast, batch: dict) -> dict:
   return {k: v if k == "y" else cast(v) for k, v in batch.items()}
 
 
-def hold_stopped(new, old, active: jax.Array):
-  """Put back the rows of stopped segments. A zero gradient would still move them through Adam's momentum;
-  stopping is permanent, so restoring the old rows freezes them exactly."""
-  def keep(n, o):
-    mask = active.reshape((-1,) + (1,) * (n.ndim - 1))
+def hold_stopped(new, old, keep: jax.Array):
+  """Put back the rows of segments that did not train (keep [K] False). A zero gradient would still move them
+  through Adam's momentum; stopping is permanent, so restoring the old rows freezes them exactly."""
+  def one(n, o):
+    mask = keep.reshape((-1,) + (1,) * (n.ndim - 1))
     return jnp.where(mask, n, o)
-  return jax.tree.map(keep, new, old)
+  return jax.tree.map(one, new, old)
+
+
+def split_groups(n: int, groups: int) -> list[slice]:
+  """Positions 0 .. n - 1 in min(groups, n) contiguous groups of near-equal size."""
+  groups = max(1, min(groups, n))
+  bounds = [round(i * n / groups) for i in range(groups + 1)]
+  return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def default_groups() -> int:
+  """XLA:CPU runs each op of a step on one core and gets parallelism only from independent ops
+  (docs/performance.md), so on a CPU the segments are computed as one group per core; one group on accelerators."""
+  return len(os.sched_getaffinity(0)) if jax.default_backend() == "cpu" else 1
 
 
 def make_train_step(graphdef, tx: optax.GradientTransformation, *, segments: int, share_prefix_dropout: bool,
-                    layout: sharding.Layout | None = None, forward=predict, compute_dtype: str | None = None):
-  """step(state, frozen, batch, active) -> (state, loss). state = {params, opt, stats, key} is donated.
-  Loss = sum over ACTIVE segments of the segment MSE (a sum, as the official code does: method.md §6).
+                    layout: sharding.Layout | None = None, forward=predict, compute_dtype: str | None = None,
+                    groups: int | None = None):
+  """step(state, frozen, batch, (ids, active)) -> (state, loss). state = {params, opt, stats, key} is donated.
+
+  The step computes the segments `ids` (int32 [K_a], a subset of 0 .. segments - 1) and trains those whose
+  `active` (bool [K_a]) is set (`training_segments` makes the pair): loss = sum over them of the segment MSE (a sum, as the official code: method.md
+  §6). Training passes the segments that have not early-stopped as `ids`, so a stopped segment costs nothing
+  (a step compiles once per number of active segments: at most K programs a run); `ids` = all segments with
+  `active` = the stopper's mask computes every segment and trains the active ones (the same numbers, to float
+  rounding, for models without batch statistics). Dropout masks follow the segment ids (layers.keep_mask).
   Under a mesh (`layout`, else the active `sharding.use`) the step is jitted with explicit in/out shardings
   (sharding.ShardedStep); without one it is the plain jax.jit.
-  forward(model, batch, ctx) -> [B, K, S, D]: `predict` (one batched pass), or e.g. `predict_per_segment` (the
+  forward(model, batch, ctx) -> [B, K_a, S, D]: `predict` (one batched pass), or e.g. `predict_per_segment` (the
   official K passes) for benchmarks. compute_dtype: e.g. "bfloat16" runs the forward and backward pass in that
   dtype on float32 master params (see `caster`); None or "float32" is the plain float32 step."""
   cast = caster(compute_dtype)
+  groups = default_groups() if groups is None else groups
 
-  def loss_fn(params, stats, frozen, batch, key, active):
+  def loss_fn(params, stats, frozen, batch, key, ids, active):
+    seg, train = params
     if cast is not None:
-      params, frozen, batch = cast(params), cast(frozen), cast_inputs(cast, batch)
-    # copy=True: fresh Variables at this trace level, so that a forward pass may update its BatchStats in place
-    # (a BatchNorm in training); merging the jit-level Variables themselves makes that a TraceContextError.
-    model = nnx.merge(graphdef, *params, stats, frozen, copy=True)
-    ctx = Ctx(rngs=nnx.Rngs(dropout=key), segments=segments, share_prefix_dropout=share_prefix_dropout)
-    pred = forward(model, batch, ctx)
+      seg, train, frozen, batch = cast(seg), cast(train), cast(frozen), cast_inputs(cast, batch)
+    if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):  # raw key data, as fit keeps it
+      key = jax.random.wrap_key_data(key)
+    preds, new_stats = [], stats
+    for part in split_groups(ids.shape[0], groups):  # independent passes over groups of segments (make_train_step)
+      # copy=True: fresh Variables at this trace level, so that a forward pass may update its BatchStats in place
+      # (a BatchNorm in training); merging the jit-level Variables themselves makes that a TraceContextError.
+      # A group starts from the statistics the group before it left: the same sequential updates as one pass.
+      model = nnx.merge(graphdef, jax.tree.map(lambda v: v[ids[part]], seg), train, new_stats, frozen, copy=True)
+      ctx = Ctx(key=key, segments=part.stop - part.start, segment_ids=ids[part],
+                share_prefix_dropout=share_prefix_dropout)
+      preds.append(forward(model, batch, ctx))  # [B, K_g, S, D]
+      new_stats = nnx.state(model, nnx.BatchStat)
+    pred = jnp.concatenate(preds, axis=1)  # [B, K_a, S, D]
     if cast is not None:
       pred = pred.astype(jnp.float32)
-    per_seg = segment_mse(pred, batch["y"])
-    new_stats = nnx.state(model, nnx.BatchStat)
-    if cast is not None:  # running statistics keep their float32 dtype (and so the step its one compiled shape)
+      # running statistics keep their float32 dtype (and so the step its one compiled shape)
       new_stats = jax.tree.map(lambda n, o: n.astype(o.dtype), new_stats, stats)
-    return jnp.sum(jnp.where(active, per_seg, 0.0)), new_stats
+    y = batch["y"].reshape(pred.shape[0], segments, -1, pred.shape[-1])[:, ids]  # [B, K_a, S, D]
+    return jnp.sum(jnp.where(active, segment_mse(pred, y), 0.0)), new_stats
 
-  def step(state, frozen, batch, active):
+  def step(state, frozen, batch, segs):
+    ids, active = segs
     key, sub = jax.random.split(state["key"])
     (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state["params"], state["stats"], frozen, batch, sub, active)
+        state["params"], state["stats"], frozen, batch, sub, ids, active)
     updates, opt = tx.update(grads, state["opt"], state["params"])
     seg, train = optax.apply_updates(state["params"], updates)
-    seg = hold_stopped(seg, state["params"][0], active)
+    seg = hold_stopped(seg, state["params"][0], jnp.zeros(segments, bool).at[ids].set(active))
     return {"params": (seg, train), "opt": opt, "stats": stats, "key": key}, loss
 
   return sharding.jit(step, batch_argnum=2, donate_argnums=0, layout=layout)
+
+
+def training_segments(active, skip_stopped: bool = True) -> tuple[jax.Array, jax.Array]:
+  """The train step's (ids, active) for a stopper's mask `active` bool [K]: the active segments alone, or
+  (skip_stopped=False) every segment with the mask. [True] * K: every segment trains."""
+  active = np.asarray(active, bool)
+  if skip_stopped:
+    ids = np.flatnonzero(active).astype(np.int32)
+    return jnp.asarray(ids), jnp.ones(len(ids), bool)
+  return jnp.arange(len(active), dtype=jnp.int32), jnp.asarray(active)
 
 
 def make_eval_step(graphdef, *, segments: int, layout: sharding.Layout | None = None, forward=predict,

@@ -9,7 +9,6 @@ validation and early stopping -> best-state checkpoint -> one test pass -> resul
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import json
 import os
@@ -26,7 +25,7 @@ from flax import nnx
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from mola_jax import checkpointing, cli, config_lib, data, sharding, steps
+from mola_jax import checkpointing, cli, config_lib, data, runtime, sharding, steps
 from mola_jax.models import adapters, build
 
 
@@ -108,25 +107,12 @@ def summarise(acc: dict, segments: int, channels: int) -> dict:
   }
 
 
-def prefetch_to_device(batches, size: int = 1):
-  """Yield `batches` as device arrays, `size` batches ahead: batch i+1 is already transferred (device_put is
-  asynchronous) while step i runs. Under a mesh each batch becomes a global array split by the batch rule."""
-  layout = sharding.current()
-  put = (lambda b: sharding.global_batch(b, layout)) if layout is not None else jax.device_put
-  queue = collections.deque()
-  for batch in batches:
-    queue.append(put(batch))
-    if len(queue) > size:
-      yield queue.popleft()
-  while queue:
-    yield queue.popleft()
-
-
-def evaluate(eval_step, states, src, batch_size: int, segments: int) -> dict:
-  acc = steps.empty_acc(src.pred_len)
-  for batch in data.eval_batches(src, batch_size):
-    acc = eval_step(acc, states, batch)
-  return summarise(acc, segments, src.values.shape[-1])
+def evaluate(eval_step, states, windows: data.DeviceWindows, batch_size: int, segments: int) -> dict:
+  """Every window of a split once, in order (the last batch padded and masked): one host read at the end."""
+  acc = steps.empty_acc(windows.pred_len)
+  for idx, mask in zip(*data.eval_order(windows, batch_size)):
+    acc = eval_step(acc, states, windows.take(idx, mask))
+  return summarise(acc, segments, windows.values.shape[-1])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -143,7 +129,8 @@ def fit(model: nnx.Module, *, stage: str, series, cfg, recipe, segments: int, ho
   stopping on validation. Resumes from `workdir`'s resume checkpoint if one exists. Afterwards `model` holds
   the selected state: the last one in which any segment improved (method.md §7), reloaded from disk."""
   train_src = data.window_source(series, "train", cfg.data.seq_len, horizon)
-  val_src = data.window_source(series, "val", cfg.data.seq_len, horizon)
+  train_windows = data.DeviceWindows(train_src)
+  val_windows = data.DeviceWindows(data.window_source(series, "val", cfg.data.seq_len, horizon))
   steps_per_epoch = data.num_train_batches(train_src, recipe.batch_size)
   if steps_per_epoch == 0:
     raise data.DataError(f"{len(train_src)} training windows are fewer than one batch of {recipe.batch_size}; "
@@ -181,7 +168,7 @@ def fit(model: nnx.Module, *, stage: str, series, cfg, recipe, segments: int, ho
     if stage == "adapt":
       # B = 0: the untrained adapters reproduce the frozen backbone, so this is the bypassed-adapter baseline,
       # and the state to fall back to if no segment ever improves.
-      val0 = evaluate(eval_step, eval_states(state), val_src, cfg.data.eval_batch_size, segments)
+      val0 = evaluate(eval_step, eval_states(state), val_windows, cfg.data.eval_batch_size, segments)
       loop["stopper"] = SegmentStopper(val0["per_segment_mse"], recipe.patience).to_dict()
       loop["best_val"] = val0["mse"]
       checkpointing.save(best_mngr, 0, nnx.state(model), dict(meta, epoch=0, val_mse=val0["mse"]))
@@ -209,29 +196,32 @@ def fit(model: nnx.Module, *, stage: str, series, cfg, recipe, segments: int, ho
     loop["stopper"] = stopper.to_dict()
     checkpointing.save_resume(resume_mngr, loop["step"], state, loop)
 
+  saved_at = time.monotonic()
   while not loop["finished"] and loop["epoch"] <= recipe.epochs:
     epoch, t0 = loop["epoch"], time.perf_counter()
     lr = float(steps.current_lr(state["opt"]))  # the lr this epoch trains with
-    active = jnp.asarray(stopper.active)
+    segs = steps.training_segments(stopper.active, cfg.adapt.skip_stopped)
     losses = []
-    batches = prefetch_to_device(sharding.train_batches(train_src, recipe.batch_size, seed=seed, epoch=epoch,
-                                                        start_batch=loop["batch"]))
-    bar = tqdm(batches, total=steps_per_epoch, initial=loop["batch"], desc=f"[{name}] epoch {epoch}/{recipe.epochs}",
+    order = data.train_order(train_src, recipe.batch_size, seed=seed, epoch=epoch)[loop["batch"]:]  # [n, B]
+    bar = tqdm(order, total=steps_per_epoch, initial=loop["batch"], desc=f"[{name}] epoch {epoch}/{recipe.epochs}",
                leave=False, disable=None, file=sys.stderr)
-    for batch in bar:
-      new, loss = train_step(train_state(state), frozen, batch, active)
+    for idx in bar:
+      new, loss = train_step(train_state(state), frozen, train_windows.take(idx), segs)
       state.update(new)
       losses.append(loss)  # stays on device; read back at checkpoints and at the epoch's end
       loop["step"] += 1
       loop["batch"] += 1
       if loop["step"] % cfg.log_every == 0:
         bar.set_postfix(loss=f"{float(loss):.4f}")
-      if loop["step"] % cfg.checkpoint_every_steps == 0 and loop["batch"] < steps_per_epoch:
+      every = cfg.get("checkpoint_every_steps", 0)
+      due = (every and loop["step"] % every == 0) or time.monotonic() - saved_at >= cfg.checkpoint_every_seconds
+      if due and loop["batch"] < steps_per_epoch:
         fold(losses)
         save_resume()
+        saved_at = time.monotonic()
     fold(losses)
     train_loss = loop["loss_sum"] / max(loop["loss_count"], 1)
-    val = evaluate(eval_step, eval_states(state), val_src, cfg.data.eval_batch_size, segments)
+    val = evaluate(eval_step, eval_states(state), val_windows, cfg.data.eval_batch_size, segments)
     was_active = stopper.active.copy()
     improved = stopper.update(np.asarray(val["per_segment_mse"]))
     if per_segment:
@@ -276,9 +266,9 @@ def test(model: nnx.Module, *, series, cfg, horizon: int, segments: int, split: 
   """One pass over every window of `split`, in order: the test split once, after training (never used for
   selection)."""
   graphdef, *states = nnx.split(model)
-  src = data.window_source(series, split, cfg.data.seq_len, horizon)
+  windows = data.DeviceWindows(data.window_source(series, split, cfg.data.seq_len, horizon))
   return evaluate(steps.make_eval_step(graphdef, segments=segments, compute_dtype=cfg.get("compute_dtype")),
-                  tuple(states), src, cfg.data.eval_batch_size, segments)
+                  tuple(states), windows, cfg.data.eval_batch_size, segments)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -315,7 +305,7 @@ def claim_workdir(cfg, workdir: pathlib.Path, overwrite: bool) -> None:
     old = _flat(json.loads(path.read_text()))
     # Where and how it runs is not what it computes: a run may resume under another mesh or process count,
     # and with other logging, checkpoint or benchmark settings. A key the old run predates counts as its default.
-    ignored = ("mesh.", "distributed", "bench.", "reproduce.", "log_every", "checkpoint_every_steps")
+    ignored = ("mesh.", "distributed", "bench.", "reproduce.", "log_every", "checkpoint_every_", "compile_cache")
     defaults, now = _flat(json.loads(config_lib.default().to_json_best_effort())), _flat(new)
     diff = sorted(k for k in set(old) | set(now)
                   if old.get(k, defaults.get(k)) != now.get(k) and not k.startswith(ignored))
@@ -336,6 +326,7 @@ def train_and_evaluate(cfg, workdir, *, overwrite: bool = False) -> dict:
   Rerunning it on the same workdir resumes where the last attempt stopped. With `cfg.mesh.shape` set, the whole
   run happens on that device mesh: state born sharded, steps jitted with explicit shardings (sharding.py)."""
   config_lib.validate(cfg)
+  runtime.use_compile_cache(cfg.get("compile_cache", True))
   with sharding.use(sharding.make_mesh(cfg.mesh), cfg.mesh.rules):  # no mesh configured: does nothing
     return _train_and_evaluate(cfg, workdir, overwrite=overwrite)
 

@@ -98,7 +98,7 @@ def run(method: str, start, layout=None, evaluate: bool = True) -> dict:
   with the state placed by the layout's shardings and the steps jitted with explicit shardings."""
   stage = "pretrain" if method == "pretrain" else "adapt"
   k = 1 if method == "pretrain" else SEGMENTS
-  active = jnp.ones(1, bool) if k == 1 else jnp.asarray(ACTIVE)
+  active = steps.training_segments([True] if k == 1 else ACTIVE, skip_stopped=False)
   tx = make_tx(method)
   graphdef, pure = start
   with sharding.use(layout.mesh if layout else None, layout.rules if layout else "data_parallel"):
@@ -183,7 +183,7 @@ def checkpoint_round_trip() -> dict:
       init_diff = max_diff(host(born), host(nnx.state(make_model("mola"))))  # vs the eager single-device build
       graphdef, state, frozen = train_state(model, "adapt", tx)
       step = steps.make_train_step(graphdef, tx, segments=SEGMENTS, share_prefix_dropout=False)
-      state, _ = step(state, frozen, batches("mola")[0], jnp.asarray(ACTIVE))
+      state, _ = step(state, frozen, batches("mola")[0], steps.training_segments(ACTIVE, skip_stopped=False))
       saved_specs = sorted({json.dumps(spec_list(x.sharding.spec)) for x in jax.tree.leaves(state)})
       saved = [np.asarray(x) for x in jax.tree.leaves(state)]
       with checkpointing.resume_manager(tmp / "resume") as mngr:

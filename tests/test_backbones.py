@@ -40,7 +40,7 @@ def batch(k=1, b=3, seed=0):
 @nnx.jit(static_argnames=("segments", "train"))
 def forward(model, x, segments=1, train=False):
   """predict() in one compiled program: tiny models compile faster whole than op by op."""
-  return predict(model, x, Ctx(rngs=nnx.Rngs(dropout=0) if train else None, segments=segments))
+  return predict(model, x, Ctx(key=jax.random.key(0) if train else None, segments=segments))
 
 
 def stage2(cfg, segments, *, method="mola"):
@@ -167,7 +167,7 @@ def test_patchtst_patching_against_a_hand_built_case():
 def test_batchnorm_per_segment_statistics_and_sequential_running_updates():
   bn = BatchNorm(3)
   h = np.random.default_rng(0).normal(2.0, 3.0, (2, 4, 5, 3)).astype(np.float32)  # [K, B, N, d]
-  out = np.asarray(bn(jnp.asarray(h), Ctx(rngs=nnx.Rngs(dropout=0), segments=2)))
+  out = np.asarray(bn(jnp.asarray(h), Ctx(key=jax.random.key(0), segments=2)))
   running_mean, running_var = np.zeros(3), np.ones(3)
   for k in range(2):  # what two official passes, one per segment, do to a PyTorch BatchNorm1d
     seg = h[k].reshape(-1, 3).astype(np.float64)
@@ -209,7 +209,7 @@ def test_patchtst_stage2_step_updates_batch_stats_and_freezes_the_backbone(graph
   tx = steps.make_tx(1e-2, 10)
   state = {"params": params, "opt": tx.init(params), "stats": stats, "key": jax.random.key(0)}
   step = steps.make_train_step(graphdef, tx, segments=2, share_prefix_dropout=False)
-  state, loss = step(state, frozen, batch(2), jnp.array([True, True]))
+  state, loss = step(state, frozen, batch(2), steps.training_segments([True, True]))
   assert np.isfinite(float(loss))
   for a, b in zip(frozen_before, jax.tree.leaves(frozen)):
     np.testing.assert_array_equal(a, np.asarray(b))

@@ -77,8 +77,8 @@ def test_mixture_einsum_equals_per_segment_reference():
 
 @pytest.mark.parametrize("method", ["mola", "lora"])
 def test_factored_application_equals_dense_delta(method):
-  """Big layers apply a bank factored, sum_p w[k,p] (h A_p) B_p, never forming the delta: same outputs and
-  same gradients as h @ delta[k], for a shared-prefix input [1, ...] and a per-segment one [K, ...]."""
+  """Big layers apply a bank factored, h @ W + sum_p w[k,p] (h A_p) B_p, never forming the delta: same outputs
+  and gradients as the merged h @ (W + delta[k]), for a shared-prefix input [1, ...] and a per-segment one [K, ...]."""
   make = {"mola": lambda: MoLABank(64, 256, segments=3, experts=4, rank=2, a_std=0.1, rngs=nnx.Rngs(0)),
           "lora": lambda: LoRABank(64, 256, segments=3, rank=2, a_std=0.1, rngs=nnx.Rngs(0))}[method]
   bank = make()
@@ -86,17 +86,21 @@ def test_factored_application_equals_dense_delta(method):
   bank.b[...] = jax.random.normal(jax.random.key(1), bank.b[...].shape)
   graphdef, state = nnx.split(bank)
 
+  kernel = 0.1 * jax.random.normal(jax.random.key(7), (64, 256))  # a frozen layer of the usual scale
+  bias = 0.1 * jax.random.normal(jax.random.key(8), (256,))
+
   def out(state, h, factored):
     m = nnx.merge(graphdef, state)
     m.factored = factored
-    return m(h)
+    return m(h, kernel, bias)
 
   for lead in (1, 3):
     h = jax.random.normal(jax.random.key(lead), (lead, 5, 7, 64))  # [K', B, tokens, d_in]
+    weights = np.asarray(kernel, np.float64) + np.asarray(bank.delta(), np.float64)  # [K, d_in, d_out]
     want = np.einsum("kbti,kio->kbto", np.broadcast_to(np.asarray(h, np.float64), (3, 5, 7, 64)),
-                     np.asarray(bank.delta(), np.float64))
+                     weights) + np.asarray(bias, np.float64)
     for factored in (True, False):
-      np.testing.assert_allclose(np.asarray(out(state, h, factored)), want, rtol=1e-4, atol=1e-5)
+      np.testing.assert_allclose(np.asarray(out(state, h, factored)), want, rtol=1e-4, atol=1e-4)
     loss = lambda st, f: jnp.sum(jnp.sin(out(st, h, f)))
     g_fact, g_dense = jax.grad(loss)(state, True), jax.grad(loss)(state, False)
     for gf, gd in zip(jax.tree.leaves(g_fact), jax.tree.leaves(g_dense)):
@@ -142,5 +146,50 @@ def test_dropout_is_active_in_training_and_off_in_eval():
   x = batch()
   eval1, eval2 = (np.asarray(predict(model, x, Ctx())) for _ in range(2))
   np.testing.assert_array_equal(eval1, eval2)
-  train = np.asarray(predict(model, x, Ctx(rngs=nnx.Rngs(dropout=0))))
+  train = np.asarray(predict(model, x, Ctx(key=jax.random.key(0))))
   assert not np.allclose(train, eval1)
+
+
+def test_dropout_masks_keep_the_rate_and_are_independent_across_segments_steps_and_sites():
+  """layers.keep_mask: P(keep) = 1 - rate to 1e-3; segments, call sites and keys draw unrelated masks; the same
+  key draws the same masks; a segment's mask follows its id, not its position among the computed segments."""
+  from mola_jax.models.layers import keep_mask
+
+  rate, shape = 0.1, (4, 64, 11, 128)  # [K, B, tokens, d]: 360k elements per segment
+  ctx = Ctx(key=jax.random.key(0), segments=4)
+  first, second = keep_mask(ctx, shape, rate), keep_mask(ctx, shape, rate)  # two sites of one pass
+  m = np.asarray(first).reshape(4, -1)
+  assert abs(m.mean() - (1 - rate)) < 1e-3
+  assert np.abs(m.mean(axis=1) - (1 - rate)).max() < 2e-3  # each segment on its own
+  # Independence: two different masks are both kept with probability (1 - rate)^2, and their correlation is ~0.
+  pairs = [(m[0], m[1]), (m[2], m[3]), (m[0], np.asarray(second).reshape(4, -1)[0]),
+           (m[0], np.asarray(keep_mask(Ctx(key=jax.random.key(1), segments=4), shape, rate)).reshape(4, -1)[0])]
+  for a, b in pairs:  # segments, sites (layers) and keys (steps)
+    assert abs((a & b).mean() - (1 - rate) ** 2) < 2e-3
+    assert abs(np.corrcoef(a, b)[0, 1]) < 0.01
+  # Reproducible, and segment 2 draws the same mask computed alone or beside the others.
+  again = keep_mask(Ctx(key=jax.random.key(0), segments=4), shape, rate)
+  np.testing.assert_array_equal(np.asarray(again), np.asarray(first))
+  alone = keep_mask(Ctx(key=jax.random.key(0), segments=1, segment_ids=jnp.array([2])), (1,) + shape[1:], rate)
+  np.testing.assert_array_equal(np.asarray(alone)[0], np.asarray(first)[2])
+
+
+def test_training_pass_equals_one_pass_per_segment_with_dropout():
+  """With dropout on, the batched pass and the official K separate passes draw the same masks for each segment
+  (they follow the segment ids), so they compute the same training forecast; so does a pass over a subset."""
+  cfg = tiny()
+  _, model = adapted(cfg, segments=3)
+  for path, var in nnx.iter_graph(model):
+    if isinstance(var, nnx.LoRAParam) and path[-1] == "b":
+      var[...] = 0.1 * jax.random.normal(jax.random.key(len(path)), var[...].shape)
+  x = batch()
+  key = jax.random.key(3)
+  got = np.asarray(predict(model, x, Ctx(key=key, segments=3)))
+  assert not np.allclose(got, np.asarray(predict(model, x, Ctx(segments=3))))  # dropout is on
+  np.testing.assert_allclose(np.asarray(predict_per_segment(model, x, Ctx(key=key, segments=3))), got,
+                             rtol=1e-5, atol=1e-5)
+  graphdef, seg, rest = nnx.split(model, SegmentParam, ...)
+  ids = jnp.array([0, 2])
+  subset = nnx.merge(graphdef, jax.tree.map(lambda v: v[ids], seg), rest)
+  part = np.asarray(predict(subset, x, Ctx(key=key, segments=2, segment_ids=ids)))
+  np.testing.assert_allclose(part, got[:, [0, 2]], rtol=1e-5, atol=1e-5)

@@ -36,7 +36,7 @@ def test_stage2_steps_leave_the_backbone_bit_identical(graph):
     state = {"params": params, "opt": tx.init(params), "stats": stats, "key": jax.random.key(0)}
     step = steps.make_train_step(graphdef, tx, segments=3, share_prefix_dropout=False)
     rng = np.random.default_rng(0)
-    active = jnp.array([True, False, True])  # segment 1 has stopped
+    active = steps.training_segments([True, False, True], skip_stopped=False)  # segment 1 has stopped
     for _ in range(3):
       batch = {"x": rng.standard_normal((4, 96, 7), np.float32), "x_mark": np.zeros((4, 96, 4), np.float32),
                "y": rng.standard_normal((4, 24, 7), np.float32)}
@@ -153,3 +153,25 @@ def test_per_segment_selection_keeps_each_segments_best_epoch(tmp_path, monkeypa
   series = data.load_series(cfg.data)
   val = evaluate_split(run.model, series=series, cfg=cfg, horizon=48, segments=3, split="val")
   np.testing.assert_allclose(val["per_segment_mse"], curves.min(axis=0), rtol=1e-5)
+
+
+@pytest.mark.parametrize("backbone", ["itransformer", "dlinear"])
+def test_skipping_stopped_segments_changes_no_result(backbone, data_dir, tmp_path):
+  """Stage 2 computes only the segments that have not early-stopped; each segment's dropout masks follow its id,
+  so the run equals one that computes every segment and masks the stopped ones: same epochs, same selection,
+  same test MSE to 1e-5."""
+  def run(skip: bool) -> tuple[dict, list]:
+    cfg = tiny()
+    cfg.backbone, cfg.horizon, cfg.segment_len = backbone, 48, 16
+    cfg.adapt.update(epochs=4, patience=1, lr=3e-3, skip_stopped=skip)
+    results = train_and_evaluate(cfg, tmp_path / f"skip{skip}")
+    records = [json.loads(line) for line in (tmp_path / f"skip{skip}" / "metrics.jsonl").read_text().splitlines()]
+    return results, [r for r in records if r["stage"] == "stage2"]
+
+  (skip, skip_log), (full, full_log) = run(True), run(False)
+  assert [r.get("active_segments") for r in skip_log] == [r.get("active_segments") for r in full_log]
+  assert any(0 < r.get("active_segments", 3) < 3 for r in skip_log)  # some epoch ran with a segment stopped
+  assert skip["stages"]["stage2"]["best_epoch"] == full["stages"]["stage2"]["best_epoch"]
+  for a, b in zip(skip_log, full_log):
+    np.testing.assert_allclose(a["val_mse_per_segment"], b["val_mse_per_segment"], rtol=1e-5)
+  assert skip["test_mse"] == pytest.approx(full["test_mse"], rel=1e-5)

@@ -1,12 +1,17 @@
-"""Data layer: benchmark CSVs -> standardised window sources (sources.py) -> grain batches (pipeline.py)."""
+"""Data layer: benchmark CSVs -> standardised window sources (sources.py) -> grain batches and window orders
+(pipeline.py) -> batches gathered on the device (device.py)."""
+
+from mola_jax.data.device import DeviceWindows
 
 from mola_jax.data.pipeline import (
     epoch_seed,
     eval_batches,
+    eval_order,
     num_eval_batches,
     num_train_batches,
     pad_with_mask,
     train_batches,
+    train_order,
 )
 from mola_jax.data.sources import (
     DATASETS,
@@ -26,12 +31,14 @@ from mola_jax.data.sources import (
 
 __all__ = [
     "DATASETS",
+    "DeviceWindows",
     "DataError",
     "DatasetInfo",
     "Series",
     "WindowSource",
     "epoch_seed",
     "eval_batches",
+    "eval_order",
     "load_csv",
     "load_series",
     "read_csv",
@@ -43,5 +50,6 @@ __all__ = [
     "split_borders",
     "time_features",
     "train_batches",
+    "train_order",
     "window_source",
 ]

@@ -30,7 +30,8 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 def train_batches(src: WindowSource, batch_size: int, *, seed: int, epoch: int, start_batch: int = 0):
-  """One epoch of shuffled batches {"x": [B, L, D], "x_mark": [B, L, F], "y": [B, H, D], "y_mark": [B, H, F]}.
+  """One epoch of shuffled batches {"x": [B, L, D], "x_mark": [B, L, F], "y": [B, H, D], "y_mark": [B, H, F]} on
+  the host, in `train_order`'s order (the windows training gathers on the device).
 
   `start_batch` skips the first batches of this epoch for resume, by slicing (no sample is read to skip it).
   """
@@ -42,10 +43,31 @@ def train_batches(src: WindowSource, batch_size: int, *, seed: int, epoch: int, 
   if not 0 <= start_batch <= n:
     raise DataError(f"start_batch {start_batch} is outside this epoch's {n} batches; the checkpoint does not match "
                     f"this data and batch size")
-  ds = (grain.MapDataset.source(src)
-        .shuffle(seed=epoch_seed(seed, epoch))
-        .batch(batch_size, drop_remainder=True))
+  order = train_order(src, batch_size, seed=seed, epoch=epoch).reshape(-1)
+  ds = grain.MapDataset.source(order).map(src.__getitem__).batch(batch_size, drop_remainder=True)
   return ds[start_batch:]
+
+
+def train_order(src: WindowSource, batch_size: int, *, seed: int, epoch: int) -> np.ndarray:
+  """int32 [batches, B]: the window indices of one epoch's batches, a permutation drawn from (seed, epoch); the
+  incomplete last batch is dropped. Training gathers these windows on the device (data.device); `train_batches`
+  builds the same batches on the host."""
+  n = num_train_batches(src, batch_size)
+  if n == 0:
+    raise DataError(f"the train split has {len(src)} windows, fewer than batch_size {batch_size}; lower the batch size")
+  order = np.random.default_rng(epoch_seed(seed, epoch)).permutation(len(src))
+  return order[:n * batch_size].astype(np.int32).reshape(n, batch_size)
+
+
+def eval_order(src, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+  """-> (int32 [batches, B] window indices, bool [batches, B] mask): every window once, in order, as
+  `eval_batches`; the last batch is padded with window 0 and masked out."""
+  if batch_size < 1:
+    raise DataError(f"batch_size must be positive, got {batch_size}")
+  size = len(src) if isinstance(src, WindowSource) else src.size  # or a data.DeviceWindows
+  n = -(-size // batch_size)
+  flat = np.arange(n * batch_size)
+  return np.where(flat < size, flat, 0).astype(np.int32).reshape(n, -1), (flat < size).reshape(n, -1)
 
 
 def pad_with_mask(batch: dict, size: int) -> dict:

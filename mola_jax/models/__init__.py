@@ -52,12 +52,15 @@ def build(cfg, *, channels: int, marks: int, pred_len: int, segments: int, rngs:
 
 def predict_per_segment(model: nnx.Module, batch: dict, ctx: Ctx) -> jax.Array:
   """Same result as `predict`, computed the official way: K separate passes of the whole backbone, pass k
-  holding only segment k's rows of the per-segment parameters. For benchmarks and equivalence tests."""
+  holding only segment k's rows of the per-segment parameters. For benchmarks and equivalence tests. Each pass
+  draws segment k's own dropout masks, the ones the batched pass draws for it."""
   graphdef, seg, rest = nnx.split(model, SegmentParam, ...)
+  ids = ctx.ids()
   outs = []
   for k in range(ctx.segments):
     one = nnx.merge(graphdef, jax.tree.map(lambda v: v[k:k + 1], seg), rest)
-    outs.append(predict(one, batch, dataclasses.replace(ctx, segments=1)))  # [B, 1, S, D]
+    pass_ctx = dataclasses.replace(ctx, segments=1, segment_ids=ids[k:k + 1], site=0)
+    outs.append(predict(one, batch, pass_ctx))  # [B, 1, S, D]
   return jnp.concatenate(outs, axis=1)
 
 
@@ -69,3 +72,4 @@ def predict(model: nnx.Module, batch: dict, ctx: Ctx) -> jax.Array:
 
 
 __all__ = ["BACKBONES", "Ctx", "SegmentParam", "adapted_groups", "build", "layer_groups", "predict"]
+

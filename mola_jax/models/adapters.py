@@ -1,18 +1,20 @@
 """Adapter banks: MoLA (shared experts, per-segment mixtures) and per-segment LoRA.
 
-Every bank is called as `bank(h) -> [K, ..., d_out]`, the adapter's term of the layer output for all K segments,
-so `Dense` and every backbone stay unaware of which method runs. Every bank also exposes `delta() -> [K, d_in,
-d_out]`, all K segments' weight deltas from one einsum (for per-segment selection and export).
+Every bank is called as `bank(h, kernel, bias) -> [K, ..., d_out]`: the adapted layer's whole output for all K
+segments, `h @ (kernel + delta[k]) + bias`, so `Dense` and every backbone stay unaware of which method runs. Every
+bank also exposes `delta() -> [K, d_in, d_out]`, all K segments' weight deltas from one einsum (for per-segment
+selection and export).
 
 Two ways to apply a bank, with the same result up to float rounding (method.md §12):
-- dense: `h @ delta[k]`, the materialised delta. Best for small layers (iTransformer's 128 x 128): one matmul
-  of the layer's own shape, which runs near peak.
-- factored: `sum_p w[k, p] (h @ A_p) @ B_p`, never forming the delta. A layer of d_in x d_out costs
+- merged: `h @ (kernel + delta[k])`, one matmul of the layer's own shape per segment, as the official code does.
+  Best for small layers (iTransformer's 128 x 128): it costs what the frozen layer costs, and a separate adapter
+  term would double that. In a low-precision compute dtype the delta keeps a term of its own instead
+  (`h @ kernel + h @ delta[k]`): merged into a bf16 kernel, a small delta would be rounded away.
+- factored: `h @ kernel + sum_p w[k, p] (h @ A_p) @ B_p`, never forming the delta. The adapter term costs
   R (d_in + d_out) per token instead of d_in d_out, R = P r (MoLA) or r (LoRA), and its backward needs no
-  d_in x d_out weight gradient per segment. For PatchTST's and the Transformer's 512 x 2048 FFN layers
-  (R = 48) that is 8x fewer FLOPs per adapted layer; PatchTST's whole stage-2 step needs 1.9x fewer
-  (docs/performance.md).
-A bank picks the factored form when it costs at most half the dense one (skinny matmuls run below peak).
+  d_in x d_out weight gradient per segment; the frozen matmul runs once over all segments' rows. For PatchTST's
+  and the Transformer's 512 x 2048 FFN layers (R = 48) that is 8x fewer FLOPs per adapter term (docs/performance.md).
+A bank picks the factored form when its adapter term costs at most half the dense one.
 
 Adapter variables are `nnx.LoRAParam`s: stage 2 trains exactly that type and nothing else. Arrays whose leading
 axis is the segment axis are `SegmentParam`s, so the per-segment early stopping can freeze a stopped segment's
@@ -41,6 +43,14 @@ def apply_delta(h: jax.Array, delta: jax.Array) -> jax.Array:
   return jnp.einsum("k...i,kio->k...o", h, delta)
 
 
+def apply_merged(h: jax.Array, kernel: jax.Array, bias: jax.Array, delta: jax.Array) -> jax.Array:
+  """h @ (kernel + delta[k]) + bias -> [K, ..., d_out], the delta merged into the kernel in float32 (module
+  docstring); in a lower precision the delta's term is kept apart."""
+  if kernel.dtype == jnp.float32:
+    return apply_delta(h, kernel + delta) + bias
+  return h @ kernel + bias + apply_delta(h, delta)
+
+
 class SegmentParam(nnx.LoRAParam):
   """An adapter array with a leading segment axis K; rows of stopped segments are held fixed."""
 
@@ -62,19 +72,24 @@ class MoLABank(nnx.Module):
                                **sharding.axes("segment", "expert"))  # [K, P]
     self.factored = use_factored(experts * rank, d_in, d_out, factored)
 
-  def __call__(self, h: jax.Array) -> jax.Array:  # h [K', ..., d_in] -> [K, ..., d_out]
+  def __call__(self, h: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:  # [K', ..., d_in] -> [K, ..., d_out]
     if not self.factored:
-      return apply_delta(h, self.delta())
+      return apply_merged(h, kernel, bias, self.delta())
     mix = jax.nn.softmax(self.logits[...], axis=-1)  # [K, P]
     if h.shape[0] == 1:  # shared prefix: project once, mix per segment
       z = jnp.einsum("...i,pir->...pr", h[0], self.a[...])  # [..., P, r]
-      return jnp.einsum("...pr,kp,pro->k...o", z, mix, self.b[...])
-    z = jnp.einsum("k...i,pir->k...pr", h, self.a[...])  # [K, ..., P, r]
-    return jnp.einsum("k...pr,kp,pro->k...o", z, mix, self.b[...])
+      term = jnp.einsum("...pr,kp,pro->k...o", z, mix, self.b[...])
+    else:
+      z = jnp.einsum("k...i,pir->k...pr", h, self.a[...])  # [K, ..., P, r]
+      term = jnp.einsum("k...pr,kp,pro->k...o", z, mix, self.b[...])
+    return h @ kernel + bias + term  # the frozen matmul once over every segment's rows
 
   def delta(self) -> jax.Array:
     mix = jax.nn.softmax(self.logits[...], axis=-1)  # [K, P]
-    delta = jnp.einsum("kp,pir,pro->kio", mix, self.a[...], self.b[...])  # [K, d_in, d_out]
+    # Scale the experts' B rows per segment first, then one contraction over (expert, rank): a single matmul
+    # [d_in, P r] x [P r, K d_out]. The other order forms every expert's full [P, d_in, d_out] product.
+    scaled = mix[:, :, None, None] * self.b[...]  # [K, P, r, d_out]
+    delta = jnp.einsum("pir,kpro->kio", self.a[...], scaled)  # [K, d_in, d_out]
     return sharding.constrain(delta, DELTA_AXES)
 
 
@@ -87,14 +102,14 @@ class LoRABank(nnx.Module):
     self.b = SegmentParam(jnp.zeros((segments, rank, d_out)), **PER_SEGMENT)  # [K, r, d_out]
     self.factored = use_factored(rank, d_in, d_out, factored)
 
-  def __call__(self, h: jax.Array) -> jax.Array:  # h [K', ..., d_in] -> [K, ..., d_out]
+  def __call__(self, h: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:  # [K', ..., d_in] -> [K, ..., d_out]
     if not self.factored:
-      return apply_delta(h, self.delta())
+      return apply_merged(h, kernel, bias, self.delta())
     if h.shape[0] == 1:
       z = jnp.einsum("...i,kir->k...r", h[0], self.a[...])  # [K, ..., r]
     else:
       z = jnp.einsum("k...i,kir->k...r", h, self.a[...])
-    return jnp.einsum("k...r,kro->k...o", z, self.b[...])
+    return h @ kernel + bias + jnp.einsum("k...r,kro->k...o", z, self.b[...])
 
   def delta(self) -> jax.Array:
     return sharding.constrain(jnp.einsum("kir,kro->kio", self.a[...], self.b[...]), DELTA_AXES)  # [K, d_in, d_out]
@@ -131,8 +146,8 @@ class SegmentDelta(nnx.Module):
   def __init__(self, delta: jax.Array):
     self.value = nnx.LoRAParam(jnp.asarray(delta), **PER_SEGMENT)
 
-  def __call__(self, h: jax.Array) -> jax.Array:
-    return apply_delta(h, self.value[...])
+  def __call__(self, h: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+    return apply_merged(h, kernel, bias, self.value[...])
 
   def delta(self) -> jax.Array:
     return self.value[...]

@@ -55,10 +55,14 @@ class DecoderLayer(nnx.Module):
     self.norm3 = layer_norm(d_model, rngs)
     self.dropout_rate = dropout_rate
 
-  def __call__(self, x: jax.Array, enc: jax.Array, ctx: Ctx) -> jax.Array:  # x [K, B, N, d], enc [K', B, L, d]
+  def __call__(self, x: jax.Array, enc: jax.Array, ctx: Ctx, rows: slice | None = None) -> jax.Array:
+    """x [K, B, N, d], enc [K', B, L, d] -> [K, B, N, d]; `rows` as EncoderLayer's (a last layer whose output
+    is read only at these steps)."""
     p, n = self.dropout_rate, x.shape[-2]
     causal = jnp.tril(jnp.ones((n, n), bool))  # step i attends to steps <= i
-    x = self.norm1(x + dropout(self.self_attn(x, x, ctx, mask=causal), p, ctx))
+    rows = rows or slice(None)
+    q = x[..., rows, :]
+    x = self.norm1(q + dropout(self.self_attn(q, x, ctx, mask=causal[rows]), p, ctx))
     x = self.norm2(x + dropout(self.cross_attn(x, enc, ctx), p, ctx))
     y = dropout(gelu(self.ffn1(x)), p, ctx)
     y = dropout(self.ffn2(y), p, ctx)
@@ -91,7 +95,7 @@ class Transformer(nnx.Module):
     self.projection = Dense(cfg.d_model, channels, rngs=rngs)
     self.dropout_rate = cfg.dropout
 
-  def decoder_inputs(self, batch: dict) -> tuple[jax.Array, jax.Array]:
+  def decoder_inputs(self, batch: dict, ctx: Ctx) -> tuple[jax.Array, jax.Array]:
     """-> values [1, B, label_len + S, D] (known steps, then zeros) and marks [K, B, label_len + S, F]: the same
     history for every segment, segment k's own time features for its S steps."""
     x, x_mark, y_mark = batch["x"], batch["x_mark"], batch["y_mark"]
@@ -99,6 +103,9 @@ class Transformer(nnx.Module):
     k = y_mark.shape[1] // s
     values = jnp.concatenate([x[:, -known:], jnp.zeros((b, s, x.shape[-1]), x.dtype)], axis=1)[None]
     future = y_mark.reshape(b, k, s, -1).swapaxes(0, 1)  # [K, B, S, F]: segment k's steps
+    if ctx.segment_ids is not None:  # training may compute a subset of the segments
+      future = future[jnp.asarray(ctx.segment_ids)]
+      k = future.shape[0]
     history = jnp.broadcast_to(x_mark[None, :, -known:], (k, b, known, x_mark.shape[-1]))
     return values, jnp.concatenate([history, future], axis=2)
 
@@ -109,9 +116,9 @@ class Transformer(nnx.Module):
     for layer in self.encoder:
       h = layer(h, ctx)
     enc = self.enc_norm(h)  # [K', B, L, d]
-    values, marks = self.decoder_inputs(batch)
+    values, marks = self.decoder_inputs(batch, ctx)
     g = dropout(self.dec_embed(values, marks), p, ctx)  # [K, B, label_len + S, d]
-    for layer in self.decoder:
-      g = layer(g, enc, ctx)
-    out = self.projection(self.dec_norm(g))  # [K, B, label_len + S, D]
-    return out[..., -self.pred_len:, :]
+    for i, layer in enumerate(self.decoder):
+      # Only the last S steps are forecasts: the last layer computes no output for the label_len known steps.
+      g = layer(g, enc, ctx, rows=slice(-self.pred_len, None) if i == len(self.decoder) - 1 else None)
+    return self.projection(self.dec_norm(g))  # [K, B, S, D]

@@ -1,0 +1,49 @@
+"""A split's rows held on the device, and batches gathered there from window indices.
+
+Training and evaluation hand the step a few bytes per batch (the window indices) instead of building every batch
+on the host: on a small machine, host work per step competes with the step itself for the same cores. The
+indices come from data.pipeline (`train_order`, `eval_order`), so the batches are exactly the grain pipeline's.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import numpy as np
+
+from mola_jax import sharding
+from mola_jax.data.sources import WindowSource
+
+
+@functools.partial(jax.jit, static_argnames=("seq_len", "pred_len", "layout"))
+def _gather(values, marks, idx, mask, *, seq_len: int, pred_len: int, layout) -> dict:
+  del layout  # keys the compiled program by the active mesh layout, which `constrain` reads while tracing
+  def window(i):
+    cut = jax.lax.dynamic_slice_in_dim
+    return {"x": cut(values, i, seq_len), "x_mark": cut(marks, i, seq_len),
+            "y": cut(values, i + seq_len, pred_len), "y_mark": cut(marks, i + seq_len, pred_len)}
+
+  batch = jax.vmap(window)(idx)  # {"x": [B, L, D], "x_mark": [B, L, F], "y": [B, H, D], "y_mark": [B, H, F]}
+  if mask is not None:
+    batch["mask"] = mask
+  # Under a mesh: every leaf split along its window axis by the `batch` rule (a no-op without one).
+  return jax.tree.map(lambda a: sharding.constrain(a, ("batch",) + (None,) * (a.ndim - 1)), batch)
+
+
+class DeviceWindows:
+  """The rows of one split on the device (replicated under a mesh); `take(idx[, mask])` -> a batch of its
+  windows, as `WindowSource.__getitem__` would build them, stacked."""
+
+  def __init__(self, src: WindowSource):
+    rows = slice(src.start, src.end)
+    self.values, self.marks = sharding.replicate((src.values[rows], src.marks[rows]))  # [rows, D], [rows, F]
+    self.seq_len, self.pred_len, self.size = src.seq_len, src.pred_len, len(src)
+
+  def take(self, idx: np.ndarray, mask: np.ndarray | None = None) -> dict:
+    """idx int [B] (window i starts at the split's row i) -> batch on the device; with `mask` bool [B] it is
+    added as "mask" (an eval batch)."""
+    if sharding.current() is not None:  # else jit moves the host arrays itself, for less than device_put costs
+      idx, mask = sharding.replicate((idx, mask))
+    return _gather(self.values, self.marks, idx, mask, seq_len=self.seq_len, pred_len=self.pred_len,
+                   layout=sharding.current())
