@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mola_jax import cli, config_lib, data, steps
+from mola_jax import cli, config_lib, data, runtime, steps
 from mola_jax.models import build, predict, predict_per_segment
 from mola_jax.train import evaluate
 
@@ -185,7 +185,8 @@ class Setup:
 
 
 def train_setup(prob: Problem, stage: str, *, forward: str = "batched", dtype: str | None = None,
-                share_dropout: bool | None = None, model: nnx.Module | None = None, seed: int = 0) -> Setup:
+                share_dropout: bool | None = None, model: nnx.Module | None = None, seed: int = 0,
+                groups: int | None = None) -> Setup:
   """The stage's train step as fit builds it (recipe, schedule, split), on a fresh copy of `model`'s state."""
   cfg = prob.cfg
   recipe = cfg.pretrain if stage == "pretrain" else cfg.adapt
@@ -203,9 +204,9 @@ def train_setup(prob: Problem, stage: str, *, forward: str = "batched", dtype: s
   state = {"params": params, "opt": tx.init(params), "stats": stats, "key": key}
   share = cfg.mola.share_prefix_dropout if share_dropout is None else share_dropout
   step = steps.make_train_step(graphdef, tx, segments=k, share_prefix_dropout=share, forward=FORWARDS[forward],
-                               compute_dtype=dtype)
+                               compute_dtype=dtype, groups=groups)
   key = ("train", model_key(cfg), stage, forward, dtype or "float32", share, k, recipe.lr,
-         data.num_train_batches(src, recipe.batch_size))
+         data.num_train_batches(src, recipe.batch_size), groups)
   return Setup(step, graphdef, state, frozen, steps.training_segments([True] * k), src, recipe.batch_size, k, seed, key)
 
 
@@ -316,9 +317,10 @@ def compile_step(setup: Setup, options: dict | None = None):
 
 
 def measure_train(prob: Problem, stage: str, st: Settings, *, mode: str = "pipeline", forward: str = "batched",
-                  dtype: str | None = None, share_dropout: bool | None = None, name: str = "") -> dict:
+                  dtype: str | None = None, share_dropout: bool | None = None, name: str = "",
+                  groups: int | None = None) -> dict:
   """Compile and time one stage's train step in one mode and variant -> a row."""
-  setup = train_setup(prob, stage, forward=forward, dtype=dtype, share_dropout=share_dropout)
+  setup = train_setup(prob, stage, forward=forward, dtype=dtype, share_dropout=share_dropout, groups=groups)
   b = setup.batch_size
   frozen, active = setup.frozen, setup.active
   compiled, info, key = compile_step(setup, st.compiler_options)
@@ -411,6 +413,71 @@ def nominal_peak(kind: str, dtype: str) -> float | None:
     if name.lower() in kind.lower():
       return peaks.get(dtype)
   return None
+
+
+def with_changes(prob: Problem, **changes) -> Problem:
+  """`prob` with config keys changed, e.g. with_changes(prob, **{"mola.factored": True})."""
+  cfg = copy.deepcopy(prob.cfg)
+  for dotted, value in changes.items():
+    *parents, last = dotted.split(".")
+    node = cfg
+    for name in parents:
+      node = node[name]
+    node[last] = value
+  return dataclasses.replace(prob, cfg=cfg)
+
+
+def ffn_matmul(prob: Problem, st: Settings) -> dict:
+  """FLOP/s of one matmul of the model's own FFN shape in stage 2 ([K B rows, d_in] x [d_in, d_out], the first
+  adapted layer's), timed on this device in this run: the rate a step made of such matmuls could reach."""
+  model = new_model(prob, "pretrain")
+  rows, d_in, d_out = model.ffn_shape(prob.cfg.adapt.batch_size, prob.channels, int(prob.series.marks.shape[1]))
+  rows *= prob.k
+  a = jax.random.normal(jax.random.key(0), (rows, d_in))
+  w = jax.random.normal(jax.random.key(1), (d_in, d_out))
+  f = jax.jit(lambda a, w: (a, w + 1e-9 * (a @ w)[0]))  # the product feeds the next call: nothing is skipped
+  timing, _ = timed(lambda w, _: f(a, w)[::-1], w, itertools.repeat(None), windows_per_call=1, st=st)
+  return {"shape": [rows, d_in, d_out], "flop_per_s": 2.0 * rows * d_in * d_out / timing["call_seconds"]}
+
+
+def compile_cold_warm(prob: Problem) -> dict:
+  """Seconds to get the stage-2 train step ready with an empty persistent compilation cache (a first run) and
+  again from a fresh jit object once the cache holds it (a rerun, or the next cell of a study)."""
+  import tempfile
+
+  out = {}
+  with tempfile.TemporaryDirectory() as tmp:
+    previous = runtime.use_compile_cache(True, path=tmp)
+    try:
+      for name in ("cold", "warm"):
+        setup = train_setup(prob, "adapt", seed=len(out))  # a fresh step: nothing cached in this process
+        first = next(fit_batches(setup.src, setup.batch_size, setup.seed))
+        t0 = time.perf_counter()
+        setup.step.lower(setup.state, setup.frozen, first, setup.active).compile()
+        out[name] = time.perf_counter() - t0
+    finally:
+      runtime.use_compile_cache(previous is not None, path=previous)
+  return out
+
+
+def stage2_runs(cfg, workdir: pathlib.Path) -> dict:
+  """The config's whole stage 2 (fit with validation, early stopping and checkpoints, then the test pass) from one
+  stage-1 model, with stopped segments skipped (the default) and computed (adapt.skip_stopped=False): wall
+  seconds of each fit with a warm compilation cache, and the test MSE of each (the same to float rounding)."""
+  from mola_jax.train import train_and_evaluate  # late: the benchmark's other parts need no training loop
+
+  base = copy.deepcopy(cfg)
+  base.stage = "pretrain"
+  train_and_evaluate(base, workdir / "stage1", overwrite=True)
+  out = {}
+  for skip in (True, False, True):  # the first run fills the compilation cache with the programs of every
+    run_cfg = copy.deepcopy(cfg)     # active count, so the two timed runs compare compute, not compiles
+    run_cfg.stage, run_cfg.init_from, run_cfg.adapt.skip_stopped = "adapt", str(workdir / "stage1"), skip
+    result = train_and_evaluate(run_cfg, workdir / f"stage2_skip_{skip}", overwrite=True)
+    out["skipped" if skip else "computed"] = {"fit_seconds": result["stages"]["stage2"]["seconds"],
+                                              "epochs": result["stages"]["stage2"]["epochs"],
+                                              "test_mse": result["test_mse"]}
+  return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -523,6 +590,17 @@ def run(cfg, workdir) -> dict:
   shared_dropout = {f: train(prob, "adapt", forward=f, share_dropout=True, name=f"stage2_{f}_shared_dropout")
                     for f in ("batched", "unshared_prefix")}
   s2_bf16 = train(prob, "adapt", dtype="bfloat16", name="stage2_batched_pipeline_bf16")
+  one_group = train(prob, "adapt", mode="device", groups=1, name="stage2_step_one_group")
+  rate_key = f"model.{cfg.backbone}.dropout"
+  no_dropout = (train(with_changes(prob, **{rate_key: 0.0}), "adapt", mode="device", name="stage2_step_no_dropout")
+                if "dropout" in cfg.model[cfg.backbone] else None)
+  ffn = ffn_matmul(prob, st)
+  compile_times = compile_cold_warm(prob)
+  print(f"FFN-shape matmul {ffn['shape']}: {ffn['flop_per_s'] / 1e9:.1f} GFLOP/s; stage-2 step compile "
+        f"{compile_times['cold']:.2f} s cold, {compile_times['warm']:.2f} s warm", flush=True)
+  runs = stage2_runs(cfg, workdir / "stage2_runs")
+  print(f"stage-2 fit: {runs['skipped']['fit_seconds']:.1f} s with stopped segments skipped, "
+        f"{runs['computed']['fit_seconds']:.1f} s computed", flush=True)
   form = {}  # how the adapters are applied: the materialised delta vs factored (models/adapters.py)
   for factored, name in ((False, "dense_delta"), (True, "factored")):
     variant = dataclasses.replace(prob, cfg=copy.deepcopy(prob.cfg))
@@ -586,6 +664,17 @@ def run(cfg, workdir) -> dict:
       "stage2_factored_over_dense_delta": form["factored"]["windows_per_s"] / form["dense_delta"]["windows_per_s"],
       "stage2_flops_per_step_dense_delta": form["dense_delta"]["flops_per_step"],
       "stage2_flops_per_step_factored": form["factored"]["flops_per_step"],
+      "stage2_dropout_cost": (s2["device"]["step_ms"] / no_dropout["step_ms"]) if no_dropout else None,
+      "stage2_groups_speedup": one_group["step_ms"] / s2["device"]["step_ms"],
+      "ffn_matmul_shape": ffn["shape"],
+      "ffn_matmul_flop_per_s": ffn["flop_per_s"],
+      "stage2_step_over_ffn_matmul": s2["device"]["flops_per_step"] / (s2["device"]["step_ms"] / 1e3) / ffn["flop_per_s"],
+      "stage2_compile_cold_seconds": compile_times["cold"],
+      "stage2_compile_warm_seconds": compile_times["warm"],
+      "stage2_fit_skipped_seconds": runs["skipped"]["fit_seconds"],
+      "stage2_fit_computed_seconds": runs["computed"]["fit_seconds"],
+      "stage2_fit_computed_over_skipped": runs["computed"]["fit_seconds"] / runs["skipped"]["fit_seconds"],
+      "stage2_runs": runs,
       "eval_test_seconds": ev["batched"]["seconds"],
       "eval_test_windows_per_s": ev["batched"]["windows_per_s"],
       "eval_test_loop_seconds": ev["loop"]["seconds"],
@@ -641,6 +730,10 @@ def markdown(r: dict) -> str:
          f"{s['eval_batch']} (eval)." + (" **CI mode (tiny): a smoke test, not a measurement.**" if s["tiny"] else ""),
          "", "| figure | value |", "|---|---|"]
   for key in REQUIRED + ("stage2_step_windows_per_s", "stage2_scan_windows_per_s", "stage2_batched_over_loop",
+                         "stage2_dropout_cost", "stage2_groups_speedup", "stage2_step_over_ffn_matmul",
+                         "ffn_matmul_flop_per_s", "stage2_compile_cold_seconds", "stage2_compile_warm_seconds",
+                         "stage2_fit_skipped_seconds", "stage2_fit_computed_seconds",
+                         "stage2_fit_computed_over_skipped",
                          "stage2_shared_over_unshared_prefix", "stage2_shared_dropout_over_unshared_prefix",
                          "stage2_factored_over_dense_delta", "eval_test_windows_per_s", "eval_batched_over_loop",
                          "eval_shared_over_unshared_prefix",

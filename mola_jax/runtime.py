@@ -20,17 +20,19 @@ def cache_dir() -> pathlib.Path:
   return pathlib.Path(pooch.os_cache("mola_jax")) / "xla"
 
 
-def use_compile_cache(enabled: bool = True) -> str | None:
-  """Turn JAX's persistent compilation cache on (in `cache_dir()`) or off for this process, so a second run of
-  the same programs (a rerun, the next cell of a study) loads them instead of compiling. A directory the user set
-  with JAX_COMPILATION_CACHE_DIR is kept. Returns the directory in use, or None."""
+def use_compile_cache(enabled: bool = True, path: str | None = None) -> str | None:
+  """Turn JAX's persistent compilation cache on or off for this process, so a second run of the same programs (a
+  rerun, the next cell of a study) loads them instead of compiling. The directory: `path`, else the one the user
+  set with JAX_COMPILATION_CACHE_DIR, else `cache_dir()`. Returns the directory that was in use before (None:
+  the cache was off), so a caller can put it back."""
+  before = jax.config.jax_compilation_cache_dir if jax.config.jax_enable_compilation_cache else None
   if not enabled:
     jax.config.update("jax_enable_compilation_cache", False)
-    return None
-  path = os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(cache_dir())
+    return before
+  path = path or os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(cache_dir())
   if not jax.config.jax_enable_compilation_cache or jax.config.jax_compilation_cache_dir != path:
     jax.config.update("jax_enable_compilation_cache", True)
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
     compilation_cache.reset_cache()  # a cache already initialised in this process would ignore the new directory
-  return path
+  return before

@@ -137,6 +137,9 @@ def fit(model: nnx.Module, *, stage: str, series, cfg, recipe, segments: int, ho
                          f"lower --config.{stage}.batch_size or use a longer series")
   tx = steps.make_tx(recipe.lr, steps_per_epoch)
   graphdef, params, stats, frozen = steps.split(model, stage)
+  # Pad the active segments to a multiple of the step's groups (steps.training_segments), except where batch
+  # statistics would then see the stopped segments too.
+  pad_to = 1 if jax.tree.leaves(stats) else steps.default_groups()
   # Raw key data (not a typed key) so that the rng is an ordinary array in the resume checkpoint.
   key = jax.random.key_data(jax.random.fold_in(jax.random.key(seed), 1 if stage == "pretrain" else 2))
   state = {"params": params, "opt": tx.init(params), "stats": stats, "key": key}
@@ -200,7 +203,7 @@ def fit(model: nnx.Module, *, stage: str, series, cfg, recipe, segments: int, ho
   while not loop["finished"] and loop["epoch"] <= recipe.epochs:
     epoch, t0 = loop["epoch"], time.perf_counter()
     lr = float(steps.current_lr(state["opt"]))  # the lr this epoch trains with
-    segs = steps.training_segments(stopper.active, cfg.adapt.skip_stopped)
+    segs = steps.training_segments(stopper.active, cfg.adapt.skip_stopped, pad_to)
     losses = []
     order = data.train_order(train_src, recipe.batch_size, seed=seed, epoch=epoch)[loop["batch"]:]  # [n, B]
     bar = tqdm(order, total=steps_per_epoch, initial=loop["batch"], desc=f"[{name}] epoch {epoch}/{recipe.epochs}",

@@ -52,6 +52,11 @@ def test_tiny_cli_writes_every_figure(tmp_path):
   assert all(row["flops_per_step"] > 0 for row in result["rows"])
   # The two adapter forms are two programs (a cached compile of one would time the other twice).
   assert result["stage2_flops_per_step_dense_delta"] != result["stage2_flops_per_step_factored"]
+  for key in ("stage2_dropout_cost", "stage2_groups_speedup", "stage2_step_over_ffn_matmul",
+              "stage2_compile_cold_seconds", "stage2_compile_warm_seconds", "stage2_fit_computed_over_skipped"):
+    assert np.isfinite(result[key]) and result[key] > 0, key
+  runs = result["stage2_runs"]  # skipping stopped segments changes no number
+  assert runs["skipped"]["test_mse"] == pytest.approx(runs["computed"]["test_mse"], rel=1e-5)
   acc = result["accuracy_bf16"]
   assert np.isfinite(acc["float32"]["test_mse"]) and np.isfinite(acc["bfloat16"]["test_mse"])
   table = (tmp_path / "bench.md").read_text()

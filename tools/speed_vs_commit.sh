@@ -37,14 +37,15 @@ python - "$out/log" <<'PY'
 import re, statistics, sys
 rows = {}
 for line in open(sys.argv[1]):
-  m = re.match(r"round \d+: (old|new) step pretrain ([\d.]+) ms/step adapt ([\d.]+)", line)
+  m = re.match(r"round \d+: (old|new) step pretrain ([\d.]+) ms/step adapt ([\d.]+) ms/step "
+               r"eval_pretrain ([\d.]+) ms/test-split eval_adapt ([\d.]+)", line)
   if m:
-    rows.setdefault((m[1], "stage-1 step ms"), []).append(float(m[2]))
-    rows.setdefault((m[1], "stage-2 step ms"), []).append(float(m[3]))
+    for i, what in enumerate(("stage-1 step ms", "stage-2 step ms", "stage-1 eval ms", "stage-2 eval ms"), 2):
+      rows.setdefault((m[1], what), []).append(float(m[i]))
   m = re.match(r"round \d+: (old|new) e2e ([\d.]+) s", line)
   if m:
     rows.setdefault((m[1], "end-to-end s"), []).append(float(m[2]))
-for what in ("stage-1 step ms", "stage-2 step ms", "end-to-end s"):
+for what in ("stage-1 step ms", "stage-2 step ms", "stage-1 eval ms", "stage-2 eval ms", "end-to-end s"):
   o, n = statistics.median(rows[("old", what)]), statistics.median(rows[("new", what)])
   print(f"{what:16s} old {o:8.2f}  new {n:8.2f}  old/new {o / n:5.2f}x  (medians of {len(rows[('new', what)])})")
 PY

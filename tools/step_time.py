@@ -1,15 +1,17 @@
-"""Median milliseconds per train step of stage 1 and stage 2, on batches already on the device, for whichever
-mola_jax is first on the path: run it in two checkouts to compare them (tools/speed_vs_commit.sh does).
+"""Median milliseconds per train step of stage 1 and stage 2 (on batches already on the device) and per evaluation
+of the whole test split, for whichever mola_jax is first on the path: run it in two checkouts to compare them
+(tools/speed_vs_commit.sh does).
 
     python tools/step_time.py --config configs/etth1.py [--steps 40 --repeats 5] [--set model.itransformer.dropout=0]
 
-It uses only what every version of the benchmark module has (problem, train_setup, compile_step), so the same
-file times an old commit and the current tree alike.
+It uses only what every version of the benchmark module has (problem, train_setup, compile_step, measure_eval),
+so the same file times an old commit and the current tree alike.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib.util
 import itertools
 import statistics
@@ -44,6 +46,18 @@ def step_ms(bench, data, prob, stage: str, steps: int, repeats: int) -> float:
   return statistics.median(times)
 
 
+def apply_overrides(cfg, items):
+  """KEY=VALUE strings (dotted keys, Python literal values) applied to `cfg`."""
+  for item in items:
+    key, value = item.split("=", 1)
+    *parents, last = key.split(".")
+    node = cfg
+    for name in parents:
+      node = node[name]
+    node[last] = ast.literal_eval(value)
+  return cfg
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--config", required=True)
@@ -51,21 +65,16 @@ def main() -> None:
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--set", action="append", default=[], help="KEY=VALUE config override (Python literal)")
   args = parser.parse_args()
-  import ast
-
   from mola_jax import bench, data
 
-  cfg = load_config(args.config)
-  for item in args.set:
-    key, value = item.split("=", 1)
-    *parents, last = key.split(".")
-    node = cfg
-    for name in parents:
-      node = node[name]
-    node[last] = ast.literal_eval(value)
+  cfg = apply_overrides(load_config(args.config), args.set)
   prob = bench.problem(cfg)
   for stage in ("pretrain", "adapt"):
     print(f"{stage} {step_ms(bench, data, prob, stage, args.steps, args.repeats):.2f} ms/step", flush=True)
+  settings = bench.Settings.from_cfg(cfg.bench)
+  for stage in ("pretrain", "adapt"):  # the whole test split, as the end of a run evaluates it
+    seconds = bench.measure_eval(prob, bench.new_model(prob, stage), settings, stage=stage)["seconds"]
+    print(f"eval_{stage} {1e3 * seconds:.1f} ms/test-split", flush=True)
 
 
 if __name__ == "__main__":

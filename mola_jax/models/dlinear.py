@@ -58,6 +58,10 @@ class DLinear(nnx.Module):
     self.trend = nnx.List([linear() for _ in range(n)])
     self.kernel_size = cfg.moving_avg
 
+  def ffn_shape(self, batch_size: int, channels: int, marks: int) -> tuple[int, int, int]:
+    """(rows, d_in, d_out) of the seasonal map's matmul for one segment's batch: one row per channel."""
+    return batch_size * channels, *self.seasonal[0].kernel.shape
+
   def __call__(self, batch: dict, ctx: Ctx) -> jax.Array:
     del ctx  # no dropout; the decomposition is the shared prefix, computed once for all segments
     seasonal, trend = decompose(batch["x"], self.kernel_size)  # [B, L, D] each

@@ -32,6 +32,10 @@ class ITransformer(nnx.Module):
     self.head = Dense(cfg.d_model, pred_len, rngs=rngs)
     self.dropout_rate = cfg.dropout
 
+  def ffn_shape(self, batch_size: int, channels: int, marks: int) -> tuple[int, int, int]:
+    """(rows, d_in, d_out) of the first FFN matmul of one segment's batch: one row per token."""
+    return batch_size * (channels + marks), *self.layers[0].ffn1.kernel.shape
+
   def __call__(self, batch: dict, ctx: Ctx) -> jax.Array:
     x, x_mark = batch["x"], batch["x_mark"]
     d = x.shape[-1]

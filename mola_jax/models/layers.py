@@ -72,17 +72,20 @@ def _mix32(x: jax.Array) -> jax.Array:
 def keep_mask(ctx: Ctx, shape: tuple[int, ...], rate: float) -> jax.Array:
   """bool `shape` = [K', ...]: True with probability 1 - rate, independently for every element.
 
-  A threefry hash gives each (call site, segment) a 64-bit seed: K' hashes per site. Every element then hashes its
-  index within its segment with that seed, two rounds of a 32-bit mixer (about a dozen integer ops), instead of a
-  threefry hash of its own (about ten times the work, and a third of a stage-2 step on a CPU; docs/performance.md).
-  The mask of a segment depends only on the step's key, the call site and the segment's id.
+  The step's key (64 threefry bits) is hashed with the call site and the segment id into a 64-bit seed per
+  segment; every element then hashes its index within its segment with that seed: two rounds of a 32-bit mixer,
+  about a dozen integer ops. A threefry hash per element costs about ten times that (a third of a stage-2 step on
+  a CPU) and a threefry call per site a larger program to compile (docs/performance.md). The mask of a segment
+  depends only on the step's key, the call site and the segment's id.
   """
   ids = ctx.ids() if shape[0] == ctx.segments else jnp.full((1,), SHARED_SEGMENT, jnp.uint32)
-  site = jax.random.fold_in(ctx.key, ctx.site)
+  site = jnp.uint32(ctx.site)
   ctx.site += 1
-  seeds = jax.vmap(lambda i: jax.random.bits(jax.random.fold_in(site, i), (2,), jnp.uint32))(ids)  # [K', 2]
+  k0, k1 = jax.random.key_data(ctx.key)  # the step's 64 random bits
+  s0 = _mix32(k0 ^ _mix32(ids * jnp.uint32(0x9E3779B9) + site))[:, None]  # [K', 1]: 64-bit seed per segment
+  s1 = _mix32(k1 ^ _mix32(ids + site * jnp.uint32(0x85EBCA77) + jnp.uint32(0x632BE5AB)))[:, None]
   index = jax.lax.iota(jnp.uint32, math.prod(shape[1:]))[None]  # [1, n]: the element's place in its segment
-  bits = _mix32(_mix32(index + seeds[:, :1]) ^ seeds[:, 1:])  # [K', n], uniform over uint32
+  bits = _mix32(_mix32(index + s0) ^ s1)  # [K', n], uniform over uint32
   threshold = jnp.uint32(min(round(rate * 2.0**32), 2**32 - 1))  # P(bits < threshold) = rate to 2^-32
   return (bits >= threshold).reshape(shape)
 

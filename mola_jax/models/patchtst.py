@@ -59,6 +59,10 @@ class PatchTST(nnx.Module):
     self.head = Dense(cfg.d_model * self.patches, pred_len, rngs=rngs)
     self.dropout_rate = cfg.dropout  # TSLib also passes it as the head dropout
 
+  def ffn_shape(self, batch_size: int, channels: int, marks: int) -> tuple[int, int, int]:
+    """(rows, d_in, d_out) of the first FFN matmul of one segment's batch: one row per channel and patch."""
+    return batch_size * channels * self.patches, *self.layers[0].ffn1.kernel.shape
+
   def __call__(self, batch: dict, ctx: Ctx) -> jax.Array:
     xn, mean, std = instance_norm(batch["x"])  # [B, L, D]
     patches = patchify(xn.swapaxes(-1, -2), self.patch_len, self.stride)  # [B, D, P, patch_len]

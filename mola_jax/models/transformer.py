@@ -79,7 +79,7 @@ class Transformer(nnx.Module):
                make_adapter):
     if not 0 < cfg.label_len <= seq_len:
       raise ValueError(f"transformer.label_len must be in 1 .. seq_len={seq_len}, got {cfg.label_len}")
-    self.label_len, self.pred_len = cfg.label_len, pred_len
+    self.label_len, self.pred_len, self.seq_len = cfg.label_len, pred_len, seq_len
     self.enc_embed = DataEmbedding(channels, marks, cfg.d_model, rngs=rngs)
     self.encoder = nnx.List([
         EncoderLayer(cfg.d_model, cfg.d_ff, cfg.n_heads, cfg.dropout, rngs=rngs, make_adapter=make_adapter)
@@ -94,6 +94,10 @@ class Transformer(nnx.Module):
     self.dec_norm = layer_norm(cfg.d_model, rngs)
     self.projection = Dense(cfg.d_model, channels, rngs=rngs)
     self.dropout_rate = cfg.dropout
+
+  def ffn_shape(self, batch_size: int, channels: int, marks: int) -> tuple[int, int, int]:
+    """(rows, d_in, d_out) of the first encoder FFN matmul of one segment's batch: one row per look-back step."""
+    return batch_size * self.seq_len, *self.encoder[0].ffn1.kernel.shape
 
   def decoder_inputs(self, batch: dict, ctx: Ctx) -> tuple[jax.Array, jax.Array]:
     """-> values [1, B, label_len + S, D] (known steps, then zeros) and marks [K, B, label_len + S, F]: the same
