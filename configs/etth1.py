@@ -1,4 +1,4 @@
-"""ETTh1 with iTransformer and the official MoLA recipe (method.md §8): the paper's values, unchanged.
+"""ETTh1 with iTransformer and the official MoLA recipe (docs/method.md §8): the paper's values, unchanged.
 
     python -m mola_jax.train --config configs/etth1.py --workdir runs/etth1
     python -m mola_jax.train --config configs/etth1.py --config.method=mtf --workdir runs/etth1_mtf

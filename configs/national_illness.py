@@ -1,5 +1,5 @@
 """National illness (ILI, 7 weekly series). OUTSIDE THE PAPER: look-back 36, horizons 24/36/48/60 as in the
-field's ILI protocol (protocol.md §1); the segment options are ours (two divisors of each horizon).
+field's ILI protocol (docs/protocol.md §1); the segment options are ours (two divisors of each horizon).
 
     python -m mola_jax.reproduce --config configs/national_illness.py --workdir runs/repro_ili
 """

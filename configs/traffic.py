@@ -1,4 +1,4 @@
-"""Traffic (862 channels) with iTransformer: 4 layers, d_model = d_ff = 512, batch 16 (method.md §8).
+"""Traffic (862 channels) with iTransformer: 4 layers, d_model = d_ff = 512, batch 16 (docs/method.md §8).
 The file is not distributed offline: put traffic.csv (Autoformer bundle) into $MOLA_DATA_DIR or pass
 --config.data.path; without it the run stops with a clear error before doing anything.
 

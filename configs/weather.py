@@ -1,5 +1,5 @@
 """Weather (21 channels, 10-minute steps) with iTransformer: 3 layers, d_model = d_ff = 512, batch 32
-(method.md §8). Like every dataset in the field's scripts, it gets the 4 hourly time features.
+(docs/method.md §8). Like every dataset in the field's scripts, it gets the 4 hourly time features.
 
     python -m mola_jax.reproduce --config configs/weather.py --workdir runs/repro_weather
 """

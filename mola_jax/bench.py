@@ -14,8 +14,8 @@ How it measures (a throughput is windows per second = batch size x steps / wall 
   one block_until_ready; nothing inside it reads a value back to the host.
 * The timed program is the compiled executable itself, so a batch of another shape (a ragged last batch, a new
   epoch) would be an error, not a silent recompile: the timed loops cross epoch ends on the real pipeline.
-* Modes: `pipeline` is fit's inner loop (grain batches of the real train split, shuffled per epoch, put on the
-  gathered on the device from window indices by data.DeviceWindows); `device` steps over a few batches already on the device
+* Modes: `pipeline` is fit's inner loop (batches of the real train split, shuffled per epoch, gathered on the
+  device from window indices by data.DeviceWindows); `device` steps over a few batches already on the device
   (the step alone); `scan` runs a whole epoch (CI mode: a few steps) as one jitted lax.scan over the series held
   on the device, windows gathered there by index, in the same order as the pipeline's epoch.
 * Variants of stage 2 on identical batches: `batched` (models.predict: one pass with a leading K axis),
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import itertools
 import json
 import math
@@ -39,29 +40,35 @@ import resource
 import statistics
 import time
 
-import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mola_jax import cli, config_lib, data, runtime, steps
+from mola_jax import cli, config_lib, data, plan, runtime, steps
+from mola_jax import workdir as workdir_lib
+from mola_jax.metrics import evaluate
 from mola_jax.models import build, predict, predict_per_segment
-from mola_jax.train import evaluate
 
-REQUIRED = ("stage1_train_windows_per_s", "stage2_train_windows_per_s", "stage2_loop_windows_per_s",
-            "eval_test_seconds", "compile_seconds", "peak_rss_mb")
+REQUIRED = (
+  "stage1_train_windows_per_s",
+  "stage2_train_windows_per_s",
+  "stage2_loop_windows_per_s",
+  "eval_test_seconds",
+  "compile_seconds",
+  "peak_rss_mb",
+)
 
 # Nominal dense peaks (FLOP/s) from the vendors' data sheets, by a substring of jax's device_kind. float32 is the
 # non-tensor-core rate; XLA may run float32 matmuls as TF32 on NVIDIA GPUs, so the measured matmul is the fairer
 # float32 denominator there.
 NOMINAL_PEAK = {
-    "H100": {"bfloat16": 989e12, "float32": 67e12},  # SXM
-    "H200": {"bfloat16": 989e12, "float32": 67e12},
-    "A100": {"bfloat16": 312e12, "float32": 19.5e12},
-    "TPU v4": {"bfloat16": 275e12},
-    "TPU v5 lite": {"bfloat16": 197e12},
-    "TPU v6 lite": {"bfloat16": 918e12},
+  "H100": {"bfloat16": 989e12, "float32": 67e12},  # SXM
+  "H200": {"bfloat16": 989e12, "float32": 67e12},
+  "A100": {"bfloat16": 312e12, "float32": 19.5e12},
+  "TPU v4": {"bfloat16": 275e12},
+  "TPU v5 lite": {"bfloat16": 197e12},
+  "TPU v6 lite": {"bfloat16": 918e12},
 }
 
 
@@ -95,18 +102,41 @@ class Settings:
   compiler_options: dict | None = None  # XLA options of every compile (`aot`)
 
   @classmethod
-  def from_cfg(cls, b) -> "Settings":
-    out = cls(bool(b.tiny), int(b.repeats), int(b.warmup), float(b.repeat_seconds), int(b.min_steps),
-              int(b.max_steps), tuple(b.segments), tuple(b.horizons), tuple(b.channels), bool(b.sweep_loop),
-              int(b.accuracy_steps), int(b.matmul_size))
+  def from_cfg(cls, b) -> Settings:
+    out = cls(
+      bool(b.tiny),
+      int(b.repeats),
+      int(b.warmup),
+      float(b.repeat_seconds),
+      int(b.min_steps),
+      int(b.max_steps),
+      tuple(b.segments),
+      tuple(b.horizons),
+      tuple(b.channels),
+      bool(b.sweep_loop),
+      int(b.accuracy_steps),
+      int(b.matmul_size),
+    )
     if out.tiny:  # every code path, a few steps each
-      out = dataclasses.replace(out, repeats=2, warmup=1, repeat_seconds=0.0, min_steps=3, max_steps=3,
-                                segments=out.segments[:2], horizons=out.horizons[:1], channels=out.channels[:1],
-                                sweep_loop=False, accuracy_steps=3, matmul_size=min(out.matmul_size, 256),
-                                compiler_options=CHEAP_COMPILES)
+      out = dataclasses.replace(
+        out,
+        repeats=2,
+        warmup=1,
+        repeat_seconds=0.0,
+        min_steps=3,
+        max_steps=3,
+        segments=out.segments[:2],
+        horizons=out.horizons[:1],
+        channels=out.channels[:1],
+        sweep_loop=False,
+        accuracy_steps=3,
+        matmul_size=min(out.matmul_size, 256),
+        compiler_options=CHEAP_COMPILES,
+      )
     if out.repeats < 1 or out.min_steps < 1 or out.max_steps < out.min_steps or out.warmup < 0:
-      raise config_lib.ConfigError("bench.repeats and bench.min_steps must be >= 1, bench.max_steps >= "
-                                   "bench.min_steps and bench.warmup >= 0")
+      raise config_lib.ConfigError(
+        "bench.repeats and bench.min_steps must be >= 1, bench.max_steps >= bench.min_steps and bench.warmup >= 0"
+      )
     return out
 
 
@@ -133,8 +163,7 @@ class Problem:
 _SERIES: dict = {}
 
 
-def problem(cfg, *, horizon: int | None = None, segment_len: int | None = None,
-            channels: int | None = None) -> Problem:
+def problem(cfg, *, horizon: int | None = None, segment_len: int | None = None, channels: int | None = None) -> Problem:
   """The config's data (or synthetic data of `channels` channels) at horizon T with segment length S."""
   cfg = copy.deepcopy(cfg)
   if horizon is not None:
@@ -143,26 +172,34 @@ def problem(cfg, *, horizon: int | None = None, segment_len: int | None = None,
     cfg.segment_len = segment_len
   if channels is not None:
     cfg.data.name, cfg.data.path, cfg.data.synthetic_channels = "synthetic", None, channels
-  config_lib.validate(cfg)
+  run_plan = plan.make(cfg)
   key = (cfg.data.name, cfg.data.path, cfg.data.seq_len, cfg.data.synthetic_rows, cfg.data.synthetic_channels)
   if key not in _SERIES:
     _SERIES[key] = data.load_series(cfg.data)
   series = _SERIES[key]
   for split in ("train", "test"):  # raises DataError if T does not fit the splits
     data.window_source(series, split, cfg.data.seq_len, cfg.horizon)
-  s = config_lib.segment_len(cfg)
-  return Problem(cfg, series, cfg.horizon, s, cfg.horizon // s)
+  return Problem(cfg, series, cfg.horizon, run_plan.segment_len, run_plan.segments)
 
 
 def model_key(cfg) -> str:
   """What a step's program depends on beyond its arguments' shapes: the model, its adapters, the look-back."""
-  return json.dumps([cfg.backbone, cfg.method, cfg.model[cfg.backbone].to_dict(), cfg.mola.to_dict(),
-                     cfg.data.seq_len], sort_keys=True, default=str)
+  return json.dumps(
+    [cfg.backbone, cfg.method, cfg.model[cfg.backbone].to_dict(), cfg.mola.to_dict(), cfg.data.seq_len],
+    sort_keys=True,
+    default=str,
+  )
 
 
 def new_model(prob: Problem, stage: str, seed: int = 0) -> nnx.Module:
-  return build(prob.cfg, channels=prob.channels, marks=int(prob.series.marks.shape[1]), pred_len=prob.s,
-               segments=0 if stage == "pretrain" else prob.k, rngs=nnx.Rngs(seed))
+  return build(
+    prob.cfg,
+    channels=prob.channels,
+    marks=int(prob.series.marks.shape[1]),
+    pred_len=prob.s,
+    segments=0 if stage == "pretrain" else prob.k,
+    rngs=nnx.Rngs(seed),
+  )
 
 
 _MODELS: dict = {}
@@ -184,9 +221,17 @@ class Setup:
   key: tuple  # what the step closes over, for the compile cache (`aot`)
 
 
-def train_setup(prob: Problem, stage: str, *, forward: str = "batched", dtype: str | None = None,
-                share_dropout: bool | None = None, model: nnx.Module | None = None, seed: int = 0,
-                groups: int | None = None) -> Setup:
+def train_setup(
+  prob: Problem,
+  stage: str,
+  *,
+  forward: str = "batched",
+  dtype: str | None = None,
+  share_dropout: bool | None = None,
+  model: nnx.Module | None = None,
+  seed: int = 0,
+  groups: int | None = None,
+) -> Setup:
   """The stage's train step as fit builds it (recipe, schedule, split), on a fresh copy of `model`'s state."""
   cfg = prob.cfg
   recipe = cfg.pretrain if stage == "pretrain" else cfg.adapt
@@ -197,16 +242,25 @@ def train_setup(prob: Problem, stage: str, *, forward: str = "batched", dtype: s
     if key not in _MODELS:
       _MODELS[key] = new_model(prob, stage, seed)
     model = _MODELS[key]
-  graphdef, params, stats, frozen = steps.split(model, stage)
-  params, stats = jax.tree.map(jnp.copy, (params, stats))  # the step donates them; the model keeps its own
-  tx = steps.make_tx(recipe.lr, data.num_train_batches(src, recipe.batch_size))
-  key = jax.random.key_data(jax.random.key(seed))
-  state = {"params": params, "opt": tx.init(params), "stats": stats, "key": key}
+  tx = steps.make_tx(steps.lr_schedule(recipe.lr, data.num_train_batches(src, recipe.batch_size)))
+  graphdef, state, frozen = steps.init_state(model, stage, tx, jax.random.key_data(jax.random.key(seed)))
+  state = jax.tree.map(jnp.copy, state)  # the step donates it; the model keeps its own arrays
   share = cfg.mola.share_prefix_dropout if share_dropout is None else share_dropout
-  step = steps.make_train_step(graphdef, tx, segments=k, share_prefix_dropout=share, forward=FORWARDS[forward],
-                               compute_dtype=dtype, groups=groups)
-  key = ("train", model_key(cfg), stage, forward, dtype or "float32", share, k, recipe.lr,
-         data.num_train_batches(src, recipe.batch_size), groups)
+  step = steps.make_train_step(
+    graphdef, tx, segments=k, share_prefix_dropout=share, forward=FORWARDS[forward], compute_dtype=dtype, groups=groups
+  )
+  key = (
+    "train",
+    model_key(cfg),
+    stage,
+    forward,
+    dtype or "float32",
+    share,
+    k,
+    recipe.lr,
+    data.num_train_batches(src, recipe.batch_size),
+    groups,
+  )
   return Setup(step, graphdef, state, frozen, steps.training_segments([True] * k), src, recipe.batch_size, k, seed, key)
 
 
@@ -232,8 +286,12 @@ def make_scan(step, src):
   def window(values, marks, i):
     a = src.start + i
     cut = jax.lax.dynamic_slice_in_dim
-    return {"x": cut(values, a, seq), "x_mark": cut(marks, a, seq),
-            "y": cut(values, a + seq, pred), "y_mark": cut(marks, a + seq, pred)}
+    return {
+      "x": cut(values, a, seq),
+      "x_mark": cut(marks, a, seq),
+      "y": cut(values, a + seq, pred),
+      "y_mark": cut(marks, a + seq, pred),
+    }
 
   def chunk(state, frozen, series, starts, active):
     def body(st, idx):
@@ -247,22 +305,6 @@ def make_scan(step, src):
 
 # ---------------------------------------------------------------------------------------------------------------
 # Compiling and timing.
-
-
-def cost_and_memory(compiled) -> dict:
-  """XLA's FLOPs and memory of a compiled program (the quantities of mola_jax.scaling's records)."""
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  mem = compiled.memory_analysis()
-  memory = {k: int(getattr(mem, k)) for k in ("argument_size_in_bytes", "output_size_in_bytes",
-                                                "temp_size_in_bytes", "alias_size_in_bytes",
-                                                "generated_code_size_in_bytes")} if mem else {}
-  return {
-      "flops_per_call": float(cost.get("flops", float("nan"))) if cost else float("nan"),
-      "bytes_per_device": (memory["argument_size_in_bytes"] + memory["output_size_in_bytes"]
-                           + memory["temp_size_in_bytes"] - memory["alias_size_in_bytes"]) if memory else -1,
-      "temp_bytes": memory.get("temp_size_in_bytes", -1),
-  }
 
 
 _COMPILED: dict = {}
@@ -280,12 +322,13 @@ def aot(fn, *args, key: tuple, options: dict | None = None):
   t0 = time.perf_counter()
   compiled = fn.lower(*args).compile(compiler_options=options) if options else fn.lower(*args).compile()
   seconds = time.perf_counter() - t0
-  _COMPILED[full] = compiled, {"compile_seconds": seconds, "cached": False} | cost_and_memory(compiled)
+  _COMPILED[full] = compiled, {"compile_seconds": seconds, "cached": False} | runtime.compiled_cost(compiled)
   return _COMPILED[full]
 
 
-def timed(run, state, inputs, *, windows_per_call: int, st: Settings, min_calls: int | None = None,
-          warmup: int | None = None):
+def timed(
+  run, state, inputs, *, windows_per_call: int, st: Settings, min_calls: int | None = None, warmup: int | None = None
+):
   """Median throughput of `run(state, next(inputs)) -> (state, out)` over st.repeats timed repeats, after
   st.warmup untimed calls and one more that sets how many calls a repeat makes.
   -> ({windows_per_s, call_seconds, calls_per_repeat, repeat_seconds}, state)."""
@@ -306,8 +349,12 @@ def timed(run, state, inputs, *, windows_per_call: int, st: Settings, min_calls:
     jax.block_until_ready((state, out))  # the only sync of a repeat
     seconds.append(time.perf_counter() - t0)
   per_call = statistics.median(seconds) / calls
-  return {"windows_per_s": windows_per_call / per_call, "call_seconds": per_call, "calls_per_repeat": calls,
-          "repeat_seconds": seconds}, state
+  return {
+    "windows_per_s": windows_per_call / per_call,
+    "call_seconds": per_call,
+    "calls_per_repeat": calls,
+    "repeat_seconds": seconds,
+  }, state
 
 
 def compile_step(setup: Setup, options: dict | None = None):
@@ -316,9 +363,18 @@ def compile_step(setup: Setup, options: dict | None = None):
   return *aot(setup.step, setup.state, setup.frozen, first, setup.active, key=setup.key, options=options), setup.key
 
 
-def measure_train(prob: Problem, stage: str, st: Settings, *, mode: str = "pipeline", forward: str = "batched",
-                  dtype: str | None = None, share_dropout: bool | None = None, name: str = "",
-                  groups: int | None = None) -> dict:
+def measure_train(
+  prob: Problem,
+  stage: str,
+  st: Settings,
+  *,
+  mode: str = "pipeline",
+  forward: str = "batched",
+  dtype: str | None = None,
+  share_dropout: bool | None = None,
+  name: str = "",
+  groups: int | None = None,
+) -> dict:
   """Compile and time one stage's train step in one mode and variant -> a row."""
   setup = train_setup(prob, stage, forward=forward, dtype=dtype, share_dropout=share_dropout, groups=groups)
   b = setup.batch_size
@@ -329,13 +385,21 @@ def measure_train(prob: Problem, stage: str, st: Settings, *, mode: str = "pipel
   if mode == "scan":
     starts = epoch_starts(setup.src, b, setup.seed, epoch=1)
     if st.tiny:
-      starts = starts[:st.max_steps]
+      starts = starts[: st.max_steps]
     steps_per_call = len(starts)
     series = jax.device_put((setup.src.values, setup.src.marks))
     starts = jax.device_put(starts)
     # XLA's cost analysis counts a loop body once, so the scan's FLOPs per step are the step's (above).
-    compiled, info = aot(make_scan(setup.step, setup.src), setup.state, frozen, series, starts, active,
-                         key=key + ("scan", setup.src.start), options=st.compiler_options)
+    compiled, info = aot(
+      make_scan(setup.step, setup.src),
+      setup.state,
+      frozen,
+      series,
+      starts,
+      active,
+      key=key + ("scan", setup.src.start),
+      options=st.compiler_options,
+    )
     run = lambda state, _: compiled(state, frozen, series, starts, active)
     inputs = itertools.repeat(None)
   else:
@@ -348,19 +412,37 @@ def measure_train(prob: Problem, stage: str, st: Settings, *, mode: str = "pipel
     else:
       raise ValueError(f"unknown mode {mode!r}")
   scan = mode == "scan"  # a call is a whole epoch: its calibration call is warm-up enough
-  timing, _ = timed(run, setup.state, inputs, windows_per_call=b * steps_per_call, st=st,
-                    min_calls=1 if scan else None, warmup=0 if scan else None)
+  timing, _ = timed(
+    run,
+    setup.state,
+    inputs,
+    windows_per_call=b * steps_per_call,
+    st=st,
+    min_calls=1 if scan else None,
+    warmup=0 if scan else None,
+  )
   step_seconds = timing["call_seconds"] / steps_per_call
-  return {"name": name or f"stage{1 if stage == 'pretrain' else 2}_{forward}_{mode}", "stage": stage,
-          "variant": forward + ("" if dtype in (None, "float32") else f"_{dtype}")
-                     + ("_shared_dropout" if share_dropout else ""), "mode": mode,
-          **prob.shape(), "K": setup.segments, "batch_size": b,
-          "windows_per_s": timing["windows_per_s"], "step_ms": 1e3 * step_seconds,
-          "flops_per_step": flops, "gflop_per_s": flops / step_seconds / 1e9,
-          "bytes_per_device": info["bytes_per_device"], "temp_bytes": info["temp_bytes"],
-          "compile_seconds": info["compile_seconds"], "compile_cached": info["cached"],
-          "steps_per_repeat": timing["calls_per_repeat"] * steps_per_call,
-          "steps_per_epoch": data.num_train_batches(setup.src, b)}
+  return {
+    "name": name or f"stage{1 if stage == 'pretrain' else 2}_{forward}_{mode}",
+    "stage": stage,
+    "variant": forward
+    + ("" if dtype in (None, "float32") else f"_{dtype}")
+    + ("_shared_dropout" if share_dropout else ""),
+    "mode": mode,
+    **prob.shape(),
+    "K": setup.segments,
+    "batch_size": b,
+    "windows_per_s": timing["windows_per_s"],
+    "step_ms": 1e3 * step_seconds,
+    "flops_per_step": flops,
+    "gflop_per_s": flops / step_seconds / 1e9,
+    "bytes_per_device": info["bytes_per_device"],
+    "temp_bytes": info["temp_bytes"],
+    "compile_seconds": info["compile_seconds"],
+    "compile_cached": info["cached"],
+    "steps_per_repeat": timing["calls_per_repeat"] * steps_per_call,
+    "steps_per_epoch": data.num_train_batches(setup.src, b),
+  }
 
 
 def randomise_adapters(model: nnx.Module, seed: int = 0) -> None:
@@ -370,21 +452,26 @@ def randomise_adapters(model: nnx.Module, seed: int = 0) -> None:
   nnx.update(model, jax.tree.map(noise, nnx.state(model, nnx.LoRAParam)))
 
 
-def measure_eval(prob: Problem, model: nnx.Module, st: Settings, *, stage: str, forward: str = "batched",
-                 dtype: str | None = None) -> dict:
-  """Compile the eval step, then time train.evaluate over the whole test split (every window, padded last
+def measure_eval(
+  prob: Problem, model: nnx.Module, st: Settings, *, stage: str, forward: str = "batched", dtype: str | None = None
+) -> dict:
+  """Compile the eval step, then time metrics.evaluate over the whole test split (every window, padded last
   batch) -> {seconds, windows_per_s, compile_seconds, flops_per_batch, mse, per_step_mse}."""
   cfg = prob.cfg
   k = 1 if stage == "pretrain" else prob.k
   src = data.window_source(prob.series, "test", cfg.data.seq_len, prob.s if stage == "pretrain" else prob.horizon)
-  graphdef, *states = nnx.split(model)
-  states = tuple(states)
+  graphdef, states = steps.eval_states(model, stage)
   step = steps.make_eval_step(graphdef, segments=k, forward=FORWARDS[forward], compute_dtype=dtype)
   windows = data.DeviceWindows(src)
   first = windows.take(*(part[0] for part in data.eval_order(src, cfg.data.eval_batch_size)))
-  compiled, info = aot(step, steps.empty_acc(src.pred_len), states, first,
-                       key=("eval", model_key(cfg), stage, forward, dtype or "float32", k),
-                       options=st.compiler_options)
+  compiled, info = aot(
+    step,
+    steps.empty_acc(src.pred_len),
+    states,
+    first,
+    key=("eval", model_key(cfg), stage, forward, dtype or "float32", k),
+    options=st.compiler_options,
+  )
   run = lambda: evaluate(compiled, states, windows, cfg.data.eval_batch_size, k)
   result = run()  # warm-up
   seconds = []
@@ -393,10 +480,16 @@ def measure_eval(prob: Problem, model: nnx.Module, st: Settings, *, stage: str, 
     run()  # ends with one host read of the sums
     seconds.append(time.perf_counter() - t0)
   sec = statistics.median(seconds)
-  return {"seconds": sec, "windows_per_s": result["windows"] / sec, "windows": result["windows"],
-          "batches": data.num_eval_batches(src, cfg.data.eval_batch_size),
-          "compile_seconds": info["compile_seconds"], "flops_per_batch": info["flops_per_call"],
-          "mse": result["mse"], "per_step_mse": result["per_step_mse"]}
+  return {
+    "seconds": sec,
+    "windows_per_s": result["windows"] / sec,
+    "windows": result["windows"],
+    "batches": data.num_eval_batches(src, cfg.data.eval_batch_size),
+    "compile_seconds": info["compile_seconds"],
+    "flops_per_batch": info["flops_per_call"],
+    "mse": result["mse"],
+    "per_step_mse": result["per_step_mse"],
+  }
 
 
 def matmul_flops_per_s(n: int, dtype, st: Settings) -> float:
@@ -468,15 +561,17 @@ def stage2_runs(cfg, workdir: pathlib.Path) -> dict:
 
   base = copy.deepcopy(cfg)
   base.stage = "pretrain"
-  train_and_evaluate(base, workdir / "stage1", overwrite=True)
+  train_and_evaluate(base, workdir / "pretrain", overwrite=True)
   out = {}
   for skip in (True, False, True):  # the first run fills the compilation cache with the programs of every
-    run_cfg = copy.deepcopy(cfg)     # active count, so the two timed runs compare compute, not compiles
-    run_cfg.stage, run_cfg.init_from, run_cfg.adapt.skip_stopped = "adapt", str(workdir / "stage1"), skip
+    run_cfg = copy.deepcopy(cfg)  # active count, so the two timed runs compare compute, not compiles
+    run_cfg.stage, run_cfg.init_from, run_cfg.adapt.skip_stopped = "adapt", str(workdir / "pretrain"), skip
     result = train_and_evaluate(run_cfg, workdir / f"stage2_skip_{skip}", overwrite=True)
-    out["skipped" if skip else "computed"] = {"fit_seconds": result["stages"]["stage2"]["seconds"],
-                                              "epochs": result["stages"]["stage2"]["epochs"],
-                                              "test_mse": result["test_mse"]}
+    out["skipped" if skip else "computed"] = {
+      "fit_seconds": result["stages"]["adapt"]["seconds"],
+      "epochs": result["stages"]["adapt"]["epochs"],
+      "test_mse": result["test_mse"],
+    }
   return out
 
 
@@ -491,7 +586,7 @@ def train_steps(setup: Setup, n: int, st: Settings) -> tuple[dict, float]:
   for batch in itertools.islice(fit_batches(setup.src, setup.batch_size, setup.seed), n):
     state, loss = step(state, setup.frozen, batch, setup.active)
     losses.append(loss)
-  tail = np.asarray(jax.device_get(losses[-max(1, n // 10):]), np.float64)
+  tail = np.asarray(jax.device_get(losses[-max(1, n // 10) :]), np.float64)
   return state, float(tail.mean())
 
 
@@ -512,12 +607,18 @@ def accuracy(prob: Problem, st: Settings) -> dict:
     state, loss2 = train_steps(s2, n2, st)
     m2 = nnx.merge(s2.graphdef, *state["params"], state["stats"], s2.frozen)
     one = st if st.tiny else dataclasses.replace(st, repeats=1)
-    out[dtype] = {"stage1_steps": n1, "stage2_steps": n2, "stage1_train_loss": loss1, "stage2_train_loss": loss2,
-                  "stage1_test_mse": measure_eval(prob, m1, one, stage="pretrain", dtype=dtype)["mse"],
-                  "test_mse": measure_eval(prob, m2, one, stage="adapt", dtype=dtype)["mse"]}
+    out[dtype] = {
+      "stage1_steps": n1,
+      "stage2_steps": n2,
+      "stage1_train_loss": loss1,
+      "stage2_train_loss": loss2,
+      "stage1_test_mse": measure_eval(prob, m1, one, stage="pretrain", dtype=dtype)["mse"],
+      "test_mse": measure_eval(prob, m2, one, stage="adapt", dtype=dtype)["mse"],
+    }
     if dtype == "float32":
-      out["float32_weights_bfloat16_eval_test_mse"] = measure_eval(prob, m2, one, stage="adapt",
-                                                                   dtype="bfloat16")["mse"]
+      out["float32_weights_bfloat16_eval_test_mse"] = measure_eval(prob, m2, one, stage="adapt", dtype="bfloat16")[
+        "mse"
+      ]
   f32, bf16 = out["float32"]["test_mse"], out["bfloat16"]["test_mse"]
   out["bfloat16_rel_change_test_mse"] = (bf16 - f32) / f32
   out["bfloat16_eval_only_rel_change_test_mse"] = (out["float32_weights_bfloat16_eval_test_mse"] - f32) / f32
@@ -548,18 +649,18 @@ def sweep_rows(cfg, st: Settings, log) -> tuple[list[dict], list[str]]:
     if t % k:
       skipped.append(f"K {k}: does not divide T = {t}")
       continue
-    add("K", f"K={k}", lambda: problem(cfg, segment_len=t // k), loop=st.sweep_loop)
+    add("K", f"K={k}", functools.partial(problem, cfg, segment_len=t // k), loop=st.sweep_loop)
   for h in st.horizons:
     options = cfg.segment_options.get(str(h))
     s = options[0] if options else cfg.segment_len
-    add("T", f"T={h}", lambda: problem(cfg, horizon=h, segment_len=s))
+    add("T", f"T={h}", functools.partial(problem, cfg, horizon=h, segment_len=s))
   for d in st.channels:
-    add("D", f"D={d}", lambda: problem(cfg, channels=d))
+    add("D", f"D={d}", functools.partial(problem, cfg, channels=d))
   return rows, skipped
 
 
 def run(cfg, workdir) -> dict:
-  config_lib.validate(cfg)
+  plan.make(cfg)  # every config check
   if cfg.mesh.shape is not None:
     raise config_lib.ConfigError("the benchmark runs on one device; use python -m mola_jax.scaling for meshes")
   if cfg.method == "mtf":
@@ -572,8 +673,11 @@ def run(cfg, workdir) -> dict:
   rows = []
 
   def log(row):
-    print(f"{row['name']:<34} {row['windows_per_s']:10.1f} windows/s  {row['step_ms']:8.2f} ms/step  "
-          f"{row['flops_per_step'] / 1e9:8.3f} GFLOP/step  compile {row['compile_seconds']:5.1f} s", flush=True)
+    print(
+      f"{row['name']:<34} {row['windows_per_s']:10.1f} windows/s  {row['step_ms']:8.2f} ms/step  "
+      f"{row['flops_per_step'] / 1e9:8.3f} GFLOP/step  compile {row['compile_seconds']:5.1f} s",
+      flush=True,
+    )
 
   def train(prob, stage, **kw):
     row = measure_train(prob, stage, st, **kw)
@@ -587,20 +691,31 @@ def run(cfg, workdir) -> dict:
   s2 = {m: train(prob, "adapt", mode=m) for m in ("pipeline", "device", "scan")}
   loop = train(prob, "adapt", forward="loop")
   unshared = train(prob, "adapt", forward="unshared_prefix")
-  shared_dropout = {f: train(prob, "adapt", forward=f, share_dropout=True, name=f"stage2_{f}_shared_dropout")
-                    for f in ("batched", "unshared_prefix")}
+  shared_dropout = {
+    f: train(prob, "adapt", forward=f, share_dropout=True, name=f"stage2_{f}_shared_dropout")
+    for f in ("batched", "unshared_prefix")
+  }
   s2_bf16 = train(prob, "adapt", dtype="bfloat16", name="stage2_batched_pipeline_bf16")
   one_group = train(prob, "adapt", mode="device", groups=1, name="stage2_step_one_group")
   rate_key = f"model.{cfg.backbone}.dropout"
-  no_dropout = (train(with_changes(prob, **{rate_key: 0.0}), "adapt", mode="device", name="stage2_step_no_dropout")
-                if "dropout" in cfg.model[cfg.backbone] else None)
+  no_dropout = (
+    train(with_changes(prob, **{rate_key: 0.0}), "adapt", mode="device", name="stage2_step_no_dropout")
+    if "dropout" in cfg.model[cfg.backbone]
+    else None
+  )
   ffn = ffn_matmul(prob, st)
   compile_times = compile_cold_warm(prob)
-  print(f"FFN-shape matmul {ffn['shape']}: {ffn['flop_per_s'] / 1e9:.1f} GFLOP/s; stage-2 step compile "
-        f"{compile_times['cold']:.2f} s cold, {compile_times['warm']:.2f} s warm", flush=True)
+  print(
+    f"FFN-shape matmul {ffn['shape']}: {ffn['flop_per_s'] / 1e9:.1f} GFLOP/s; stage-2 step compile "
+    f"{compile_times['cold']:.2f} s cold, {compile_times['warm']:.2f} s warm",
+    flush=True,
+  )
   runs = stage2_runs(cfg, workdir / "stage2_runs")
-  print(f"stage-2 fit: {runs['skipped']['fit_seconds']:.1f} s with stopped segments skipped, "
-        f"{runs['computed']['fit_seconds']:.1f} s computed", flush=True)
+  print(
+    f"stage-2 fit: {runs['skipped']['fit_seconds']:.1f} s with stopped segments skipped, "
+    f"{runs['computed']['fit_seconds']:.1f} s computed",
+    flush=True,
+  )
   form = {}  # how the adapters are applied: the materialised delta vs factored (models/adapters.py)
   for factored, name in ((False, "dense_delta"), (True, "factored")):
     variant = dataclasses.replace(prob, cfg=copy.deepcopy(prob.cfg))
@@ -613,10 +728,15 @@ def run(cfg, workdir) -> dict:
   ev1 = measure_eval(prob, model1, st, stage="pretrain")
   ev = {f: measure_eval(prob, model2, st, stage="adapt", forward=f) for f in FORWARDS}
   ev_bf16 = measure_eval(prob, model2, st, stage="adapt", dtype="bfloat16")
-  for name, e in [("stage1_eval_test", ev1)] + [(f"stage2_eval_test_{f}", e) for f, e in ev.items()] + \
-                 [("stage2_eval_test_bf16", ev_bf16)]:
-    print(f"{name:<34} {e['seconds']:8.3f} s  {e['windows_per_s']:10.1f} windows/s  compile "
-          f"{e['compile_seconds']:5.1f} s", flush=True)
+  for name, e in (
+    [("stage1_eval_test", ev1)]
+    + [(f"stage2_eval_test_{f}", e) for f, e in ev.items()]
+    + [("stage2_eval_test_bf16", ev_bf16)]
+  ):
+    print(
+      f"{name:<34} {e['seconds']:8.3f} s  {e['windows_per_s']:10.1f} windows/s  compile {e['compile_seconds']:5.1f} s",
+      flush=True,
+    )
 
   def rel_diff(e):  # the loop and the unshared prefix compute the same numbers as the batched pass
     a, b = np.asarray(ev["batched"]["per_step_mse"]), np.asarray(e["per_step_mse"])
@@ -625,8 +745,11 @@ def run(cfg, workdir) -> dict:
   sweeps, skipped = sweep_rows(cfg, st, log)
   rows += sweeps
   acc = accuracy(prob, st)
-  print(f"bf16 accuracy: test mse float32 {acc['float32']['test_mse']:.5f}  bfloat16 "
-        f"{acc['bfloat16']['test_mse']:.5f}  ({100 * acc['bfloat16_rel_change_test_mse']:+.2f}%)", flush=True)
+  print(
+    f"bf16 accuracy: test mse float32 {acc['float32']['test_mse']:.5f}  bfloat16 "
+    f"{acc['bfloat16']['test_mse']:.5f}  ({100 * acc['bfloat16_rel_change_test_mse']:+.2f}%)",
+    flush=True,
+  )
 
   peak = matmul_flops_per_s(st.matmul_size, jnp.float32, st)
   peak_bf16 = matmul_flops_per_s(st.matmul_size, jnp.bfloat16, st)
@@ -636,83 +759,106 @@ def run(cfg, workdir) -> dict:
   def mfu(row, dtype="float32"):
     achieved = row["flops_per_step"] / (row["step_ms"] / 1e3)
     nom = nominal_bf16 if dtype == "bfloat16" else nominal
-    return {"achieved_flop_per_s": achieved, "mfu_vs_measured_matmul": achieved / (
-        peak_bf16 if dtype == "bfloat16" else peak), "mfu_vs_nominal": achieved / nom if nom else None}
+    return {
+      "achieved_flop_per_s": achieved,
+      "mfu_vs_measured_matmul": achieved / (peak_bf16 if dtype == "bfloat16" else peak),
+      "mfu_vs_nominal": achieved / nom if nom else None,
+    }
 
   stats = device.memory_stats() or {}
-  compile_by_step = {"stage1_train": s1["pipeline"]["compile_seconds"], "stage1_eval": ev1["compile_seconds"],
-                     "stage2_train": s2["pipeline"]["compile_seconds"],
-                     "stage2_eval": ev["batched"]["compile_seconds"]}
+  compile_by_step = {
+    "stage1_train": s1["pipeline"]["compile_seconds"],
+    "stage1_eval": ev1["compile_seconds"],
+    "stage2_train": s2["pipeline"]["compile_seconds"],
+    "stage2_eval": ev["batched"]["compile_seconds"],
+  }
   result = {
-      "stage1_train_windows_per_s": s1["pipeline"]["windows_per_s"],
-      "stage1_step_windows_per_s": s1["device"]["windows_per_s"],
-      "stage1_scan_windows_per_s": s1["scan"]["windows_per_s"],
-      "stage1_bf16_windows_per_s": s1_bf16["windows_per_s"],
-      "stage2_train_windows_per_s": s2["pipeline"]["windows_per_s"],
-      "stage2_step_windows_per_s": s2["device"]["windows_per_s"],
-      "stage2_scan_windows_per_s": s2["scan"]["windows_per_s"],
-      "stage2_loop_windows_per_s": loop["windows_per_s"],
-      "stage2_batched_over_loop": s2["pipeline"]["windows_per_s"] / loop["windows_per_s"],
-      "stage2_unshared_prefix_windows_per_s": unshared["windows_per_s"],
-      "stage2_shared_over_unshared_prefix": s2["pipeline"]["windows_per_s"] / unshared["windows_per_s"],
-      "stage2_shared_dropout_windows_per_s": shared_dropout["batched"]["windows_per_s"],
-      "stage2_shared_dropout_over_unshared_prefix": (shared_dropout["batched"]["windows_per_s"]
-                                                     / shared_dropout["unshared_prefix"]["windows_per_s"]),
-      "stage2_bf16_windows_per_s": s2_bf16["windows_per_s"],
-      "stage2_step_dense_delta_windows_per_s": form["dense_delta"]["windows_per_s"],
-      "stage2_step_factored_windows_per_s": form["factored"]["windows_per_s"],
-      "stage2_factored_over_dense_delta": form["factored"]["windows_per_s"] / form["dense_delta"]["windows_per_s"],
-      "stage2_flops_per_step_dense_delta": form["dense_delta"]["flops_per_step"],
-      "stage2_flops_per_step_factored": form["factored"]["flops_per_step"],
-      "stage2_dropout_cost": (s2["device"]["step_ms"] / no_dropout["step_ms"]) if no_dropout else None,
-      "stage2_groups_speedup": one_group["step_ms"] / s2["device"]["step_ms"],
-      "ffn_matmul_shape": ffn["shape"],
-      "ffn_matmul_flop_per_s": ffn["flop_per_s"],
-      "stage2_step_over_ffn_matmul": s2["device"]["flops_per_step"] / (s2["device"]["step_ms"] / 1e3) / ffn["flop_per_s"],
-      "stage2_compile_cold_seconds": compile_times["cold"],
-      "stage2_compile_warm_seconds": compile_times["warm"],
-      "stage2_fit_skipped_seconds": runs["skipped"]["fit_seconds"],
-      "stage2_fit_computed_seconds": runs["computed"]["fit_seconds"],
-      "stage2_fit_computed_over_skipped": runs["computed"]["fit_seconds"] / runs["skipped"]["fit_seconds"],
-      "stage2_runs": runs,
-      "eval_test_seconds": ev["batched"]["seconds"],
-      "eval_test_windows_per_s": ev["batched"]["windows_per_s"],
-      "eval_test_loop_seconds": ev["loop"]["seconds"],
-      "eval_test_unshared_prefix_seconds": ev["unshared_prefix"]["seconds"],
-      "eval_test_bf16_seconds": ev_bf16["seconds"],
-      "eval_batched_over_loop": ev["loop"]["seconds"] / ev["batched"]["seconds"],
-      "eval_shared_over_unshared_prefix": ev["unshared_prefix"]["seconds"] / ev["batched"]["seconds"],
-      "stage1_eval_test_seconds": ev1["seconds"],
-      "loop_max_rel_diff": rel_diff(ev["loop"]),
-      "unshared_prefix_max_rel_diff": rel_diff(ev["unshared_prefix"]),
-      "compile_seconds": sum(compile_by_step.values()),
-      "compile_seconds_by_step": compile_by_step,
-      "stage1_flops_per_step": s1["device"]["flops_per_step"],
-      "stage2_flops_per_step": s2["device"]["flops_per_step"],
-      "matmul_flop_per_s": peak,
-      "matmul_bf16_flop_per_s": peak_bf16,
-      "nominal_peak_flop_per_s": {"float32": nominal, "bfloat16": nominal_bf16},
-      "mfu": {"stage1_step": mfu(s1["device"]), "stage2_step": mfu(s2["device"]),
-              "stage1_train": mfu(s1["pipeline"]), "stage2_train": mfu(s2["pipeline"]),
-              "stage2_bf16_train": mfu(s2_bf16, "bfloat16")},
-      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
-      "device_peak_bytes": stats.get("peak_bytes_in_use"),
-      "stage2_step_bytes_per_device": s2["device"]["bytes_per_device"],
-      "eval": {name: {k: v for k, v in e.items() if k != "per_step_mse"} for name, e in
-               [("stage1", ev1)] + [(f"stage2_{f}", e) for f, e in ev.items()] + [("stage2_bf16", ev_bf16)]},
-      "accuracy_bf16": acc,
-      "rows": rows,
-      "skipped": skipped,
-      "settings": {"config": cfg.data.name, "backbone": cfg.backbone, "method": cfg.method, **prob.shape(),
-                   "model": cfg.model[cfg.backbone].to_dict(), "pretrain_batch": cfg.pretrain.batch_size,
-                   "adapt_batch": cfg.adapt.batch_size, "eval_batch": cfg.data.eval_batch_size,
-                   "platform": device.platform, "device_kind": device.device_kind, "devices": jax.device_count(),
-                   "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""),
-                   **dataclasses.asdict(st)},
+    "stage1_train_windows_per_s": s1["pipeline"]["windows_per_s"],
+    "stage1_step_windows_per_s": s1["device"]["windows_per_s"],
+    "stage1_scan_windows_per_s": s1["scan"]["windows_per_s"],
+    "stage1_bf16_windows_per_s": s1_bf16["windows_per_s"],
+    "stage2_train_windows_per_s": s2["pipeline"]["windows_per_s"],
+    "stage2_step_windows_per_s": s2["device"]["windows_per_s"],
+    "stage2_scan_windows_per_s": s2["scan"]["windows_per_s"],
+    "stage2_loop_windows_per_s": loop["windows_per_s"],
+    "stage2_batched_over_loop": s2["pipeline"]["windows_per_s"] / loop["windows_per_s"],
+    "stage2_unshared_prefix_windows_per_s": unshared["windows_per_s"],
+    "stage2_shared_over_unshared_prefix": s2["pipeline"]["windows_per_s"] / unshared["windows_per_s"],
+    "stage2_shared_dropout_windows_per_s": shared_dropout["batched"]["windows_per_s"],
+    "stage2_shared_dropout_over_unshared_prefix": (
+      shared_dropout["batched"]["windows_per_s"] / shared_dropout["unshared_prefix"]["windows_per_s"]
+    ),
+    "stage2_bf16_windows_per_s": s2_bf16["windows_per_s"],
+    "stage2_step_dense_delta_windows_per_s": form["dense_delta"]["windows_per_s"],
+    "stage2_step_factored_windows_per_s": form["factored"]["windows_per_s"],
+    "stage2_factored_over_dense_delta": form["factored"]["windows_per_s"] / form["dense_delta"]["windows_per_s"],
+    "stage2_flops_per_step_dense_delta": form["dense_delta"]["flops_per_step"],
+    "stage2_flops_per_step_factored": form["factored"]["flops_per_step"],
+    "stage2_dropout_cost": (s2["device"]["step_ms"] / no_dropout["step_ms"]) if no_dropout else None,
+    "stage2_groups_speedup": one_group["step_ms"] / s2["device"]["step_ms"],
+    "ffn_matmul_shape": ffn["shape"],
+    "ffn_matmul_flop_per_s": ffn["flop_per_s"],
+    "stage2_step_over_ffn_matmul": s2["device"]["flops_per_step"] / (s2["device"]["step_ms"] / 1e3) / ffn["flop_per_s"],
+    "stage2_compile_cold_seconds": compile_times["cold"],
+    "stage2_compile_warm_seconds": compile_times["warm"],
+    "stage2_fit_skipped_seconds": runs["skipped"]["fit_seconds"],
+    "stage2_fit_computed_seconds": runs["computed"]["fit_seconds"],
+    "stage2_fit_computed_over_skipped": runs["computed"]["fit_seconds"] / runs["skipped"]["fit_seconds"],
+    "stage2_runs": runs,
+    "eval_test_seconds": ev["batched"]["seconds"],
+    "eval_test_windows_per_s": ev["batched"]["windows_per_s"],
+    "eval_test_loop_seconds": ev["loop"]["seconds"],
+    "eval_test_unshared_prefix_seconds": ev["unshared_prefix"]["seconds"],
+    "eval_test_bf16_seconds": ev_bf16["seconds"],
+    "eval_batched_over_loop": ev["loop"]["seconds"] / ev["batched"]["seconds"],
+    "eval_shared_over_unshared_prefix": ev["unshared_prefix"]["seconds"] / ev["batched"]["seconds"],
+    "stage1_eval_test_seconds": ev1["seconds"],
+    "loop_max_rel_diff": rel_diff(ev["loop"]),
+    "unshared_prefix_max_rel_diff": rel_diff(ev["unshared_prefix"]),
+    "compile_seconds": sum(compile_by_step.values()),
+    "compile_seconds_by_step": compile_by_step,
+    "stage1_flops_per_step": s1["device"]["flops_per_step"],
+    "stage2_flops_per_step": s2["device"]["flops_per_step"],
+    "matmul_flop_per_s": peak,
+    "matmul_bf16_flop_per_s": peak_bf16,
+    "nominal_peak_flop_per_s": {"float32": nominal, "bfloat16": nominal_bf16},
+    "mfu": {
+      "stage1_step": mfu(s1["device"]),
+      "stage2_step": mfu(s2["device"]),
+      "stage1_train": mfu(s1["pipeline"]),
+      "stage2_train": mfu(s2["pipeline"]),
+      "stage2_bf16_train": mfu(s2_bf16, "bfloat16"),
+    },
+    "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
+    "device_peak_bytes": stats.get("peak_bytes_in_use"),
+    "stage2_step_bytes_per_device": s2["device"]["bytes_per_device"],
+    "eval": {
+      name: {k: v for k, v in e.items() if k != "per_step_mse"}
+      for name, e in [("stage1", ev1)] + [(f"stage2_{f}", e) for f, e in ev.items()] + [("stage2_bf16", ev_bf16)]
+    },
+    "accuracy_bf16": acc,
+    "rows": rows,
+    "skipped": skipped,
+    "settings": {
+      "config": cfg.data.name,
+      "backbone": cfg.backbone,
+      "method": cfg.method,
+      **prob.shape(),
+      "model": cfg.model[cfg.backbone].to_dict(),
+      "pretrain_batch": cfg.pretrain.batch_size,
+      "adapt_batch": cfg.adapt.batch_size,
+      "eval_batch": cfg.data.eval_batch_size,
+      "platform": device.platform,
+      "device_kind": device.device_kind,
+      "devices": jax.device_count(),
+      "jax": jax.__version__,
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      **dataclasses.asdict(st),
+    },
   }
   result["bench_seconds"] = time.perf_counter() - t_start
-  (workdir / "bench.json").write_text(json.dumps(result, indent=1))
-  (workdir / "bench.md").write_text(markdown(result))
+  workdir_lib.write_json(workdir / "bench.json", result, indent=1)
+  workdir_lib.write_text(workdir / "bench.md", markdown(result))
   print(f"wrote {workdir / 'bench.json'} and bench.md ({result['bench_seconds']:.0f} s)")
   return result
 
@@ -722,31 +868,56 @@ def markdown(r: dict) -> str:
   s = r["settings"]
   g = lambda x: "—" if x is None else f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.4g}"
   pct = lambda x: "—" if x is None else f"{100 * x:.2f}%"
-  out = [f"# Benchmark: {s['config']}, {s['backbone']} {s['method']}, T = {s['T']}, S = {s['S']}, K = {s['K']}, "
-         f"D = {s['D']}", "",
-         f"{s['device_kind']} ({s['platform']}), jax {s['jax']}, XLA_FLAGS `{s['xla_flags']}`, compiler options "
-         f"`{s['compiler_options']}`; medians of "
-         f"{s['repeats']} repeats; batch {s['pretrain_batch']} (stage 1), {s['adapt_batch']} (stage 2), "
-         f"{s['eval_batch']} (eval)." + (" **CI mode (tiny): a smoke test, not a measurement.**" if s["tiny"] else ""),
-         "", "| figure | value |", "|---|---|"]
-  for key in REQUIRED + ("stage2_step_windows_per_s", "stage2_scan_windows_per_s", "stage2_batched_over_loop",
-                         "stage2_dropout_cost", "stage2_groups_speedup", "stage2_step_over_ffn_matmul",
-                         "ffn_matmul_flop_per_s", "stage2_compile_cold_seconds", "stage2_compile_warm_seconds",
-                         "stage2_fit_skipped_seconds", "stage2_fit_computed_seconds",
-                         "stage2_fit_computed_over_skipped",
-                         "stage2_shared_over_unshared_prefix", "stage2_shared_dropout_over_unshared_prefix",
-                         "stage2_factored_over_dense_delta", "eval_test_windows_per_s", "eval_batched_over_loop",
-                         "eval_shared_over_unshared_prefix",
-                         "loop_max_rel_diff", "unshared_prefix_max_rel_diff"):
+  out = [
+    f"# Benchmark: {s['config']}, {s['backbone']} {s['method']}, T = {s['T']}, S = {s['S']}, K = {s['K']}, "
+    f"D = {s['D']}",
+    "",
+    f"{s['device_kind']} ({s['platform']}), jax {s['jax']}, XLA_FLAGS `{s['xla_flags']}`, compiler options "
+    f"`{s['compiler_options']}`; medians of "
+    f"{s['repeats']} repeats; batch {s['pretrain_batch']} (stage 1), {s['adapt_batch']} (stage 2), "
+    f"{s['eval_batch']} (eval)." + (" **CI mode (tiny): a smoke test, not a measurement.**" if s["tiny"] else ""),
+    "",
+    "| figure | value |",
+    "|---|---|",
+  ]
+  for key in REQUIRED + (
+    "stage2_step_windows_per_s",
+    "stage2_scan_windows_per_s",
+    "stage2_batched_over_loop",
+    "stage2_dropout_cost",
+    "stage2_groups_speedup",
+    "stage2_step_over_ffn_matmul",
+    "ffn_matmul_flop_per_s",
+    "stage2_compile_cold_seconds",
+    "stage2_compile_warm_seconds",
+    "stage2_fit_skipped_seconds",
+    "stage2_fit_computed_seconds",
+    "stage2_fit_computed_over_skipped",
+    "stage2_shared_over_unshared_prefix",
+    "stage2_shared_dropout_over_unshared_prefix",
+    "stage2_factored_over_dense_delta",
+    "eval_test_windows_per_s",
+    "eval_batched_over_loop",
+    "eval_shared_over_unshared_prefix",
+    "loop_max_rel_diff",
+    "unshared_prefix_max_rel_diff",
+  ):
     out.append(f"| `{key}` | {g(r[key])} |")
 
-  out += ["", "## Evaluation of the whole test split", "", "| variant | seconds | windows/s | compile s |",
-          "|---|---|---|---|"]
+  out += [
+    "",
+    "## Evaluation of the whole test split",
+    "",
+    "| variant | seconds | windows/s | compile s |",
+    "|---|---|---|---|",
+  ]
   for name, e in r["eval"].items():
     out.append(f"| {name} | {g(e['seconds'])} | {g(e['windows_per_s'])} | {g(e['compile_seconds'])} |")
 
-  head = ("| row | variant | mode | K | S | T | D | windows/s | ms/step | step time vs first | GFLOP/step | "
-          "GFLOP/s | MiB compiled | compile s |")
+  head = (
+    "| row | variant | mode | K | S | T | D | windows/s | ms/step | step time vs first | GFLOP/step | "
+    "GFLOP/s | MiB compiled | compile s |"
+  )
   rule = "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 
   def table(rows, relative: bool):
@@ -755,46 +926,75 @@ def markdown(r: dict) -> str:
       base = first.setdefault(row["variant"], row["step_ms"])  # the first row of the same variant
       cached = " (cached)" if row.get("compile_cached") else ""
       growth = f"{row['step_ms'] / base:.2f}x" if relative else "—"
-      lines.append(f"| {row['name']} | {row['variant']} | {row['mode']} | {row['K']} | {row['S']} | {row['T']} | "
-                   f"{row['D']} | {g(row['windows_per_s'])} | {g(row['step_ms'])} | "
-                   f"{growth} | "
-                   f"{g(row['flops_per_step'] / 1e9)} | {g(row['gflop_per_s'])} | {g(row['bytes_per_device'] / 2**20)}"
-                   f" | {g(row['compile_seconds'])}{cached} |")
+      lines.append(
+        f"| {row['name']} | {row['variant']} | {row['mode']} | {row['K']} | {row['S']} | {row['T']} | "
+        f"{row['D']} | {g(row['windows_per_s'])} | {g(row['step_ms'])} | "
+        f"{growth} | "
+        f"{g(row['flops_per_step'] / 1e9)} | {g(row['gflop_per_s'])} | {g(row['bytes_per_device'] / 2**20)}"
+        f" | {g(row['compile_seconds'])}{cached} |"
+      )
     return lines
 
   out += ["", "## Training steps: both stages, modes and variants", ""]
   out += table([row for row in r["rows"] if "sweep" not in row], relative=False)
-  for sweep, what in (("K", "segments K at fixed T (S = T / K)"), ("T", "horizon T (S = its default)"),
-                      ("D", "channels D (synthetic data)")):
+  for sweep, what in (
+    ("K", "segments K at fixed T (S = T / K)"),
+    ("T", "horizon T (S = its default)"),
+    ("D", "channels D (synthetic data)"),
+  ):
     rows = [row for row in r["rows"] if row.get("sweep") == sweep]
     if rows:
       out += ["", f"## How stage-2 cost grows with {what}", ""] + table(rows, relative=True)
 
-  out += ["", "## FLOP/s and MFU", "",
-          f"Measured matmul ({s['matmul_size']}^3): {g(r['matmul_flop_per_s'] / 1e9)} GFLOP/s float32, "
-          f"{g(r['matmul_bf16_flop_per_s'] / 1e9)} GFLOP/s bfloat16. Nominal peak: "
-          + ", ".join(f"{k} {g(v / 1e12) + ' TFLOP/s' if v else '—'}"
-                      for k, v in r["nominal_peak_flop_per_s"].items())
-          + ".", "", "| step | achieved GFLOP/s | MFU vs measured matmul | MFU vs nominal peak |", "|---|---|---|---|"]
+  out += [
+    "",
+    "## FLOP/s and MFU",
+    "",
+    f"Measured matmul ({s['matmul_size']}^3): {g(r['matmul_flop_per_s'] / 1e9)} GFLOP/s float32, "
+    f"{g(r['matmul_bf16_flop_per_s'] / 1e9)} GFLOP/s bfloat16. Nominal peak: "
+    + ", ".join(f"{k} {g(v / 1e12) + ' TFLOP/s' if v else '—'}" for k, v in r["nominal_peak_flop_per_s"].items())
+    + ".",
+    "",
+    "| step | achieved GFLOP/s | MFU vs measured matmul | MFU vs nominal peak |",
+    "|---|---|---|---|",
+  ]
   for name, v in r["mfu"].items():
-    out.append(f"| {name} | {g(v['achieved_flop_per_s'] / 1e9)} | {pct(v['mfu_vs_measured_matmul'])} | "
-               f"{pct(v['mfu_vs_nominal'])} |")
+    out.append(
+      f"| {name} | {g(v['achieved_flop_per_s'] / 1e9)} | {pct(v['mfu_vs_measured_matmul'])} | "
+      f"{pct(v['mfu_vs_nominal'])} |"
+    )
 
   a = r["accuracy_bf16"]
-  out += ["", "## bf16 compute (float32 master weights): accuracy", "",
-          "Both stages trained from one init on the same batches, evaluated on the whole test split in the same dtype.",
-          "", "| compute dtype | stage-1 steps | stage-2 steps | stage-1 test MSE | stage-2 test MSE |",
-          "|---|---|---|---|---|"]
+  out += [
+    "",
+    "## bf16 compute (float32 master weights): accuracy",
+    "",
+    "Both stages trained from one init on the same batches, evaluated on the whole test split in the same dtype.",
+    "",
+    "| compute dtype | stage-1 steps | stage-2 steps | stage-1 test MSE | stage-2 test MSE |",
+    "|---|---|---|---|---|",
+  ]
   for d in ("float32", "bfloat16"):
-    out.append(f"| {d} | {a[d]['stage1_steps']} | {a[d]['stage2_steps']} | {a[d]['stage1_test_mse']:.5f} | "
-               f"{a[d]['test_mse']:.5f} |")
-  out += ["", f"Stage-2 test MSE change: {100 * a['bfloat16_rel_change_test_mse']:+.3f}% (bf16 training and eval); "
-          f"{100 * a['bfloat16_eval_only_rel_change_test_mse']:+.3f}% (float32-trained weights, bf16 eval).", "",
-          "## Memory", "", f"Peak host RSS {g(r['peak_rss_mb'])} MB; device peak "
-          + ("— (not reported on this platform)" if r["device_peak_bytes"] is None
-             else f"{g(r['device_peak_bytes'] / 2**20)} MiB")
-          + f"; compiled stage-2 step {g(r['stage2_step_bytes_per_device'] / 2**20)} MiB (arguments + outputs + "
-          f"temporaries - donated). Benchmark wall time {r['bench_seconds']:.0f} s."]
+    out.append(
+      f"| {d} | {a[d]['stage1_steps']} | {a[d]['stage2_steps']} | {a[d]['stage1_test_mse']:.5f} | "
+      f"{a[d]['test_mse']:.5f} |"
+    )
+  out += [
+    "",
+    f"Stage-2 test MSE change: {100 * a['bfloat16_rel_change_test_mse']:+.3f}% (bf16 training and eval); "
+    f"{100 * a['bfloat16_eval_only_rel_change_test_mse']:+.3f}% (float32-trained weights, bf16 eval).",
+    "",
+    "## Memory",
+    "",
+    f"Peak host RSS {g(r['peak_rss_mb'])} MB; device peak "
+    + (
+      "— (not reported on this platform)"
+      if r["device_peak_bytes"] is None
+      else f"{g(r['device_peak_bytes'] / 2**20)} MiB"
+    )
+    + f"; compiled stage-2 step {g(r['stage2_step_bytes_per_device'] / 2**20)} MiB (arguments + outputs + "
+    f"temporaries - donated). Benchmark wall time {r['bench_seconds']:.0f} s.",
+  ]
   if r["skipped"]:
     out += ["", "Skipped: " + "; ".join(r["skipped"]) + "."]
   return "\n".join(out) + "\n"

@@ -2,7 +2,7 @@
 
 A checkpoint holds the model state as a pure dict plus a JSON `meta` record of what produced it (dataset,
 backbone sizes, S, ...). Stage 2 refuses a stage-1 checkpoint unless the meta matches and every backbone leaf
-is restored: the official code's non-strict load silently adapted a random backbone (method.md §11).
+is restored: the official code's non-strict load silently adapted a random backbone (docs/method.md §11).
 """
 
 from __future__ import annotations
@@ -10,18 +10,29 @@ from __future__ import annotations
 import json
 import pathlib
 
-from absl import logging
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from flax import nnx
+
+from mola_jax.errors import CheckpointError
 
 # Keys of `meta` that must agree between a stage-1 checkpoint and the stage-2 model built on it.
 BACKBONE_IDENTITY = ("dataset", "backbone", "model", "seq_len", "segment_len", "channels", "marks")
 
 
-class CheckpointError(RuntimeError):
-  """A missing or mismatched checkpoint; the message says which and what to do."""
+def backbone_identity(cfg, series, segment_len: int) -> dict:
+  """The BACKBONE_IDENTITY values of a run: what a stage-1 checkpoint must agree on to be adapted."""
+  return {
+    "dataset": series.name,
+    "backbone": cfg.backbone,
+    "model": cfg.model[cfg.backbone].to_dict(),
+    "seq_len": cfg.data.seq_len,
+    "segment_len": segment_len,
+    "channels": int(series.values.shape[1]),
+    "marks": int(series.marks.shape[1]),
+  }
 
 
 def stage_dir(workdir, stage: str) -> pathlib.Path:
@@ -29,7 +40,18 @@ def stage_dir(workdir, stage: str) -> pathlib.Path:
 
 
 def manager(directory: pathlib.Path) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+  """Best states of a stage: the newest is the selected state; the one before it is the fallback if the newest
+  cannot be read (restore_latest)."""
+  return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+
+
+def _save(mngr: ocp.CheckpointManager, step: int, args) -> None:
+  """A save at `step` that replaces a checkpoint already there: a run killed after a save and before its resume
+  record replays that stretch and saves the same step again (orbax would refuse: StepAlreadyExistsError)."""
+  if step in mngr.all_steps():
+    mngr.wait_until_finished()
+    mngr.delete(step)
+  mngr.save(step, args=args, force=True)
 
 
 def _own_copy(tree):
@@ -40,28 +62,54 @@ def _own_copy(tree):
 
 def save(mngr: ocp.CheckpointManager, step: int, state: nnx.State, meta: dict) -> None:
   """Asynchronous: orbax writes in the background; call mngr.wait_until_finished() before relying on it."""
-  mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_own_copy(nnx.to_pure_dict(state))),
-                                          meta=ocp.args.JsonSave(json.loads(json.dumps(meta)))), force=True)
+  _save(
+    mngr,
+    step,
+    ocp.args.Composite(
+      state=ocp.args.StandardSave(_own_copy(nnx.to_pure_dict(state))),
+      meta=ocp.args.JsonSave(json.loads(json.dumps(meta))),
+    ),
+  )
 
 
 def restore_latest(directory: pathlib.Path) -> tuple[dict, dict]:
-  """-> (pure state dict of numpy arrays, meta)."""
+  """-> (pure state dict of numpy arrays, meta) of the newest readable best-state checkpoint in `directory`. An
+  unreadable newest one (truncated, half-written) is reported and the one before it is used; none readable is a
+  CheckpointError."""
   if not directory.is_dir():
-    raise CheckpointError(f"no checkpoint at {directory}; run stage 1 first (--config.stage=pretrain) "
-                          "or set --config.init_from to the workdir of a finished stage-1 run")
+    raise CheckpointError(
+      f"no checkpoint at {directory}; run stage 1 first (--config.stage=pretrain) "
+      "or set --config.init_from to the workdir of a finished stage-1 run"
+    )
   with manager(directory) as mngr:
-    step = mngr.latest_step()
-    if step is None:
+    found = sorted(mngr.all_steps(), reverse=True)
+    if not found:
       raise CheckpointError(f"{directory} holds no finished checkpoint; rerun the stage that writes it")
-    out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
-                                                     meta=ocp.args.JsonRestore()))
-  return jax.tree.map(np.asarray, dict(out["state"])), dict(out["meta"])
+    for step in found:
+      try:
+        out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+        return jax.tree.map(np.asarray, dict(out["state"])), dict(out["meta"])
+      except Exception as e:  # orbax raises many types for a damaged directory; any of them means "skip it"
+        logging.warning(
+          "checkpoint %s/%d is unreadable (%s); falling back to an earlier one",
+          directory,
+          step,
+          " ".join(str(e).split())[:200],
+        )
+  raise CheckpointError(
+    f"no readable checkpoint in {directory} (steps {found} are damaged); rerun the stage that "
+    "writes it (with --overwrite, or in a new --workdir)"
+  )
 
 
 def _flat(tree: dict) -> dict[str, tuple]:
-  return {"/".join(str(k) for k in path): tuple(np.shape(v)) for path, v in
-          ((tuple(getattr(p, "key", getattr(p, "idx", p)) for p in kp), v)
-           for kp, v in jax.tree_util.tree_flatten_with_path(tree)[0])}
+  return {
+    "/".join(str(k) for k in path): tuple(np.shape(v))
+    for path, v in (
+      (tuple(getattr(p, "key", getattr(p, "idx", p)) for p in kp), v)
+      for kp, v in jax.tree_util.tree_flatten_with_path(tree)[0]
+    )
+  }
 
 
 def load_backbone(model: nnx.Module, directory: pathlib.Path, expect: dict) -> dict:
@@ -71,17 +119,20 @@ def load_backbone(model: nnx.Module, directory: pathlib.Path, expect: dict) -> d
   for key in BACKBONE_IDENTITY:
     if meta.get(key) != expect[key]:
       raise CheckpointError(
-          f"stage-1 checkpoint {directory} has {key}={meta.get(key)!r} but this run needs {expect[key]!r}; "
-          "pretrain a matching backbone or point --config.init_from at one")
+        f"stage-1 checkpoint {directory} has {key}={meta.get(key)!r} but this run needs {expect[key]!r}; "
+        "pretrain a matching backbone or point --config.init_from at one"
+      )
   backbone = nnx.state(model, nnx.Not(nnx.LoRAParam))
   want, have = _flat(nnx.to_pure_dict(backbone)), _flat(pure)
   if want != have:
     missing = sorted(set(want) - set(have))[:3]
     extra = sorted(set(have) - set(want))[:3]
     shape = sorted(k for k in set(want) & set(have) if want[k] != have[k])[:3]
-    raise CheckpointError(f"stage-1 checkpoint {directory} does not fit this backbone (missing {missing}, "
-                          f"unexpected {extra}, wrong shape {shape}); pretrain it again with this config")
-  nnx.replace_by_pure_dict(backbone, pure)
+    raise CheckpointError(
+      f"stage-1 checkpoint {directory} does not fit this backbone (missing {missing}, "
+      f"unexpected {extra}, wrong shape {shape}); pretrain it again with this config"
+    )
+  nnx.replace_by_pure_dict(backbone, jax.device_put(pure))  # device arrays: not copied to the device every step
   nnx.update(model, backbone)
   return meta
 
@@ -97,8 +148,7 @@ def resume_manager(directory: pathlib.Path) -> ocp.CheckpointManager:
 
 def save_resume(mngr: ocp.CheckpointManager, step: int, state, loop: dict) -> None:
   loop = json.loads(json.dumps(loop))  # frozen now: the caller keeps mutating its dict while orbax writes
-  mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_own_copy(state)), loop=ocp.args.JsonSave(loop)),
-            force=True)
+  _save(mngr, step, ocp.args.Composite(state=ocp.args.StandardSave(_own_copy(state)), loop=ocp.args.JsonSave(loop)))
 
 
 def restore_resume(mngr: ocp.CheckpointManager, target) -> tuple | None:
@@ -106,19 +156,25 @@ def restore_resume(mngr: ocp.CheckpointManager, target) -> tuple | None:
   (killed mid-write, disk trouble) is reported and the previous one is used."""
   for step in sorted(mngr.all_steps(), reverse=True):
     try:
-      out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
-                                                       loop=ocp.args.JsonRestore()))
+      out = mngr.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), loop=ocp.args.JsonRestore())
+      )
       return out["state"], dict(out["loop"])
     except Exception as e:  # orbax raises many types for a damaged directory; any of them means "skip it"
-      logging.warning("resume checkpoint %s/%d is unreadable (%s); falling back to the previous one",
-                      mngr.directory, step, " ".join(str(e).split())[:200])
+      logging.warning(
+        "resume checkpoint %s/%d is unreadable (%s); falling back to the previous one",
+        mngr.directory,
+        step,
+        " ".join(str(e).split())[:200],
+      )
   return None
 
 
 def restore_into(model: nnx.Module, directory: pathlib.Path) -> dict:
-  """Load the latest best-state checkpoint of `directory` into every leaf of `model`; returns its meta."""
+  """Load the latest best-state checkpoint of `directory` into every leaf of `model`, as device arrays (the steps
+  then see the arrays training left them, and reuse its compiled programs); returns the checkpoint's meta."""
   pure, meta = restore_latest(directory)
   state = nnx.state(model)
-  nnx.replace_by_pure_dict(state, pure)
+  nnx.replace_by_pure_dict(state, jax.device_put(pure))
   nnx.update(model, state)
   return meta

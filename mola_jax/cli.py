@@ -7,10 +7,10 @@ import sys
 
 from absl import flags
 
-from mola_jax import checkpointing, config_lib, data
+from mola_jax.errors import CheckpointError, ConfigError, DataError, Diverged
 
 # Errors that mean "the input is wrong", never "the program is": one line, exit 2, nothing written.
-USER_ERRORS = (config_lib.ConfigError, data.DataError, checkpointing.CheckpointError)
+USER_ERRORS = (ConfigError, DataError, CheckpointError)
 
 
 def fail(message: str, code: int = 2):
@@ -55,7 +55,10 @@ def config_command(run, workdir_help: str) -> None:
 
 @contextlib.contextmanager
 def user_errors():
+  """A user error -> one line and exit 2; a diverged run -> one line and exit 3 (its checkpoints are kept)."""
   try:
     yield
   except USER_ERRORS as e:
     fail(str(e))
+  except Diverged as e:
+    fail(str(e), code=3)

@@ -9,16 +9,14 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
+from mola_jax.errors import ConfigError
+
 METHODS = ("mola", "lora", "mtf")
 STAGES = ("all", "pretrain", "adapt")
 
-# The method's two segment-length options per horizon (method.md §8). The first is the default S; the
+# The method's two segment-length options per horizon (docs/method.md §8). The first is the default S; the
 # reproduction picks between them on validation. Keys are strings because ConfigDict keys must be.
 SEGMENT_OPTIONS = {"96": (24, 32), "192": (48, 64), "336": (84, 42), "720": (180, 90)}
-
-
-class ConfigError(ValueError):
-  """A config that cannot run; the message says what is wrong and how to fix it."""
 
 
 def default() -> ml_collections.ConfigDict:
@@ -47,7 +45,7 @@ def default() -> ml_collections.ConfigDict:
 
   # One sub-config per backbone; a backbone receives only its own (cfg.model[cfg.backbone]).
   cfg.model = ml_collections.ConfigDict()
-  cfg.model.itransformer = ml_collections.ConfigDict()  # official ETTh1 sizes (method.md §8)
+  cfg.model.itransformer = ml_collections.ConfigDict()  # official ETTh1 sizes (docs/method.md §8)
   cfg.model.itransformer.d_model = 128
   cfg.model.itransformer.d_ff = 128
   cfg.model.itransformer.n_heads = 8
@@ -76,7 +74,7 @@ def default() -> ml_collections.ConfigDict:
   cfg.model.transformer.dropout = 0.1
   cfg.model.transformer.label_len = cfg.data.get_ref("label_len")  # known decoder steps; follows data.label_len
 
-  # Stage 1 (and mtf): an ordinary direct forecaster (method.md §8).
+  # Stage 1 (and mtf): an ordinary direct forecaster (docs/method.md §8).
   cfg.pretrain = ml_collections.ConfigDict()
   cfg.pretrain.lr = 5e-4
   cfg.pretrain.epochs = 5
@@ -87,9 +85,9 @@ def default() -> ml_collections.ConfigDict:
   cfg.adapt = ml_collections.ConfigDict()
   cfg.adapt.lr = 1e-3
   cfg.adapt.epochs = 10
-  cfg.adapt.patience = 3  # per segment (method.md §7)
+  cfg.adapt.patience = 3  # per segment (docs/method.md §7)
   # any_improved: keep the whole state of the last epoch in which any segment improved (the official rule);
-  # per_segment: each segment keeps the adapter deltas of its own best validation epoch (method.md §13 option).
+  # per_segment: each segment keeps the adapter deltas of its own best validation epoch (docs/method.md §13 option).
   cfg.adapt.selection = "any_improved"
   cfg.adapt.batch_size = 32
   # True: a step computes only the segments that have not early-stopped (as the official code, which runs no pass
@@ -105,7 +103,7 @@ def default() -> ml_collections.ConfigDict:
   # FFN for iTransformer/PatchTST, encoder + decoder FFN for the Transformer, the linear maps for DLinear).
   cfg.mola.targets = config_dict.placeholder(tuple)
   # Share the dropout masks of the pre-adapter prefix across segments in training. Off: each segment draws its
-  # own, as the official K separate passes do (method.md §12). Eval always shares the prefix (it is exact there).
+  # own, as the official K separate passes do (docs/method.md §12). Eval always shares the prefix (it is exact there).
   cfg.mola.share_prefix_dropout = False
   # How a bank applies its delta (models/adapters.py): unset -> per layer by cost (factored, sum_p w (h A_p) B_p,
   # for big layers such as PatchTST's 512 x 2048; the materialised [K, d_in, d_out] delta for small ones such as
@@ -164,6 +162,24 @@ def default() -> ml_collections.ConfigDict:
   return cfg
 
 
+def from_json(saved: dict) -> ml_collections.ConfigDict:
+  """A run's saved config.json -> its ConfigDict, on top of today's defaults: a run saved before a key existed
+  loads with that key's default."""
+  cfg = default()
+
+  def merge(node, values):
+    for key, value in values.items():
+      if isinstance(value, dict) and isinstance(node.get(key), ml_collections.ConfigDict):
+        merge(node[key], value)
+      else:
+        with node.ignore_type():
+          node[key] = tuple(value) if isinstance(value, list) else value
+
+  with cfg.unlocked():
+    merge(cfg, saved)
+  return cfg
+
+
 def segment_len(cfg) -> int:
   """S for stage 1 and stage 2; mtf predicts the whole horizon in one segment."""
   if cfg.method == "mtf":
@@ -173,12 +189,14 @@ def segment_len(cfg) -> int:
   options = cfg.segment_options.get(str(cfg.horizon))
   if not options:
     raise ConfigError(
-        f"no default segment length for horizon {cfg.horizon}; set --config.segment_len=S with S dividing it")
+      f"no default segment length for horizon {cfg.horizon}; set --config.segment_len=S with S dividing it"
+    )
   return options[0]
 
 
 def validate(cfg) -> None:
-  """Raise ConfigError for anything wrong that needs no data or arrays to see."""
+  """Raise ConfigError for anything wrong in the config's own values. The names that only the models or the
+  sharding module know (backbones, layer groups, mesh rules) are checked there (plan.make runs every check)."""
   if cfg.method not in METHODS:
     raise ConfigError(f"unknown method {cfg.method!r}; use one of {', '.join(METHODS)}")
   if cfg.stage not in STAGES:
@@ -187,22 +205,11 @@ def validate(cfg) -> None:
     raise ConfigError(f"horizon must be positive, got {cfg.horizon}")
   s = segment_len(cfg)
   if s <= 0 or cfg.horizon % s:
-    raise ConfigError(
-        f"horizon {cfg.horizon} is not divisible by segment_len {s}; pick S with horizon % S == 0")
+    raise ConfigError(f"horizon {cfg.horizon} is not divisible by segment_len {s}; pick S with horizon % S == 0")
   if cfg.data.features != "M":
     raise ConfigError(f"features mode {cfg.data.features!r} is not implemented; use 'M'")
   if cfg.data.seq_len <= 0:
     raise ConfigError(f"data.seq_len must be positive, got {cfg.data.seq_len}")
-  from mola_jax.models import BACKBONES, layer_groups  # late: models import jax, config checks should not need to
-  from mola_jax.sharding import RULES
-
-  if cfg.mesh.rules not in RULES:
-    raise ConfigError(f"unknown mesh.rules {cfg.mesh.rules!r}; use one of {', '.join(RULES)}")
-  if cfg.mesh.shape is not None and len(cfg.mesh.shape) != len(cfg.mesh.names):
-    raise ConfigError(f"mesh.shape {tuple(cfg.mesh.shape)} needs one size per mesh.names {tuple(cfg.mesh.names)}")
-
-  if cfg.backbone not in BACKBONES:
-    raise ConfigError(f"unknown backbone {cfg.backbone!r}; use one of {', '.join(sorted(BACKBONES))}")
   for key in ("pretrain", "adapt"):
     sub = cfg[key]
     if sub.batch_size <= 0 or sub.epochs <= 0 or sub.lr <= 0:
@@ -211,9 +218,3 @@ def validate(cfg) -> None:
     raise ConfigError(f"unknown compute_dtype {cfg.compute_dtype!r}; use 'float32' or 'bfloat16'")
   if cfg.adapt.selection not in ("any_improved", "per_segment"):
     raise ConfigError(f"unknown adapt.selection {cfg.adapt.selection!r}; use 'any_improved' or 'per_segment'")
-  if cfg.mola.targets is not None:
-    offered, default = layer_groups(cfg.backbone)
-    bad = set(cfg.mola.targets) - set(offered)
-    if bad:
-      raise ConfigError(f"unknown mola.targets {sorted(bad)} for backbone {cfg.backbone}; it offers {offered} "
-                        f"(default {default})")

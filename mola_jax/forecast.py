@@ -12,14 +12,13 @@ one PNG per channel shows history and forecast.
 from __future__ import annotations
 
 import pathlib
-import sys
 import warnings
 
 import numpy as np
 import pandas as pd
 from absl import app, flags, logging
 
-from mola_jax import cli, data
+from mola_jax import cli, data, workdir
 from mola_jax.inference import Run, load_run
 
 
@@ -28,7 +27,7 @@ def future_dates(dates: np.ndarray, steps: int) -> np.ndarray:
   index = pd.DatetimeIndex(dates)
   with warnings.catch_warnings():  # pandas 3 warns that the return type will change; either type works below
     warnings.simplefilter("ignore")
-    freq = pd.infer_freq(index[-min(len(index), 50):]) if len(index) >= 3 else None
+    freq = pd.infer_freq(index[-min(len(index), 50) :]) if len(index) >= 3 else None
   if freq is not None:
     return pd.date_range(index[-1], periods=steps + 1, freq=freq)[1:].to_numpy()
   step = np.median(np.diff(index.to_numpy()))  # irregular stamps: continue at the typical spacing
@@ -39,12 +38,15 @@ def forecast_csv(run: Run, csv_path, *, roll: bool = False) -> pd.DataFrame:
   """-> DataFrame with columns origin, date and the run's channels (original units)."""
   values, dates, columns = data.read_csv(csv_path)
   if tuple(columns) != tuple(run.scaler["columns"]):
-    raise data.DataError(f"{csv_path} has columns {list(columns)}, but the run was trained on "
-                         f"{run.scaler['columns']}; give a CSV with the same columns")
+    raise data.DataError(
+      f"{csv_path} has columns {list(columns)}, but the run was trained on "
+      f"{run.scaler['columns']}; give a CSV with the same columns"
+    )
   seq_len, horizon = run.cfg.data.seq_len, run.horizon
   if len(values) < seq_len:
-    raise data.DataError(f"{csv_path} has {len(values)} rows, fewer than the look-back of {seq_len}; give at "
-                         f"least {seq_len} rows")
+    raise data.DataError(
+      f"{csv_path} has {len(values)} rows, fewer than the look-back of {seq_len}; give at least {seq_len} rows"
+    )
   mean, std = np.asarray(run.scaler["mean"]), np.asarray(run.scaler["std"])
   scaled = ((values - mean) / std).astype(np.float32)  # the training split's scaler, never refitted
   marks = data.time_features(dates, run.scaler["freq"])
@@ -52,12 +54,16 @@ def forecast_csv(run: Run, csv_path, *, roll: bool = False) -> pd.DataFrame:
   ends.append(len(values))  # the true forecast: after the last row
   frames = []
   for end in ends:
-    future = dates[end:end + horizon]
+    future = dates[end : end + horizon]
     if len(future) < horizon:  # past the file's end: continue the calendar
-      future = np.concatenate([future, future_dates(dates[:end] if len(future) == 0 else future,
-                                                    horizon - len(future))])
-    batch = {"x": scaled[None, end - seq_len:end], "x_mark": marks[None, end - seq_len:end],
-             "y_mark": data.time_features(future, run.scaler["freq"])[None]}
+      future = np.concatenate(
+        [future, future_dates(dates[:end] if len(future) == 0 else future, horizon - len(future))]
+      )
+    batch = {
+      "x": scaled[None, end - seq_len : end],
+      "x_mark": marks[None, end - seq_len : end],
+      "y_mark": data.time_features(future, run.scaler["freq"])[None],
+    }
     pred = run.forecast(batch)[0] * std + mean  # [T, D], original units
     frame = pd.DataFrame(pred, columns=list(columns))
     frame.insert(0, "date", pd.DatetimeIndex(future))
@@ -87,7 +93,7 @@ def plot(csv_path, forecast: pd.DataFrame, out_dir: pathlib.Path, history: int) 
     fig.tight_layout()
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
     paths.append(out_dir / f"forecast_{j:02d}_{safe}.png")
-    fig.savefig(paths[-1], dpi=100)
+    workdir.save_figure(fig, paths[-1], dpi=100)
     plt.close(fig)
   return paths
 
@@ -102,7 +108,8 @@ def main(argv) -> None:
     forecast = forecast_csv(run, f.csv, roll=f.roll)
   out = pathlib.Path(f.out)
   out.parent.mkdir(parents=True, exist_ok=True)
-  forecast.to_csv(out, index=False)
+  with workdir.atomic(out) as tmp:
+    forecast.to_csv(tmp, index=False)
   history = len(data.read_csv(f.csv)[0]) if f.roll else 4 * run.horizon
   pngs = plot(f.csv, forecast, pathlib.Path(f.plots) if f.plots else out.parent, history)
   print(f"{len(forecast)} forecast rows ({run.stage}, T={run.horizon}) -> {out}; {len(pngs)} plots in {pngs[0].parent}")

@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from mola_jax import checkpointing, config_lib
+from mola_jax import checkpointing, config_lib, plan
 from mola_jax.models import Ctx, adapters, build, predict
 
 
@@ -33,17 +33,29 @@ def load_run(workdir) -> Run:
   """The selected state of the last stage that ran in `workdir` (stage 2 if present)."""
   workdir = pathlib.Path(workdir)
   if not (workdir / "config.json").is_file() or not (workdir / "scaler.json").is_file():
-    raise checkpointing.CheckpointError(f"{workdir} holds no finished training run (no config.json/scaler.json); "
-                                        "pass the --workdir of a training run")
-  cfg = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+    raise checkpointing.CheckpointError(
+      f"{workdir} holds no finished training run (no config.json/scaler.json); pass the --workdir of a training run"
+    )
+  cfg = config_lib.from_json(json.loads((workdir / "config.json").read_text()))
   scaler = json.loads((workdir / "scaler.json").read_text())
-  s = config_lib.segment_len(cfg)
-  stage = "adapt" if cfg.method != "mtf" and checkpointing.stage_dir(workdir, "adapt").is_dir() else "pretrain"
-  pred_len = cfg.horizon if cfg.method == "mtf" else s
-  segments = cfg.horizon // s if stage == "adapt" else 1
-  model = build(cfg, channels=len(scaler["columns"]), marks=scaler["marks"], pred_len=pred_len,
-                segments=segments if stage == "adapt" else 0, rngs=nnx.Rngs(0))
-  if stage == "adapt" and cfg.adapt.get("selection") == "per_segment":
+  # The last of the method's stages that left a checkpoint: stage 2 if it ran, else stage 1 (or mtf's one stage).
+  done = [st for st in plan.make(cfg).method_stages if checkpointing.stage_dir(workdir, st.name).is_dir()]
+  if not done:
+    raise checkpointing.CheckpointError(
+      f"{workdir} holds no finished stage (no checkpoints/pretrain or "
+      "checkpoints/adapt); let its training run finish first"
+    )
+  stage = done[-1]
+  adapting = stage.name == plan.ADAPT
+  model = build(
+    cfg,
+    channels=len(scaler["columns"]),
+    marks=scaler["marks"],
+    pred_len=stage.pred_len,
+    segments=stage.segments if adapting else 0,
+    rngs=nnx.Rngs(0),
+  )
+  if adapting and cfg.adapt.selection == "per_segment":
     adapters.bake(model)  # saved as fixed per-segment deltas
-  checkpointing.restore_into(model, checkpointing.stage_dir(workdir, stage))
-  return Run(cfg, model, scaler, stage, segments, segments * pred_len)
+  checkpointing.restore_into(model, checkpointing.stage_dir(workdir, stage.name))
+  return Run(cfg, model, scaler, stage.name, stage.segments, stage.window)

@@ -5,7 +5,7 @@
         --config.reproduce.horizons='(96,)' --config.reproduce.methods='("mtf","mola")' --config.reproduce.num_seeds=1
 
 Layout of DIR (every cell is an ordinary training workdir, so every tool that reads one works here too):
-  stage1/S{S}-seed{seed}/          one stage-1 model per (S, seed), shared by lora and mola at every horizon
+  pretrain/S{S}-seed{seed}/        one stage-1 model per (S, seed), shared by lora and mola at every horizon
   cells/{method}-T{T}-S{S}-seed{seed}/   stage 2 (or mtf) runs; results.json marks a finished cell
   selection.csv                    validation MSE of each S option (first seed) and the S chosen
   table.csv, table.md              the result table; per_step_T{T}.png, windows_T{T}.png
@@ -30,11 +30,23 @@ import time
 import numpy as np
 from scipy import stats
 
-from mola_jax import cli, config_lib, data
+from mola_jax import cli, config_lib, data, plan
+from mola_jax import workdir as workdir_lib
 from mola_jax.train import train_and_evaluate
 
-TABLE_COLUMNS = ("dataset", "backbone", "method", "horizon", "segment_len", "seeds", "test_mse_mean",
-                 "test_mse_ci95", "test_mae_mean", "test_mae_ci95", "winner")
+TABLE_COLUMNS = (
+  "dataset",
+  "backbone",
+  "method",
+  "horizon",
+  "segment_len",
+  "seeds",
+  "test_mse_mean",
+  "test_mse_ci95",
+  "test_mae_mean",
+  "test_mae_ci95",
+  "winner",
+)
 
 
 def _run_once(cfg, workdir: pathlib.Path) -> dict:
@@ -66,13 +78,17 @@ def _flat(tree, prefix="") -> dict:
 
 def _locate(cfg, cell_cfg, workdir: pathlib.Path, rel: str) -> pathlib.Path:
   """Where the stage-1 or mtf run `rel` lives: in `reproduce.reuse_from` if that study finished the very same
-  run (same data, model, pretrain recipe, seed, S or T), else in this study's own workdir."""
+  run (same data, model, pretrain recipe, seed, S or T), else in this study's own workdir. Studies made before the
+  stages had one name keep their stage-1 runs under stage1/ instead of pretrain/; those are found too."""
+  names = [rel, rel.replace("pretrain/", "stage1/", 1)]
   if cfg.reproduce.reuse_from:
-    other = pathlib.Path(cfg.reproduce.reuse_from) / rel
-    if (other / "results.json").is_file() and _identity(json.loads((other / "config.json").read_text())) == \
-        _identity(json.loads(cell_cfg.to_json_best_effort())):
-      return other
-  return workdir / rel
+    for name in names:
+      other = pathlib.Path(cfg.reproduce.reuse_from) / name
+      if (other / "results.json").is_file() and _identity(json.loads((other / "config.json").read_text())) == _identity(
+        json.loads(cell_cfg.to_json_best_effort())
+      ):
+        return other
+  return next((workdir / name for name in names if (workdir / name / "results.json").is_file()), workdir / rel)
 
 
 def _cell_cfg(cfg, **changes):
@@ -109,33 +125,37 @@ def run(cfg, workdir) -> list[dict]:
   seeds = [cfg.seed + i for i in range(rep.num_seeds)]
   horizons, methods = [int(h) for h in rep.horizons], list(rep.methods)
   for method in methods:  # fail on a bad request before hours of work, not after
-    config_lib.validate(_cell_cfg(cfg, method=method, horizon=horizons[0]))
-  plan = [(seed, h, m) for seed in seeds for h in horizons for m in methods]
+    plan.make(_cell_cfg(cfg, method=method, horizon=horizons[0]))
+  cells = [(seed, h, m) for seed in seeds for h in horizons for m in methods]
   workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2))
+  workdir_lib.write_text(workdir / "config.json", cfg.to_json_best_effort(indent=2))
 
   results: dict[tuple, dict] = {}  # (method, horizon, S, seed) -> results.json
   cell_dirs: dict[tuple, pathlib.Path] = {}
   chosen: dict[tuple, int] = {}  # (method, horizon) -> S
   selection_rows = []
   t0 = time.perf_counter()
-  for i, (seed, horizon, method) in enumerate(plan, 1):
+  for i, (seed, horizon, method) in enumerate(cells, 1):
     options = segment_options(cfg, method, horizon)
     if seed != seeds[0] and (method, horizon) in chosen:
       options = (chosen[(method, horizon)],)
     for s in options:
-      print(f"[reproduce {i}/{len(plan)}] {method} T={horizon} S={s} seed={seed} "
-            f"({time.perf_counter() - t0:.0f}s elapsed)", flush=True)
+      print(
+        f"[reproduce {i}/{len(cells)}] {method} T={horizon} S={s} seed={seed} "
+        f"({time.perf_counter() - t0:.0f}s elapsed)",
+        flush=True,
+      )
       rel = f"cells/{method}-T{horizon}-S{s}-seed{seed}"
       if method == "mtf":
         cell = _cell_cfg(cfg, method="mtf", horizon=horizon, segment_len=None, seed=seed, stage="all")
         cell_dir = _locate(cfg, cell, workdir, rel)
       else:
         pre = _cell_cfg(cfg, method="mola", horizon=s, segment_len=s, seed=seed, stage="pretrain")
-        stage1 = _locate(cfg, pre, workdir, f"stage1/S{s}-seed{seed}")
+        stage1 = _locate(cfg, pre, workdir, f"pretrain/S{s}-seed{seed}")
         _run_once(pre, stage1)
-        cell = _cell_cfg(cfg, method=method, horizon=horizon, segment_len=s, seed=seed, stage="adapt",
-                         init_from=str(stage1))
+        cell = _cell_cfg(
+          cfg, method=method, horizon=horizon, segment_len=s, seed=seed, stage="adapt", init_from=str(stage1)
+        )
         cell_dir = workdir / rel
       results[(method, horizon, s, seed)] = _run_once(cell, cell_dir)
       cell_dirs[(method, horizon, s, seed)] = cell_dir
@@ -143,14 +163,22 @@ def run(cfg, workdir) -> list[dict]:
       vals = {s: results[(method, horizon, s, seed)]["val_mse"] for s in options}
       chosen[(method, horizon)] = min(vals, key=vals.get)
       for s in options:
-        selection_rows.append({"method": method, "horizon": horizon, "segment_len": s, "seed": seed,
-                               "val_mse": vals[s], "test_mse": results[(method, horizon, s, seed)]["test_mse"],
-                               "chosen": s == chosen[(method, horizon)]})
+        selection_rows.append(
+          {
+            "method": method,
+            "horizon": horizon,
+            "segment_len": s,
+            "seed": seed,
+            "val_mse": vals[s],
+            "test_mse": results[(method, horizon, s, seed)]["test_mse"],
+            "chosen": s == chosen[(method, horizon)],
+          }
+        )
 
   _write_csv(workdir / "selection.csv", selection_rows)
   rows = table_rows(cfg, results, chosen, seeds, horizons, methods)
   _write_csv(workdir / "table.csv", rows)
-  (workdir / "table.md").write_text(table_markdown(rows))
+  workdir_lib.write_text(workdir / "table.md", table_markdown(rows))
   plot(workdir, results, cell_dirs, chosen, seeds, horizons, methods)
   print((workdir / "table.md").read_text())
   return rows
@@ -164,30 +192,45 @@ def table_rows(cfg, results, chosen, seeds, horizons, methods) -> list[dict]:
       s = chosen[(method, horizon)]
       runs = [results[(method, horizon, s, seed)] for seed in seeds]
       mse, mae = [r["test_mse"] for r in runs], [r["test_mae"] for r in runs]
-      block.append({"dataset": runs[0]["dataset"], "backbone": cfg.backbone, "method": method, "horizon": horizon,
-                    "segment_len": s, "seeds": len(seeds), "test_mse_mean": float(np.mean(mse)),
-                    "test_mse_ci95": ci95(mse), "test_mae_mean": float(np.mean(mae)), "test_mae_ci95": ci95(mae),
-                    "winner": False})
+      block.append(
+        {
+          "dataset": runs[0]["dataset"],
+          "backbone": cfg.backbone,
+          "method": method,
+          "horizon": horizon,
+          "segment_len": s,
+          "seeds": len(seeds),
+          "test_mse_mean": float(np.mean(mse)),
+          "test_mse_ci95": ci95(mse),
+          "test_mae_mean": float(np.mean(mae)),
+          "test_mae_ci95": ci95(mae),
+          "winner": False,
+        }
+      )
     min(block, key=lambda r: r["test_mse_mean"])["winner"] = True
     rows += block
   return rows
 
 
 def table_markdown(rows: list[dict]) -> str:
-  lines = ["| dataset | backbone | method | T | S | seeds | test MSE (±95% CI) | test MAE (±95% CI) |",
-           "|---|---|---|---|---|---|---|---|"]
+  lines = [
+    "| dataset | backbone | method | T | S | seeds | test MSE (±95% CI) | test MAE (±95% CI) |",
+    "|---|---|---|---|---|---|---|---|",
+  ]
   for r in rows:
     mse = f"{r['test_mse_mean']:.4f} ± {r['test_mse_ci95']:.4f}"
     mae = f"{r['test_mae_mean']:.4f} ± {r['test_mae_ci95']:.4f}"
     if r["winner"]:
       mse = f"**{mse}**"
-    lines.append(f"| {r['dataset']} | {r['backbone']} | {r['method']} | {r['horizon']} | {r['segment_len']} | "
-                 f"{r['seeds']} | {mse} | {mae} |")
+    lines.append(
+      f"| {r['dataset']} | {r['backbone']} | {r['method']} | {r['horizon']} | {r['segment_len']} | "
+      f"{r['seeds']} | {mse} | {mae} |"
+    )
   return "\n".join(lines) + "\n\nBold: the lowest mean test MSE at that horizon.\n"
 
 
 def _write_csv(path: pathlib.Path, rows: list[dict]) -> None:
-  with path.open("w", newline="") as f:
+  with workdir_lib.atomic(path) as tmp, tmp.open("w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else TABLE_COLUMNS)
     writer.writeheader()
     writer.writerows(rows)
@@ -211,7 +254,7 @@ def plot(workdir: pathlib.Path, results, cell_dirs, chosen, seeds, horizons, met
     ax.set(xlabel="forecast step", ylabel="test MSE", title=f"Test MSE per forecast step, T={horizon}")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(workdir / f"per_step_T{horizon}.png", dpi=120)
+    workdir_lib.save_figure(fig, workdir / f"per_step_T{horizon}.png", dpi=120)
     plt.close(fig)
 
     runs = {m: load_run(cell_dirs[(m, horizon, chosen[(m, horizon)], seeds[0])]) for m in methods}
@@ -222,7 +265,7 @@ def plot(workdir: pathlib.Path, results, cell_dirs, chosen, seeds, horizons, met
     batch = {k: np.stack([src[int(i)][k] for i in picks]) for k in src[0]}
     fig, axes = plt.subplots(len(picks), 1, figsize=(8, 2.6 * len(picks)), squeeze=False)
     ch = -1  # the target channel (OT), last by construction
-    for row, ax in zip(range(len(picks)), axes[:, 0]):
+    for row, ax in zip(range(len(picks)), axes[:, 0], strict=True):
       seq_len = batch["x"].shape[1]
       ax.plot(np.arange(seq_len), batch["x"][row, :, ch], color="gray", lw=1, label="history")
       ax.plot(np.arange(seq_len, seq_len + horizon), batch["y"][row, :, ch], color="black", lw=1.2, label="truth")
@@ -231,7 +274,7 @@ def plot(workdir: pathlib.Path, results, cell_dirs, chosen, seeds, horizons, met
       ax.set_title(f"test window {picks[row]}, channel {series.columns[ch]} (standardised)", fontsize=9)
     fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="upper center", ncol=len(runs) + 2, fontsize=8)
     fig.tight_layout(rect=(0, 0, 1, 0.96))
-    fig.savefig(workdir / f"windows_T{horizon}.png", dpi=110)
+    workdir_lib.save_figure(fig, workdir / f"windows_T{horizon}.png", dpi=110)
     plt.close(fig)
 
 

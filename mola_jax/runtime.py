@@ -1,4 +1,5 @@
-"""Process-wide JAX settings a run asks for: the persistent compilation cache."""
+"""Process-wide JAX settings a run asks for (the persistent compilation cache), and what XLA reports of a compiled
+program."""
 
 from __future__ import annotations
 
@@ -36,3 +37,35 @@ def use_compile_cache(enabled: bool = True, path: str | None = None) -> str | No
     jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
     compilation_cache.reset_cache()  # a cache already initialised in this process would ignore the new directory
   return before
+
+
+def compiled_cost(compiled) -> dict:
+  """XLA's FLOPs and memory of a compiled program, per device: {flops_per_call, bytes_per_device (arguments +
+  outputs + temporaries - donated buffers; -1 where the platform reports none), temp_bytes, memory (the parts)}."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  mem = compiled.memory_analysis()
+  parts = (
+    "argument_size_in_bytes",
+    "output_size_in_bytes",
+    "temp_size_in_bytes",
+    "alias_size_in_bytes",
+    "generated_code_size_in_bytes",
+  )
+  memory = {k: int(getattr(mem, k)) for k in parts} if mem else {}
+  total = (
+    (
+      memory["argument_size_in_bytes"]
+      + memory["output_size_in_bytes"]
+      + memory["temp_size_in_bytes"]
+      - memory["alias_size_in_bytes"]
+    )
+    if memory
+    else -1
+  )
+  return {
+    "flops_per_call": float(cost.get("flops", float("nan"))) if cost else float("nan"),
+    "bytes_per_device": total,
+    "temp_bytes": memory.get("temp_size_in_bytes", -1),
+    "memory": memory,
+  }

@@ -25,24 +25,30 @@ the run's settings) and DIR/scaling.png (throughput and scaling efficiency again
 from __future__ import annotations
 
 import csv
-import json
 import math
 import pathlib
 import statistics
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 from flax import nnx
 from ml_collections import config_flags
 
-from mola_jax import cli, config_lib, data, sharding, steps
+from mola_jax import cli, config_lib, data, plan, runtime, sharding, steps
+from mola_jax import workdir as workdir_lib
 from mola_jax.models import build
 
-COLUMNS = ("mesh", "devices", "global_batch", "step_seconds", "windows_per_second", "bytes_per_device",
-           "flops_per_step")
+COLUMNS = (
+  "mesh",
+  "devices",
+  "global_batch",
+  "step_seconds",
+  "windows_per_second",
+  "bytes_per_device",
+  "flops_per_step",
+)
 
 
 def default_meshes(n: int) -> list[tuple[int, int]]:
@@ -69,16 +75,21 @@ def parse_meshes(text: str | None, n: int) -> list[tuple[int, int]]:
   return meshes
 
 
-def model_and_batches(cfg, stage: str, batch_sizes):
+def model_and_batches(cfg, stage_name: str, batch_sizes):
   """-> (graphdef, host state, segments, {global batch: host batch}) for the study's step."""
   series = data.load_series(cfg.data)
-  s = config_lib.segment_len(cfg)
-  k = 1 if stage == "pretrain" else cfg.horizon // s
-  horizon = s if stage == "pretrain" else cfg.horizon
-  model = build(cfg, channels=series.values.shape[1], marks=series.marks.shape[1], pred_len=s,
-                segments=0 if stage == "pretrain" else k, rngs=nnx.Rngs(cfg.seed))
+  stage = next(st for st in plan.make(cfg).method_stages if st.name == stage_name)
+  model = build(
+    cfg,
+    channels=series.values.shape[1],
+    marks=series.marks.shape[1],
+    pred_len=stage.pred_len,
+    segments=stage.segments if stage.name == plan.ADAPT else 0,
+    rngs=nnx.Rngs(cfg.seed),
+  )
   graphdef, state = nnx.split(model)
-  src = data.window_source(series, "train", cfg.data.seq_len, horizon)
+  k = stage.segments
+  src = data.window_source(series, "train", cfg.data.seq_len, stage.window)
   batches = {b: data.train_batches(src, b, seed=cfg.seed, epoch=1)[0] for b in batch_sizes}
   return graphdef, jax.tree.map(np.asarray, state), k, batches
 
@@ -88,19 +99,14 @@ def measure(layout, graphdef, host_state, batch, *, stage: str, segments: int, c
   with sharding.use(layout.mesh, layout.rules):
     model = nnx.merge(graphdef, jax.tree.map(np.asarray, host_state))  # new Variables: the step donates them
     sharding.place_model(model)
-    graphdef, params, stats, frozen = steps.split(model, stage)
-    tx = steps.make_tx(cfg[stage].lr, 1000)
-    state = {"params": params, "opt": tx.init(params), "stats": stats,
-             "key": jax.random.key_data(jax.random.key(cfg.seed))}
-    step = steps.make_train_step(graphdef, tx, segments=segments,
-                                 share_prefix_dropout=cfg.mola.share_prefix_dropout)
-    args = step.place(state, frozen, batch, jnp.ones(segments, bool))
+    tx = steps.make_tx(steps.lr_schedule(cfg[stage].lr, 1000))
+    graphdef, state, frozen = steps.init_state(model, stage, tx, jax.random.key_data(jax.random.key(cfg.seed)))
+    step = steps.make_train_step(graphdef, tx, segments=segments, share_prefix_dropout=cfg.mola.share_prefix_dropout)
+    args = step.place(state, frozen, batch, steps.training_segments([True] * segments))
     t0 = time.perf_counter()
     compiled = step.lower(*args).compile()
     compile_seconds = time.perf_counter() - t0
-    mem = compiled.memory_analysis()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    cost = runtime.compiled_cost(compiled)
     state, rest = args[0], args[1:]
     seconds = []
     for i in range(warmup + timed):
@@ -111,19 +117,21 @@ def measure(layout, graphdef, host_state, batch, *, stage: str, segments: int, c
         seconds.append(time.perf_counter() - t0)
   devices = layout.mesh.devices.size
   step_seconds = statistics.median(seconds)
-  flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
-  memory = {k: int(getattr(mem, k)) for k in ("argument_size_in_bytes", "output_size_in_bytes",
-                                                "temp_size_in_bytes", "alias_size_in_bytes",
-                                                "generated_code_size_in_bytes")} if mem else {}
+  flops = cost["flops_per_call"]
   global_batch = int(np.shape(batch["x"])[0])
   return {
-      "mesh": sharding.mesh_name(layout.mesh), "devices": devices, "global_batch": global_batch,
-      "step_seconds": step_seconds, "windows_per_second": global_batch / step_seconds,
-      "bytes_per_device": (memory["argument_size_in_bytes"] + memory["output_size_in_bytes"]
-                           + memory["temp_size_in_bytes"] - memory["alias_size_in_bytes"]) if memory else -1,
-      "flops_per_step": flops * devices,
-      "flops_per_device": flops, "memory": memory, "compile_seconds": compile_seconds,
-      "step_seconds_all": seconds, "loss": float(loss),
+    "mesh": sharding.mesh_name(layout.mesh),
+    "devices": devices,
+    "global_batch": global_batch,
+    "step_seconds": step_seconds,
+    "windows_per_second": global_batch / step_seconds,
+    "bytes_per_device": cost["bytes_per_device"],
+    "flops_per_step": flops * devices,
+    "flops_per_device": flops,
+    "memory": cost["memory"],
+    "compile_seconds": compile_seconds,
+    "step_seconds_all": seconds,
+    "loss": float(loss),
   }
 
 
@@ -132,8 +140,11 @@ def efficiency(rows: list[dict]) -> list[float]:
   base = {}
   for r in sorted(rows, key=lambda r: r["devices"]):
     base.setdefault(r["global_batch"], r)
-  return [(r["windows_per_second"] / base[r["global_batch"]]["windows_per_second"])
-          / (r["devices"] / base[r["global_batch"]]["devices"]) for r in rows]
+  return [
+    (r["windows_per_second"] / base[r["global_batch"]]["windows_per_second"])
+    / (r["devices"] / base[r["global_batch"]]["devices"])
+    for r in rows
+  ]
 
 
 def plot(rows: list[dict], path: pathlib.Path, title: str) -> None:
@@ -145,17 +156,17 @@ def plot(rows: list[dict], path: pathlib.Path, title: str) -> None:
   eff = efficiency(rows)
   fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
   series: dict = {}
-  for r, e in zip(rows, eff):
+  for r, e in zip(rows, eff, strict=True):
     model = int(r["mesh"].split("x")[1])
     series.setdefault((r["global_batch"], model), []).append((r["devices"], r["windows_per_second"], e, r["mesh"]))
   for (batch, model), pts in sorted(series.items()):
     pts.sort()
-    n, wps, e, names = zip(*pts)
+    n, wps, e, names = zip(*pts, strict=True)
     label = f"batch {batch}" + (f", model axis {model}" if model > 1 else "")
     style = "-o" if model == 1 else "--s"
     ax1.plot(n, wps, style, label=label)
     ax2.plot(n, e, style, label=label)
-    for x, y, name in zip(n, wps, names):
+    for x, y, name in zip(n, wps, names, strict=True):
       ax1.annotate(name, (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
   for ax in (ax1, ax2):
     ax.set_xscale("log", base=2)
@@ -169,12 +180,12 @@ def plot(rows: list[dict], path: pathlib.Path, title: str) -> None:
   ax2.legend(fontsize=8, loc="upper right")
   fig.suptitle(title, fontsize=10)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  workdir_lib.save_figure(fig, path, dpi=120)
   plt.close(fig)
 
 
 def run(cfg, workdir, *, meshes: str | None, batches: str, rules: str, stage: str, warmup: int, timed: int) -> list:
-  config_lib.validate(cfg)
+  plan.make(cfg)  # every config check
   if rules not in sharding.RULES:
     raise config_lib.ConfigError(f"unknown --rules {rules!r}; use one of {', '.join(sharding.RULES)}")
   if stage not in ("adapt", "pretrain"):
@@ -193,34 +204,55 @@ def run(cfg, workdir, *, meshes: str | None, batches: str, rules: str, stage: st
     workdir.mkdir(parents=True, exist_ok=True)
   rows = []
   for shape in mesh_list:
-    mesh = jax.make_mesh(shape, sharding.MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 2,
-                         devices=sharding.mesh_devices(math.prod(shape)))
+    mesh = jax.make_mesh(
+      shape,
+      sharding.MESH_AXES,
+      axis_types=(jax.sharding.AxisType.Auto,) * 2,
+      devices=sharding.mesh_devices(math.prod(shape)),
+    )
     layout = sharding.Layout(mesh, sharding.RULES[rules], rules)
     for b in batch_sizes:
       if b % shape[0]:
         logging.warning("skipping mesh %s with global batch %d: the batch does not split over %d", shape, b, shape[0])
         continue
-      row = measure(layout, graphdef, host_state, host_batches[b], stage=stage, segments=k, cfg=cfg,
-                    warmup=warmup, timed=timed)
+      row = measure(
+        layout, graphdef, host_state, host_batches[b], stage=stage, segments=k, cfg=cfg, warmup=warmup, timed=timed
+      )
       rows.append(row)
       if lead:
-        print(f"mesh {row['mesh']:>5}  batch {b:>5}  step {row['step_seconds'] * 1e3:8.2f} ms  "
-              f"{row['windows_per_second']:10.1f} windows/s  {row['bytes_per_device'] / 2**20:8.2f} MiB/device  "
-              f"{row['flops_per_step'] / 1e9:8.3f} GFLOP/step  (compile {row['compile_seconds']:.1f} s)", flush=True)
+        print(
+          f"mesh {row['mesh']:>5}  batch {b:>5}  step {row['step_seconds'] * 1e3:8.2f} ms  "
+          f"{row['windows_per_second']:10.1f} windows/s  {row['bytes_per_device'] / 2**20:8.2f} MiB/device  "
+          f"{row['flops_per_step'] / 1e9:8.3f} GFLOP/step  (compile {row['compile_seconds']:.1f} s)",
+          flush=True,
+        )
   if lead and rows:
-    with (workdir / "scaling.csv").open("w", newline="") as f:
+    with workdir_lib.atomic(workdir / "scaling.csv") as tmp, tmp.open("w", newline="") as f:
       writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
       writer.writeheader()
       writer.writerows(rows)
-    for r, e in zip(rows, efficiency(rows)):
+    for r, e in zip(rows, efficiency(rows), strict=True):
       r["efficiency"] = e
-    settings = {"dataset": cfg.data.name, "backbone": cfg.backbone, "method": cfg.method, "stage": stage,
-                "horizon": cfg.horizon, "segments": k, "rules": rules, "platform": jax.devices()[0].platform,
-                "device_kind": jax.devices()[0].device_kind, "processes": jax.process_count(),
-                "jax": jax.__version__, "warmup": warmup, "timed_steps": timed}
-    (workdir / "scaling.json").write_text(json.dumps({"settings": settings, "rows": rows}, indent=1))
-    title = (f"{cfg.data.name} {cfg.backbone} {cfg.method} stage {stage} (K={k}), rules {rules}, "
-             f"{jax.device_count()} {jax.devices()[0].platform} devices")
+    settings = {
+      "dataset": cfg.data.name,
+      "backbone": cfg.backbone,
+      "method": cfg.method,
+      "stage": stage,
+      "horizon": cfg.horizon,
+      "segments": k,
+      "rules": rules,
+      "platform": jax.devices()[0].platform,
+      "device_kind": jax.devices()[0].device_kind,
+      "processes": jax.process_count(),
+      "jax": jax.__version__,
+      "warmup": warmup,
+      "timed_steps": timed,
+    }
+    workdir_lib.write_json(workdir / "scaling.json", {"settings": settings, "rows": rows}, indent=1)
+    title = (
+      f"{cfg.data.name} {cfg.backbone} {cfg.method} stage {stage} (K={k}), rules {rules}, "
+      f"{jax.device_count()} {jax.devices()[0].platform} devices"
+    )
     plot(rows, workdir / "scaling.png", title)
     print(f"wrote {workdir / 'scaling.csv'}, scaling.json and scaling.png")
   return rows
@@ -233,18 +265,31 @@ def main(argv) -> None:
   cfg = flags.FLAGS.config
   sharding.initialize_distributed(cfg.distributed)
   with cli.user_errors():
-    run(cfg, flags.FLAGS.workdir, meshes=flags.FLAGS.meshes, batches=flags.FLAGS.batches, rules=flags.FLAGS.rules,
-        stage=flags.FLAGS.stage, warmup=flags.FLAGS.warmup, timed=flags.FLAGS.steps)
+    run(
+      cfg,
+      flags.FLAGS.workdir,
+      meshes=flags.FLAGS.meshes,
+      batches=flags.FLAGS.batches,
+      rules=flags.FLAGS.rules,
+      stage=flags.FLAGS.stage,
+      warmup=flags.FLAGS.warmup,
+      timed=flags.FLAGS.steps,
+    )
 
 
 if __name__ == "__main__":
   config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/etth1.py", lock_config=True)
   flags.DEFINE_string("workdir", None, "Where scaling.csv, scaling.json and scaling.png go", required=True)
-  flags.DEFINE_string("meshes", None, "DATAxMODEL mesh shapes, e.g. 1x1,2x1,4x1,8x1,4x2,2x4 "
-                      "(default: powers of two up to all devices, plus n/2 x 2 and n/4 x 4)")
+  flags.DEFINE_string(
+    "meshes",
+    None,
+    "DATAxMODEL mesh shapes, e.g. 1x1,2x1,4x1,8x1,4x2,2x4 "
+    "(default: powers of two up to all devices, plus n/2 x 2 and n/4 x 4)",
+  )
   flags.DEFINE_string("batches", "32,128", "Global batch sizes (windows per step)")
-  flags.DEFINE_string("rules", "segment", "Sharding rules table (sharding.RULES); on n x 1 meshes every table "
-                      "is data parallel")
+  flags.DEFINE_string(
+    "rules", "segment", "Sharding rules table (sharding.RULES); on n x 1 meshes every table is data parallel"
+  )
   flags.DEFINE_string("stage", "adapt", "adapt: the stage-2 step with K segments; pretrain: the stage-1 step")
   flags.DEFINE_integer("warmup", 2, "Untimed steps after compiling")
   flags.DEFINE_integer("steps", 5, "Timed steps (the median is reported)")

@@ -1,4 +1,4 @@
-"""Device mesh, logical-axis rules, sharded state and global batches (style.md §3.4).
+"""Device mesh, logical-axis rules, sharded state and global batches (after the T5X and MaxText logical-axis rules).
 
 Modules name the axes of their variables and activations with *logical* names; a small named table of rules,
 chosen by `cfg.mesh.rules`, maps those names onto the axes of a device mesh built from `cfg.mesh`:
@@ -39,32 +39,34 @@ import contextvars
 import dataclasses
 import math
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
 from absl import logging
 from flax import nnx
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from mola_jax.config_lib import ConfigError
+from mola_jax.errors import ConfigError
 
 MESH_AXES = ("data", "model")
 
 # The menu (T5X style): name -> ((logical axis, mesh axis or tuple of mesh axes), ...). Names not listed are
 # replicated. `cfg.mesh.rules` picks one.
 RULES: dict[str, tuple[tuple[str, Any], ...]] = {
-    # Batch over `data`, every weight replicated: MoLA at the paper's scale (style.md §3.4).
-    "data_parallel": (("batch", "data"),),
-    # + the K segments over `model`: the per-segment logits / LoRA banks and every activation after the first
-    # adapted layer ([K, B, ...]) are split by segment; the shared prefix (K' = 1) stays replicated.
-    "segment": (("batch", "data"), ("segment", "model")),
-    # + the P experts of each MoLA bank over `model` (the mixture einsum then sums over devices).
-    "expert": (("batch", "data"), ("expert", "model")),
-    # + the token axis over `model`: iTransformer's variate tokens, for wide data (traffic: 862 variates).
-    "variate": (("batch", "data"), ("token", "model")),
-    # + Megatron-style FFN and attention weights over `model` (d_ff and the heads' features).
-    "tensor": (("batch", "data"), ("mlp", "model"), ("heads", "model")),
+  # Batch over `data`, every weight replicated: MoLA at the paper's scale.
+  "data_parallel": (("batch", "data"),),
+  # + the K segments over `model`: the per-segment logits / LoRA banks and every activation after the first
+  # adapted layer ([K, B, ...]) are split by segment; the shared prefix (K' = 1) stays replicated.
+  "segment": (("batch", "data"), ("segment", "model")),
+  # + the P experts of each MoLA bank over `model` (the mixture einsum then sums over devices).
+  "expert": (("batch", "data"), ("expert", "model")),
+  # + the token axis over `model`: iTransformer's variate tokens, for wide data (traffic: 862 variates).
+  "variate": (("batch", "data"), ("token", "model")),
+  # + Megatron-style FFN and attention weights over `model` (d_ff and the heads' features).
+  "tensor": (("batch", "data"), ("mlp", "model"), ("heads", "model")),
 }
 
 
@@ -76,6 +78,14 @@ def axes(*names: str | None) -> dict:
 
 # ---------------------------------------------------------------------------------------------------------------
 # The mesh.
+
+
+def validate(mesh_cfg) -> None:
+  """ConfigError for a rules table that does not exist or a mesh shape that does not fit the mesh names."""
+  if mesh_cfg.rules not in RULES:
+    raise ConfigError(f"unknown mesh.rules {mesh_cfg.rules!r}; use one of {', '.join(RULES)}")
+  if mesh_cfg.shape is not None and len(mesh_cfg.shape) != len(mesh_cfg.names):
+    raise ConfigError(f"mesh.shape {tuple(mesh_cfg.shape)} needs one size per mesh.names {tuple(mesh_cfg.names)}")
 
 
 def mesh_shape(shape, names, num_devices: int) -> tuple[int, ...]:
@@ -120,8 +130,7 @@ def make_mesh(mesh_cfg, devices=None) -> jax.sharding.Mesh | None:
     return None
   devices = list(devices) if devices is not None else jax.devices()
   shape = mesh_shape(mesh_cfg.shape, mesh_cfg.names, len(devices))
-  return jax.make_mesh(shape, tuple(mesh_cfg.names), axis_types=(AxisType.Auto,) * len(shape),
-                       devices=devices)
+  return jax.make_mesh(shape, tuple(mesh_cfg.names), axis_types=(AxisType.Auto,) * len(shape), devices=devices)
 
 
 def mesh_name(mesh: jax.sharding.Mesh) -> str:
@@ -154,7 +163,7 @@ class Layout:
     if len(names) != len(shape):
       raise ValueError(f"logical axes {tuple(names)} do not fit an array of shape {tuple(shape)}")
     used, out = set(), []
-    for name, dim in zip(names, shape):
+    for name, dim in zip(names, shape, strict=True):
       wanted = tuple(a for a in self.mesh_axes(name) if self.mesh.shape[a] > 1 and a not in used)
       size = math.prod(self.mesh.shape[a] for a in wanted)
       if wanted and (dim % size if even else dim < size):
@@ -192,8 +201,9 @@ _WARNED: set = set()
 def _warn_once(name, dim, axes_, size) -> None:
   if dim >= size and (name, dim, axes_) not in _WARNED:
     _WARNED.add((name, dim, axes_))
-    logging.warning("logical axis %r of size %d is not divisible by mesh axes %s (%d devices): replicated",
-                    name, dim, axes_, size)
+    logging.warning(
+      "logical axis %r of size %d is not divisible by mesh axes %s (%d devices): replicated", name, dim, axes_, size
+    )
 
 
 _LAYOUT: contextvars.ContextVar[Layout | None] = contextvars.ContextVar("mola_jax_layout", default=None)
@@ -265,8 +275,9 @@ def place_model(model: nnx.Module) -> None:
 
 def abstract(tree, layout: Layout):
   """`tree` as jax.ShapeDtypeStructs with the layout's shardings: an orbax restore target or an AOT input."""
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s), tree,
-                      layout.state_shardings(tree))
+  return jax.tree.map(
+    lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s), tree, layout.state_shardings(tree)
+  )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -302,8 +313,10 @@ class ShardedStep:
     self._cache: dict = {}
 
   def shardings(self, *args):
-    ins = tuple(self.layout.batch_shardings(a) if i == self.batch_argnum else self.layout.state_shardings(a)
-                for i, a in enumerate(args))
+    ins = tuple(
+      self.layout.batch_shardings(a) if i == self.batch_argnum else self.layout.state_shardings(a)
+      for i, a in enumerate(args)
+    )
     outs = self.layout.state_shardings(jax.eval_shape(self._traced, *args))
     return ins, outs
 
@@ -315,12 +328,13 @@ class ShardedStep:
       _LAYOUT.reset(token)
 
   def _jitted(self, args):
-    key = tuple((jax.tree.structure(a), tuple((np.shape(x), str(x.dtype)) for x in jax.tree.leaves(a)))
-                for a in args)
+    key = tuple((jax.tree.structure(a), tuple((np.shape(x), str(x.dtype)) for x in jax.tree.leaves(a))) for a in args)
     if key not in self._cache:
       ins, outs = self.shardings(*args)
-      self._cache[key] = (jax.jit(self._traced, in_shardings=ins, out_shardings=outs,
-                                  donate_argnums=self.donate_argnums), ins)
+      self._cache[key] = (
+        jax.jit(self._traced, in_shardings=ins, out_shardings=outs, donate_argnums=self.donate_argnums),
+        ins,
+      )
     return self._cache[key]
 
   def _prepare(self, args):
@@ -328,7 +342,7 @@ class ShardedStep:
     if isinstance(args[self.batch_argnum], dict):
       args[self.batch_argnum] = global_batch(args[self.batch_argnum], self.layout)
     jitted, ins = self._jitted(args)
-    return jitted, tuple(jax.tree.map(_put, a, s) for a, s in zip(args, ins))
+    return jitted, tuple(jax.tree.map(_put, a, s) for a, s in zip(args, ins, strict=True))
 
   def place(self, *args) -> tuple:
     """The arguments as the compiled step wants them (global arrays with the step's in_shardings)."""

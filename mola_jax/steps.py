@@ -7,6 +7,7 @@ neither. Stage 1, stage 2 and every method use these same two steps; only the fi
 
 from __future__ import annotations
 
+import functools
 import os
 
 import jax
@@ -17,6 +18,7 @@ from flax import nnx
 
 from mola_jax import sharding
 from mola_jax.models import Ctx, SegmentParam, predict
+from mola_jax.models.adapters import segment_rows
 
 TRAINABLE = {"pretrain": nnx.Param, "adapt": nnx.LoRAParam}
 
@@ -27,16 +29,24 @@ def split(model: nnx.Module, stage: str):
   return graphdef, (seg, train), stats, frozen
 
 
-def make_tx(lr: float, steps_per_epoch: int) -> optax.GradientTransformation:
-  """Adam with TSLib's `type1` rule: full lr for epochs 1-2, then halved every epoch (method.md §8).
-  inject_hyperparams keeps the current lr readable from the optimizer state for logging."""
-  schedule = optax.exponential_decay(lr, transition_steps=steps_per_epoch, decay_rate=0.5,
-                                     transition_begin=steps_per_epoch, staircase=True)
+def init_state(model: nnx.Module, stage: str, tx: optax.GradientTransformation, key: jax.Array):
+  """The one training state of a stage -> (graphdef, state, frozen): state = {"params": (segment params, other
+  trainable params), "opt": tx's state of those, "stats": batch statistics, "key": raw PRNG key data}, which the
+  train step donates and returns; `frozen` is the rest of the model, an argument of every step."""
+  graphdef, params, stats, frozen = split(model, stage)
+  return graphdef, {"params": params, "opt": tx.init(params), "stats": stats, "key": key}, frozen
+
+
+def lr_schedule(lr: float, steps_per_epoch: int) -> optax.Schedule:
+  """TSLib's `type1` rule: full lr for epochs 1-2, then halved every epoch (docs/method.md §8): step -> lr."""
+  return optax.exponential_decay(
+    lr, transition_steps=steps_per_epoch, decay_rate=0.5, transition_begin=steps_per_epoch, staircase=True
+  )
+
+
+def make_tx(schedule: optax.Schedule) -> optax.GradientTransformation:
+  """Adam (beta 0.9/0.999, eps 1e-8, no weight decay) on `schedule`."""
   return optax.inject_hyperparams(optax.adam)(learning_rate=schedule)
-
-
-def current_lr(opt_state) -> jax.Array:
-  return opt_state.hyperparams["learning_rate"]
 
 
 def segment_mse(pred: jax.Array, y: jax.Array) -> jax.Array:
@@ -62,9 +72,11 @@ def cast_inputs(cast, batch: dict) -> dict:
 def hold_stopped(new, old, keep: jax.Array):
   """Put back the rows of segments that did not train (keep [K] False). A zero gradient would still move them
   through Adam's momentum; stopping is permanent, so restoring the old rows freezes them exactly."""
+
   def one(n, o):
     mask = keep.reshape((-1,) + (1,) * (n.ndim - 1))
     return jnp.where(mask, n, o)
+
   return jax.tree.map(one, new, old)
 
 
@@ -72,7 +84,7 @@ def split_groups(n: int, groups: int) -> list[slice]:
   """Positions 0 .. n - 1 in min(groups, n) contiguous groups of near-equal size."""
   groups = max(1, min(groups, n))
   bounds = [round(i * n / groups) for i in range(groups + 1)]
-  return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+  return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 def default_groups() -> int:
@@ -81,15 +93,24 @@ def default_groups() -> int:
   return len(os.sched_getaffinity(0)) if jax.default_backend() == "cpu" else 1
 
 
-def make_train_step(graphdef, tx: optax.GradientTransformation, *, segments: int, share_prefix_dropout: bool,
-                    layout: sharding.Layout | None = None, forward=predict, compute_dtype: str | None = None,
-                    groups: int | None = None):
+def make_train_step(
+  graphdef,
+  tx: optax.GradientTransformation,
+  *,
+  segments: int,
+  share_prefix_dropout: bool,
+  layout: sharding.Layout | None = None,
+  forward=predict,
+  compute_dtype: str | None = None,
+  groups: int | None = None,
+):
   """step(state, frozen, batch, (ids, active)) -> (state, loss). state = {params, opt, stats, key} is donated.
 
   The step computes the segments `ids` (int32 [K_a], a subset of 0 .. segments - 1) and trains those whose
-  `active` (bool [K_a]) is set (`training_segments` makes the pair): loss = sum over them of the segment MSE (a sum, as the official code: method.md
-  §6). Training passes the segments that have not early-stopped as `ids`, so a stopped segment costs nothing
-  (a step compiles once per number of active segments: at most K programs a run); `ids` = all segments with
+  `active` (bool [K_a]) is set (`training_segments` makes the pair): loss = sum over them of the segment MSE (a
+  sum, as the official code: docs/method.md §6). Training passes the segments that have not early-stopped as
+  `ids`, so a stopped segment costs nothing (a step compiles once per number of active segments: at most K
+  programs a run); `ids` = all segments with
   `active` = the stopper's mask computes every segment and trains the active ones (the same numbers, to float
   rounding, for models without batch statistics). Dropout masks follow the segment ids (layers.keep_mask).
   Under a mesh (`layout`, else the active `sharding.use`) the step is jitted with explicit in/out shardings
@@ -111,9 +132,10 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, *, segments: int
       # copy=True: fresh Variables at this trace level, so that a forward pass may update its BatchStats in place
       # (a BatchNorm in training); merging the jit-level Variables themselves makes that a TraceContextError.
       # A group starts from the statistics the group before it left: the same sequential updates as one pass.
-      model = nnx.merge(graphdef, jax.tree.map(lambda v: v[ids[part]], seg), train, new_stats, frozen, copy=True)
-      ctx = Ctx(key=key, segments=part.stop - part.start, segment_ids=ids[part],
-                share_prefix_dropout=share_prefix_dropout)
+      model = nnx.merge(graphdef, segment_rows(seg, ids[part]), train, new_stats, frozen, copy=True)
+      ctx = Ctx(
+        key=key, segments=part.stop - part.start, segment_ids=ids[part], share_prefix_dropout=share_prefix_dropout
+      )
       preds.append(forward(model, batch, ctx))  # [B, K_g, S, D]
       new_stats = nnx.state(model, nnx.BatchStat)
     pred = jnp.concatenate(preds, axis=1)  # [B, K_a, S, D]
@@ -128,7 +150,8 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, *, segments: int
     ids, active = segs
     key, sub = jax.random.split(state["key"])
     (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state["params"], state["stats"], frozen, batch, sub, ids, active)
+      state["params"], state["stats"], frozen, batch, sub, ids, active
+    )
     updates, opt = tx.update(grads, state["opt"], state["params"])
     seg, train = optax.apply_updates(state["params"], updates)
     seg = hold_stopped(seg, state["params"][0], jnp.zeros(segments, bool).at[ids].set(active))
@@ -153,31 +176,55 @@ def training_segments(active, skip_stopped: bool = True, multiple: int = 1) -> t
   return jnp.asarray(ids, jnp.int32), jnp.asarray(active[ids])
 
 
-def make_eval_step(graphdef, *, segments: int, layout: sharding.Layout | None = None, forward=predict,
-                   compute_dtype: str | None = None):
+@functools.lru_cache(maxsize=32)
+def make_eval_step(
+  graphdef,
+  *,
+  segments: int,
+  layout: sharding.Layout | None = None,
+  forward=predict,
+  compute_dtype: str | None = None,
+  groups: int | None = None,
+):
   """step(acc, states, batch) -> acc: sums of squared and absolute errors per forecast step over the real
-  (mask == True) windows and all channels, plus the window count. Accumulating on device means one host
-  read per evaluation, not one per batch. Sharded under a mesh as make_train_step; `forward` and
-  `compute_dtype` as there (the errors are accumulated in float32 either way)."""
+  (mask == True) windows and all channels, plus the window count. states = (segment params, *the rest of the
+  model's state), the split `eval_states` makes. Accumulating on device means one host read per evaluation, not
+  one per batch. Sharded under a mesh as make_train_step; `forward`, `compute_dtype` and `groups` as there (the
+  errors are accumulated in float32 either way). One step per model structure and settings: validation and the
+  test pass of a run share one compiled program.
+  Padded rows (mask False) are selected out, not multiplied by 0, so a non-finite value there cannot leak."""
   cast = caster(compute_dtype)
+  groups = default_groups() if groups is None else groups
 
   def step(acc, states, batch):
     if cast is not None:
       states, batch = cast(states), cast_inputs(cast, batch)
-    model = nnx.merge(graphdef, *states)
-    pred = forward(model, batch, Ctx(segments=segments))  # [B, K, S, D]
+    seg, *rest = states
+    preds = []
+    for part in split_groups(segments, groups):  # independent passes over groups of segments, as in training
+      model = nnx.merge(graphdef, segment_rows(seg, part), *rest)
+      ids = jnp.arange(part.start, part.stop, dtype=jnp.int32)
+      preds.append(forward(model, batch, Ctx(segments=part.stop - part.start, segment_ids=ids)))  # [B, K_g, S, D]
+    pred = jnp.concatenate(preds, axis=1)  # [B, K, S, D]
     if cast is not None:
       pred = pred.astype(jnp.float32)
     b = pred.shape[0]
     err = (pred - batch["y"].reshape(pred.shape)).reshape(b, -1, pred.shape[-1])  # [B, T, D]
-    mask = batch["mask"].astype(err.dtype)[:, None, None]
+    real = batch["mask"][:, None, None]  # [B, 1, 1]
     return {
-        "sq": acc["sq"] + jnp.sum(mask * err**2, axis=(0, 2)),  # [T]
-        "abs": acc["abs"] + jnp.sum(mask * jnp.abs(err), axis=(0, 2)),  # [T]
-        "count": acc["count"] + jnp.sum(batch["mask"]),
+      "sq": acc["sq"] + jnp.sum(jnp.where(real, err**2, 0.0), axis=(0, 2)),  # [T]
+      "abs": acc["abs"] + jnp.sum(jnp.where(real, jnp.abs(err), 0.0), axis=(0, 2)),  # [T]
+      "count": acc["count"] + jnp.sum(batch["mask"]),
     }
 
   return sharding.jit(step, batch_argnum=2, donate_argnums=0, layout=layout)
+
+
+def eval_states(model: nnx.Module, stage: str = "adapt") -> tuple[nnx.GraphDef, tuple]:
+  """-> (graphdef, (segment params, other trainable params, batch stats, frozen rest)): a model split as the eval
+  step takes it, the way the training loop splits it (so validation and the test pass share one program)."""
+  graphdef, params, stats, frozen = split(model, stage)
+  return graphdef, (*params, stats, frozen)
 
 
 def empty_acc(horizon: int) -> dict:

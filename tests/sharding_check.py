@@ -41,11 +41,11 @@ ACTIVE = np.array([True, True, False, True])  # segment 2 has stopped: its rows 
 # (mesh shape, rules, model): model = "mola" | "lora" (stage 2, K = 4) | "pretrain" (stage 1, one segment).
 # Every rules table once, on each of the three meshes.
 CASES = [
-    ((8, 1), "data_parallel", "pretrain"),
-    ((4, 2), "segment", "mola"),
-    ((4, 2), "expert", "mola"),
-    ((2, 4), "variate", "mola"),
-    ((2, 4), "tensor", "lora"),
+  ((8, 1), "data_parallel", "pretrain"),
+  ((4, 2), "segment", "mola"),
+  ((4, 2), "expert", "mola"),
+  ((2, 4), "variate", "mola"),
+  ((2, 4), "tensor", "lora"),
 ]
 
 
@@ -60,23 +60,27 @@ def tiny_cfg(method: str):
 
 def make_model(method: str) -> nnx.Module:
   segments = 0 if method == "pretrain" else SEGMENTS
-  return build(tiny_cfg(method), channels=CHANNELS, marks=MARKS, pred_len=SEG_LEN, segments=segments,
-               rngs=nnx.Rngs(0))
+  return build(tiny_cfg(method), channels=CHANNELS, marks=MARKS, pred_len=SEG_LEN, segments=segments, rngs=nnx.Rngs(0))
 
 
 def make_tx(method: str):
   """Stage 2: the project's Adam. Stage 1: SGD, because the backbone has parameters whose true gradient is
   exactly zero (the attention key bias: softmax ignores a shift of all scores), and Adam's normalisation
   turns the ~1e-9 rounding noise of such a gradient into an update of order lr, differently on every layout."""
-  return optax.sgd(0.1) if method == "pretrain" else steps.make_tx(1e-2, 10)
+  return optax.sgd(0.1) if method == "pretrain" else steps.make_tx(steps.lr_schedule(1e-2, 10))
 
 
 def batches(method: str, n: int = 2) -> list[dict]:
   horizon = SEG_LEN if method == "pretrain" else SEG_LEN * SEGMENTS
   rng = np.random.default_rng(1)
-  return [{"x": rng.standard_normal((BATCH, SEQ_LEN, CHANNELS), np.float32),
-           "x_mark": rng.uniform(-.5, .5, (BATCH, SEQ_LEN, MARKS)).astype(np.float32),
-           "y": rng.standard_normal((BATCH, horizon, CHANNELS), np.float32)} for _ in range(n)]
+  return [
+    {
+      "x": rng.standard_normal((BATCH, SEQ_LEN, CHANNELS), np.float32),
+      "x_mark": rng.uniform(-0.5, 0.5, (BATCH, SEQ_LEN, MARKS)).astype(np.float32),
+      "y": rng.standard_normal((BATCH, horizon, CHANNELS), np.float32),
+    }
+    for _ in range(n)
+  ]
 
 
 def mesh(shape) -> jax.sharding.Mesh:
@@ -84,9 +88,7 @@ def mesh(shape) -> jax.sharding.Mesh:
 
 
 def train_state(model: nnx.Module, stage: str, tx):
-  graphdef, params, stats, frozen = steps.split(model, stage)
-  key = jax.random.key_data(jax.random.key(7))
-  return graphdef, {"params": params, "opt": tx.init(params), "stats": stats, "key": key}, frozen
+  return steps.init_state(model, stage, tx, jax.random.key_data(jax.random.key(7)))
 
 
 def host(tree) -> list[np.ndarray]:
@@ -110,8 +112,12 @@ def run(method: str, start, layout=None, evaluate: bool = True) -> dict:
     for batch in batches(method):  # dropout is on: its masks must not depend on the sharding either
       state, loss = step(state, frozen, batch, active)
       losses.append(float(loss))
-    out = {"loss": np.array(losses), "params": host(state["params"]), "opt": host(state["opt"]),
-           "specs": [spec_list(x.sharding.spec) for x in jax.tree.leaves((state["params"], frozen))] if layout else None}
+    out = {
+      "loss": np.array(losses),
+      "params": host(state["params"]),
+      "opt": host(state["opt"]),
+      "specs": [spec_list(x.sharding.spec) for x in jax.tree.leaves((state["params"], frozen))] if layout else None,
+    }
     if evaluate:
       eval_step = steps.make_eval_step(graphdef, segments=k)
       eval_batch = dict(batches(method, 1)[0], mask=np.arange(BATCH) < BATCH - 3)  # 3 padded rows
@@ -138,14 +144,18 @@ def equality() -> list[dict]:
   for i, (shape, rules, method) in enumerate(CASES):
     layout = sharding.Layout(mesh(shape), sharding.RULES[rules], rules)
     got, want = run(method, starts[method], layout, evaluate=i < 2), reference[method]
-    out.append({
-        "mesh": "x".join(map(str, shape)), "rules": rules, "model": method,
+    out.append(
+      {
+        "mesh": "x".join(map(str, shape)),
+        "rules": rules,
+        "model": method,
         "loss_diff": max_diff([got["loss"]], [want["loss"]]),
         "param_diff": max_diff(got["params"], want["params"]),
         "opt_diff": max_diff(got["opt"], want["opt"]),
         "sharded_params": sum(bool(spec) for spec in got["specs"]),
         "loss": got["loss"].tolist(),
-    })
+      }
+    )
     if "eval" in got:
       out[-1].update(eval_rel_diff=max_rel_diff(got["eval"], want["eval"]), eval_count=[got["count"], want["count"]])
   return out
@@ -162,24 +172,29 @@ def param_specs() -> dict:
   out = {}
   for rules in sharding.RULES:
     layout = sharding.Layout(mesh((4, 2)), sharding.RULES[rules], rules)
-    flat = jax.tree_util.tree_flatten_with_path(layout.state_shardings(nnx.state(model)),
-                                                is_leaf=lambda x: isinstance(x, nnx.Variable))[0]
-    out[rules] = {"/".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path):
-                  spec_list(jax.tree.leaves(v)[0].spec) for path, v in flat}
+    flat = jax.tree_util.tree_flatten_with_path(
+      layout.state_shardings(nnx.state(model)), is_leaf=lambda x: isinstance(x, nnx.Variable)
+    )[0]
+    out[rules] = {
+      "/".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path): spec_list(jax.tree.leaves(v)[0].spec)
+      for path, v in flat
+    }
   return out
 
 
 def checkpoint_round_trip() -> dict:
   """Save a trained stage-2 state under (4, 2) with the segment rules; restore it under (8, 1), data parallel,
   with the resume path (orbax restores into the target's shardings) and the best-state path."""
-  tx = steps.make_tx(1e-2, 10)
+  tx = steps.make_tx(steps.lr_schedule(1e-2, 10))
   with tempfile.TemporaryDirectory() as tmp:
     tmp = pathlib.Path(tmp)
     with sharding.use(mesh((4, 2)), "segment") as layout:
       model = sharding.create(lambda: make_model("mola"))  # born sharded: built by one jit with out_shardings
       born = nnx.state(model)
-      born_sharded = all(x.sharding == s for x, s in
-                         zip(jax.tree.leaves(born), jax.tree.leaves(layout.state_shardings(born)), strict=True))
+      born_sharded = all(
+        x.sharding == s
+        for x, s in zip(jax.tree.leaves(born), jax.tree.leaves(layout.state_shardings(born)), strict=True)
+      )
       init_diff = max_diff(host(born), host(nnx.state(make_model("mola"))))  # vs the eager single-device build
       graphdef, state, frozen = train_state(model, "adapt", tx)
       step = steps.make_train_step(graphdef, tx, segments=SEGMENTS, share_prefix_dropout=False)
@@ -205,20 +220,37 @@ def checkpoint_round_trip() -> dict:
       checkpointing.restore_into(model, tmp / "best")
       sharding.place_model(model)
       best_restored = jax.tree.leaves(nnx.state(model))
-      best_ok = all(x.sharding == s for x, s in
-                    zip(best_restored, jax.tree.leaves(layout.state_shardings(nnx.state(model)))))
+      best_ok = all(
+        x.sharding == s
+        for x, s in zip(best_restored, jax.tree.leaves(layout.state_shardings(nnx.state(model))), strict=True)
+      )
   return {
-      "born_sharded": born_sharded,
-      "init_diff": init_diff,
-      "saved_specs": saved_specs,
-      "restored_specs": sorted({json.dumps(spec_list(x.sharding.spec)) for x in got}),
-      "restored_mesh": sorted({sharding.mesh_name(x.sharding.mesh) for x in got}),
-      "shardings_match_target": all(x.sharding == s for x, s in zip(got, want, strict=True)),
-      "max_diff": max_diff([np.asarray(x) for x in got], saved),
-      "loop": loop,
-      "best_max_diff": max_diff([np.asarray(x) for x in best_restored], best_saved),
-      "best_shardings_match": best_ok,
+    "born_sharded": born_sharded,
+    "init_diff": init_diff,
+    "saved_specs": saved_specs,
+    "restored_specs": sorted({json.dumps(spec_list(x.sharding.spec)) for x in got}),
+    "restored_mesh": sorted({sharding.mesh_name(x.sharding.mesh) for x in got}),
+    "shardings_match_target": all(x.sharding == s for x, s in zip(got, want, strict=True)),
+    "max_diff": max_diff([np.asarray(x) for x in got], saved),
+    "loop": loop,
+    "best_max_diff": max_diff([np.asarray(x) for x in best_restored], best_saved),
+    "best_shardings_match": best_ok,
   }
+
+
+def scaling_study() -> list[dict]:
+  """The scaling study's own path (mola_jax.scaling.run) on two meshes of a tiny synthetic problem: it compiles,
+  runs and reports memory and FLOPs."""
+  from mola_jax import scaling
+
+  cfg = tiny_cfg("mola")
+  cfg.data.name, cfg.data.synthetic_rows, cfg.data.synthetic_channels = "synthetic", 600, CHANNELS
+  cfg.horizon, cfg.segment_len = SEG_LEN * SEGMENTS, SEG_LEN
+  with tempfile.TemporaryDirectory() as tmp:
+    rows = scaling.run(cfg, tmp, meshes="8x1,4x2", batches="8", rules="segment", stage="adapt", warmup=1, timed=1)
+  return [
+    {k: row[k] for k in ("mesh", "devices", "flops_per_step", "bytes_per_device", "step_seconds")} for row in rows
+  ]
 
 
 def main() -> None:
@@ -228,8 +260,14 @@ def main() -> None:
     GOLDEN.write_text(json.dumps(param_specs(), indent=1, sort_keys=True) + "\n")
     print(f"wrote {GOLDEN}")
     return
-  report = {"devices": jax.device_count(), "jax": jax.__version__, "param_specs": param_specs(),
-            "checkpoint": checkpoint_round_trip(), "equality": equality()}
+  report = {
+    "devices": jax.device_count(),
+    "jax": jax.__version__,
+    "param_specs": param_specs(),
+    "checkpoint": checkpoint_round_trip(),
+    "equality": equality(),
+    "scaling": scaling_study(),
+  }
   print(json.dumps(report))
 
 

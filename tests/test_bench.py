@@ -12,12 +12,10 @@ import sys
 import jax
 import numpy as np
 import pytest
-from flax import nnx
+from conftest import REPO, tiny
 
 from mola_jax import bench, data, steps
 from mola_jax.train import train_and_evaluate
-
-from conftest import REPO, tiny
 
 
 def synthetic(dropout: float = 0.0):
@@ -37,8 +35,16 @@ def compiled(setup: bench.Setup):
 
 def test_tiny_cli_writes_every_figure(tmp_path):
   env = dict(os.environ, PYTHONPATH=str(REPO))
-  cmd = [sys.executable, "-m", "mola_jax.bench", "--config", str(REPO / "configs" / "synthetic.py"),
-         "--workdir", str(tmp_path), "--config.bench.tiny=True"]
+  cmd = [
+    sys.executable,
+    "-m",
+    "mola_jax.bench",
+    "--config",
+    str(REPO / "configs" / "synthetic.py"),
+    "--workdir",
+    str(tmp_path),
+    "--config.bench.tiny=True",
+  ]
   proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = json.loads((tmp_path / "bench.json").read_text())
@@ -52,8 +58,14 @@ def test_tiny_cli_writes_every_figure(tmp_path):
   assert all(row["flops_per_step"] > 0 for row in result["rows"])
   # The two adapter forms are two programs (a cached compile of one would time the other twice).
   assert result["stage2_flops_per_step_dense_delta"] != result["stage2_flops_per_step_factored"]
-  for key in ("stage2_dropout_cost", "stage2_groups_speedup", "stage2_step_over_ffn_matmul",
-              "stage2_compile_cold_seconds", "stage2_compile_warm_seconds", "stage2_fit_computed_over_skipped"):
+  for key in (
+    "stage2_dropout_cost",
+    "stage2_groups_speedup",
+    "stage2_step_over_ffn_matmul",
+    "stage2_compile_cold_seconds",
+    "stage2_compile_warm_seconds",
+    "stage2_fit_computed_over_skipped",
+  ):
     assert np.isfinite(result[key]) and result[key] > 0, key
   runs = result["stage2_runs"]  # skipping stopped segments changes no number
   assert runs["skipped"]["test_mse"] == pytest.approx(runs["computed"]["test_mse"], rel=1e-5)
@@ -122,6 +134,7 @@ def test_a_training_run_compiles_each_step_once(tmp_path, monkeypatch):
     def make(*args, **kwargs):
       made.append(factory(*args, **kwargs))
       return made[-1]
+
     return make
 
   monkeypatch.setattr(steps, "make_train_step", recording(steps.make_train_step))

@@ -7,11 +7,10 @@ import sys
 
 import pytest
 from absl import flags
+from conftest import REPO
 from ml_collections import config_flags
 
 from mola_jax import config_lib
-
-from conftest import REPO
 
 
 def parse(*overrides):
@@ -25,8 +24,12 @@ def parse(*overrides):
 def test_etth1_defaults_are_the_official_recipe():
   cfg = parse()
   assert (cfg.data.name, cfg.method, cfg.horizon, cfg.seed) == ("ETTh1", "mola", 96, 2023)
-  assert (cfg.model.itransformer.d_model, cfg.model.itransformer.d_ff, cfg.model.itransformer.e_layers,
-          cfg.model.itransformer.n_heads) == (128, 128, 2, 8)
+  assert (
+    cfg.model.itransformer.d_model,
+    cfg.model.itransformer.d_ff,
+    cfg.model.itransformer.e_layers,
+    cfg.model.itransformer.n_heads,
+  ) == (128, 128, 2, 8)
   assert (cfg.pretrain.lr, cfg.pretrain.epochs, cfg.pretrain.patience, cfg.pretrain.batch_size) == (5e-4, 5, 2, 32)
   assert (cfg.adapt.lr, cfg.adapt.epochs, cfg.adapt.patience) == (1e-3, 10, 3)
   assert (cfg.mola.rank, cfg.mola.num_experts, cfg.mola.a_std) == (8, 6, 0.01)
@@ -40,8 +43,14 @@ def test_default_segment_len_per_horizon(horizon, s):
 
 
 def test_overrides_of_the_documented_keys():
-  cfg = parse("--config.method=lora", "--config.horizon=192", "--config.segment_len=64", "--config.seed=7",
-              "--config.data.path=/tmp/x.csv", "--config.mola.targets=('ffn','attn')")
+  cfg = parse(
+    "--config.method=lora",
+    "--config.horizon=192",
+    "--config.segment_len=64",
+    "--config.seed=7",
+    "--config.data.path=/tmp/x.csv",
+    "--config.mola.targets=('ffn','attn')",
+  )
   assert (cfg.method, cfg.horizon, cfg.segment_len, cfg.seed, cfg.data.path) == ("lora", 192, 64, 7, "/tmp/x.csv")
   assert tuple(cfg.mola.targets) == ("ffn", "attn")
   assert config_lib.segment_len(cfg) == 64
@@ -53,23 +62,41 @@ def test_a_typo_in_a_key_is_rejected():
     parse("--config.pretrain.lrr=1e-3")
 
 
-@pytest.mark.parametrize("override,message", [
+@pytest.mark.parametrize(
+  "override,message",
+  [
     ("--config.segment_len=36", "not divisible"),
     ("--config.method=moe", "unknown method"),
     ("--config.backbone=resnet", "unknown backbone"),
     ("--config.stage=finetune", "unknown stage"),
-])
+  ],
+)
 def test_validate_names_the_problem(override, message):
+  """plan.make runs every check: the config's own values, and the names the models module knows."""
+  from mola_jax import plan
+
   with pytest.raises(config_lib.ConfigError, match=message):
-    config_lib.validate(parse(override))
+    plan.make(parse(override))
 
 
 def test_cli_bad_config_exits_2_with_one_line_and_writes_nothing(tmp_path):
   workdir = tmp_path / "run"
   proc = subprocess.run(
-      [sys.executable, "-m", "mola_jax.train", "--config", str(REPO / "configs" / "etth1.py"),
-       "--config.segment_len=36", "--workdir", str(workdir)],
-      capture_output=True, text=True, cwd=REPO, timeout=120)
+    [
+      sys.executable,
+      "-m",
+      "mola_jax.train",
+      "--config",
+      str(REPO / "configs" / "etth1.py"),
+      "--config.segment_len=36",
+      "--workdir",
+      str(workdir),
+    ],
+    capture_output=True,
+    text=True,
+    cwd=REPO,
+    timeout=120,
+  )
   assert proc.returncode == 2
   assert "not divisible" in proc.stderr.strip().splitlines()[-1]
   assert not workdir.exists()
@@ -81,6 +108,10 @@ def test_fixed_s_variant_keeps_only_the_default_segment_length():
   config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True, sys_argv=argv)
   fv(argv)
   fixed = fv.config
-  assert {h: tuple(o) for h, o in fixed.segment_options.items()} == {"96": (24,), "192": (48,), "336": (84,),
-                                                                      "720": (180,)}
+  assert {h: tuple(o) for h, o in fixed.segment_options.items()} == {
+    "96": (24,),
+    "192": (48,),
+    "336": (84,),
+    "720": (180,),
+  }
   assert config_lib.segment_len(fixed) == 24 and fixed.backbone == "itransformer"

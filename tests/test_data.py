@@ -1,4 +1,4 @@
-"""Data layer against protocol.md: split borders, window counts, train-only scaler, timeF, pipelines, errors.
+"""Data layer against docs/protocol.md: split borders, window counts, train-only scaler, timeF, pipelines, errors.
 
 Real files come from $MOLA_DATA_DIR (default <repo>/../shared/data); synthetic CSVs are written to tmp_path.
 """
@@ -20,8 +20,17 @@ from mola_jax.data import DataError
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DATA_DIR = pathlib.Path(os.environ.get("MOLA_DATA_DIR") or REPO.parent / "shared" / "data")
 OFFLINE = ("ETTh1", "ETTh2", "ETTm1", "ETTm2", "weather", "exchange_rate", "national_illness")
-ROWS = {"ETTh1": 17420, "ETTh2": 17420, "ETTm1": 69680, "ETTm2": 69680, "weather": 52696, "exchange_rate": 7588,
-        "national_illness": 966, "electricity": 26304, "traffic": 17544}
+ROWS = {
+  "ETTh1": 17420,
+  "ETTh2": 17420,
+  "ETTm1": 69680,
+  "ETTm2": 69680,
+  "weather": 52696,
+  "exchange_rate": 7588,
+  "national_illness": 966,
+  "electricity": 26304,
+  "traffic": 17544,
+}
 
 needs_data = pytest.mark.skipif(not (DATA_DIR / "ETTh1.csv").is_file(), reason=f"no benchmark data in {DATA_DIR}")
 
@@ -65,28 +74,37 @@ def write_csv(path, n=200, d=3, *, start="2020-01-01", freq="h", crlf=False, dat
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Borders (protocol.md §2)
+# Borders (docs/protocol.md §2)
+
 
 def test_ett_borders():
-  assert data.split_borders("ett_hour", 17420, 96) == {
-      "train": (0, 8640), "val": (8544, 11520), "test": (11424, 14400)}
+  assert data.split_borders("ett_hour", 17420, 96) == {"train": (0, 8640), "val": (8544, 11520), "test": (11424, 14400)}
   assert data.split_borders("ett_minute", 69680, 96) == {
-      "train": (0, 34560), "val": (34464, 46080), "test": (45984, 57600)}
+    "train": (0, 34560),
+    "val": (34464, 46080),
+    "test": (45984, 57600),
+  }
   # The quirk belongs to the fork's 7:1:2 loader only.
   assert data.split_borders("ett_hour", 17420, 96, parity_quirk=True)["train"] == (0, 8640)
 
 
-@pytest.mark.parametrize("name,n,n_train,n_val,n_test,quirk_start", [
+@pytest.mark.parametrize(
+  "name,n,n_train,n_val,n_test,quirk_start",
+  [
     ("weather", 52696, 36887, 5270, 10539, 1),
     ("exchange_rate", 7588, 5311, 760, 1517, 1),
     ("national_illness", 966, 676, 97, 193, 1),
     ("electricity", 26304, 18412, 2632, 5260, 0),
     ("traffic", 17544, 12280, 1756, 3508, 0),
-])
+  ],
+)
 def test_ratio_borders(name, n, n_train, n_val, n_test, quirk_start):
   L = 96
   assert data.split_borders("ratio", n, L) == {
-      "train": (0, n_train), "val": (n_train - L, n_train + n_val), "test": (n - n_test - L, n)}
+    "train": (0, n_train),
+    "val": (n_train - L, n_train + n_val),
+    "test": (n - n_test - L, n),
+  }
   assert data.split_borders("ratio", n, L, parity_quirk=True)["train"] == (quirk_start, n_train)
   assert data.DATASETS[name].split == "ratio"
 
@@ -113,12 +131,19 @@ def test_spans_and_generic_dates():
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Window counts (protocol.md §6)
+# Window counts (docs/protocol.md §6)
+
 
 @needs_data
-@pytest.mark.parametrize("H,train,val,test,steps", [
-    (96, 8449, 2785, 2785, 264), (192, 8353, 2689, 2689, 261),
-    (336, 8209, 2545, 2545, 256), (720, 7825, 2161, 2161, 244)])
+@pytest.mark.parametrize(
+  "H,train,val,test,steps",
+  [
+    (96, 8449, 2785, 2785, 264),
+    (192, 8353, 2689, 2689, 261),
+    (336, 8209, 2545, 2545, 256),
+    (720, 7825, 2161, 2161, 244),
+  ],
+)
 def test_etth1_counts(H, train, val, test, steps):
   s = series("ETTh1")
   srcs = [data.window_source(s, split, 96, H) for split in ("train", "val", "test")]
@@ -127,21 +152,34 @@ def test_etth1_counts(H, train, val, test, steps):
   assert data.num_eval_batches(srcs[2], 32) * 32 >= test
 
 
-@pytest.mark.parametrize("S,train,val", [
-    (24, 8521, 2857), (32, 8513, 2849), (42, 8503, 2839), (48, 8497, 2833),
-    (64, 8481, 2817), (84, 8461, 2797), (90, 8455, 2791), (180, 8365, 2701)])
+@pytest.mark.parametrize(
+  "S,train,val",
+  [
+    (24, 8521, 2857),
+    (32, 8513, 2849),
+    (42, 8503, 2839),
+    (48, 8497, 2833),
+    (64, 8481, 2817),
+    (84, 8461, 2797),
+    (90, 8455, 2791),
+    (180, 8365, 2701),
+  ],
+)
 def test_stage1_counts(S, train, val):
   assert counts("ett_hour", 17420, 96, S) == (train, val, val)
 
 
-@pytest.mark.parametrize("kind,n,L,H,expected", [
+@pytest.mark.parametrize(
+  "kind,n,L,H,expected",
+  [
     ("ett_minute", 69680, 96, 96, (34369, 11425, 11425)),
     ("ratio", 52696, 96, 96, (36696, 5175, 10444)),
     ("ratio", 7588, 96, 96, (5120, 665, 1422)),
     ("ratio", 26304, 96, 96, (18221, 2537, 5165)),
     ("ratio", 17544, 96, 96, (12089, 1661, 3413)),
     ("ratio", 966, 36, 24, (617, 74, 170)),
-])
+  ],
+)
 def test_other_counts(kind, n, L, H, expected):
   assert counts(kind, n, L, H) == expected
 
@@ -171,7 +209,8 @@ def test_window_source_content_and_real_counts():
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Scaling (protocol.md §3)
+# Scaling (docs/protocol.md §3)
+
 
 @needs_data
 def test_etth1_train_statistics():
@@ -188,8 +227,9 @@ def test_scaler_uses_train_rows_only(tmp_path):
   n = 200
   base = data.load_csv(write_csv(tmp_path / "a.csv", n), name="a", split="ratio", seq_len=24)
   n_train = int(n * 0.7)
-  np.testing.assert_allclose(base.mean, [np.arange(n_train).mean(), np.arange(n_train).mean() + 1000,
-                                         2 * np.arange(n_train).mean()])
+  np.testing.assert_allclose(
+    base.mean, [np.arange(n_train).mean(), np.arange(n_train).mean() + 1000, 2 * np.arange(n_train).mean()]
+  )
   df = pd.read_csv(tmp_path / "a.csv")
   df.loc[n - 1, "c0"] = 1e6  # a test row
   df.loc[n_train, "OT"] = -1e6  # the first validation row
@@ -216,7 +256,8 @@ def test_scaler_zero_std_and_parity_quirk(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Time features (protocol.md §5)
+# Time features (docs/protocol.md §5)
+
 
 def test_time_features_known_timestamps():
   t = pd.DatetimeIndex(["2016-07-01 00:00:00", "2020-12-31 23:59:59"])  # a Friday; a leap year's last second
@@ -241,6 +282,7 @@ def test_time_features_known_timestamps():
 
 # ----------------------------------------------------------------------------------------------------------------
 # Pipelines
+
 
 @needs_data
 def test_eval_batches_cover_every_window_once_in_order():
@@ -288,6 +330,7 @@ def test_train_batches_order_and_resume():
 # ----------------------------------------------------------------------------------------------------------------
 # Resolving files and errors
 
+
 def test_sha256_mismatch(tmp_path, monkeypatch):
   (tmp_path / "ETTh1.csv").write_text("date,OT\n2016-07-01 00:00:00,1.0\n")
   monkeypatch.setenv("MOLA_DATA_DIR", str(tmp_path))
@@ -310,6 +353,7 @@ def test_missing_explicit_path_and_unknown_name(tmp_path):
 
 def test_no_url_means_error_not_download(tmp_path, monkeypatch):
   import pooch
+
   monkeypatch.setenv("MOLA_DATA_DIR", str(tmp_path))
   monkeypatch.setattr(pooch, "os_cache", lambda project: tmp_path / "cache")
   with pytest.raises(DataError, match="all_six_datasets.*MOLA_DATA_DIR"):
@@ -317,7 +361,7 @@ def test_no_url_means_error_not_download(tmp_path, monkeypatch):
 
 
 def test_load_csv_errors(tmp_path):
-  kw = dict(name="x", split="ratio", seq_len=24)
+  kw = {"name": "x", "split": "ratio", "seq_len": 24}
   df = pd.read_csv(write_csv(tmp_path / "ok.csv", 200))
   df.rename(columns={"date": "time"}).to_csv(tmp_path / "nodate.csv", index=False)
   with pytest.raises(DataError, match="'date'"):

@@ -8,20 +8,21 @@ import sys
 
 import numpy as np
 import pandas as pd
-import pytest
+from conftest import REPO, tiny
 
 from mola_jax.forecast import forecast_csv
 from mola_jax.inference import load_run
 from mola_jax.train import train_and_evaluate
 
-from conftest import REPO, tiny
-
 
 def pattern(rows: int) -> pd.DataFrame:
   """Three channels of exact daily and weekly cycles in their own units (no noise): a forecastable truth."""
   t = np.arange(rows)[:, None]
-  values = (np.array([10.0, -3.0, 200.0]) + np.array([2.0, 0.5, 30.0]) * np.sin(2 * np.pi * t / 24 + np.array([0, 1, 2]))
-            + np.array([1.0, 0.2, 10.0]) * np.sin(2 * np.pi * t / 168))
+  values = (
+    np.array([10.0, -3.0, 200.0])
+    + np.array([2.0, 0.5, 30.0]) * np.sin(2 * np.pi * t / 24 + np.array([0, 1, 2]))
+    + np.array([1.0, 0.2, 10.0]) * np.sin(2 * np.pi * t / 168)
+  )
   frame = pd.DataFrame(values, columns=["a", "b", "OT"])
   frame.insert(0, "date", pd.date_range("2021-03-01", periods=rows, freq="h"))
   return frame
@@ -52,9 +53,24 @@ def test_forecast_cli_on_etth1(data_dir, tmp_path):
   train_and_evaluate(cfg, tmp_path / "run")
   raw = pd.read_csv(data_dir / "ETTh1.csv")
   raw.iloc[:500].to_csv(tmp_path / "new.csv", index=False)
-  proc = subprocess.run([sys.executable, "-m", "mola_jax.forecast", "--workdir", str(tmp_path / "run"), "--csv",
-                         str(tmp_path / "new.csv"), "--out", str(tmp_path / "out" / "fc.csv"), "--roll"],
-                        capture_output=True, text=True, cwd=REPO, timeout=300)
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "mola_jax.forecast",
+      "--workdir",
+      str(tmp_path / "run"),
+      "--csv",
+      str(tmp_path / "new.csv"),
+      "--out",
+      str(tmp_path / "out" / "fc.csv"),
+      "--roll",
+    ],
+    capture_output=True,
+    text=True,
+    cwd=REPO,
+    timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   out = pd.read_csv(tmp_path / "out" / "fc.csv", parse_dates=["origin", "date"])
   assert list(out.columns) == ["origin"] + list(raw.columns)
@@ -67,7 +83,45 @@ def test_forecast_cli_on_etth1(data_dir, tmp_path):
   assert len(list((tmp_path / "out").glob("forecast_*.png"))) == 7
 
   raw.iloc[:500, :-1].to_csv(tmp_path / "fewer.csv", index=False)
-  proc = subprocess.run([sys.executable, "-m", "mola_jax.forecast", "--workdir", str(tmp_path / "run"), "--csv",
-                         str(tmp_path / "fewer.csv"), "--out", str(tmp_path / "bad.csv")],
-                        capture_output=True, text=True, cwd=REPO, timeout=300)
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "mola_jax.forecast",
+      "--workdir",
+      str(tmp_path / "run"),
+      "--csv",
+      str(tmp_path / "fewer.csv"),
+      "--out",
+      str(tmp_path / "bad.csv"),
+    ],
+    capture_output=True,
+    text=True,
+    cwd=REPO,
+    timeout=300,
+  )
   assert proc.returncode == 2 and "same columns" in proc.stderr and not (tmp_path / "bad.csv").exists()
+  # The training data's checks apply to the forecast CSV too: one line, exit 2, no output.
+  bad = {"inf.csv": raw.iloc[:500].replace({raw["OT"].iloc[300]: np.inf}), "back.csv": raw.iloc[:500].iloc[::-1]}
+  for name, frame in bad.items():
+    frame.to_csv(tmp_path / name, index=False)
+    proc = subprocess.run(
+      [
+        sys.executable,
+        "-m",
+        "mola_jax.forecast",
+        "--workdir",
+        str(tmp_path / "run"),
+        "--csv",
+        str(tmp_path / name),
+        "--out",
+        str(tmp_path / f"{name}.out"),
+      ],
+      capture_output=True,
+      text=True,
+      cwd=REPO,
+      timeout=300,
+    )
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), (name, proc.stderr[-500:])
+    assert not (tmp_path / f"{name}.out").exists()

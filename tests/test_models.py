@@ -6,18 +6,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import tiny
 from flax import nnx
 
 from mola_jax import config_lib
 from mola_jax.models import Ctx, build, predict, predict_per_segment
-from mola_jax.models.adapters import LoRABank, MoLABank, SegmentParam
-
-from conftest import tiny
+from mola_jax.models.adapters import LoRABank, MoLABank, SegmentParam, segment_rows
 
 
-def batch(b=3, l=96, d=7, f=4, seed=0):
+def batch(b=3, length=96, d=7, f=4, seed=0):
   rng = np.random.default_rng(seed)
-  return {"x": rng.standard_normal((b, l, d), np.float32), "x_mark": rng.uniform(-.5, .5, (b, l, f)).astype(np.float32)}
+  return {
+    "x": rng.standard_normal((b, length, d), np.float32),
+    "x_mark": rng.uniform(-0.5, 0.5, (b, length, f)).astype(np.float32),
+  }
 
 
 def adapted(cfg, segments, *, seed=1, method="mola"):
@@ -39,7 +41,7 @@ def test_itransformer_shapes_and_param_count():
   cfg = config_lib.default()  # ETTh1 sizes
   model = build(cfg, channels=7, marks=4, pred_len=24, segments=0, rngs=nnx.Rngs(0))
   assert predict(model, batch(), Ctx()).shape == (3, 1, 24, 7)
-  # method.md §4.5: the official iTransformer on ETTh1 with S = 24 has 214,936 parameters.
+  # docs/method.md §4.5: the official iTransformer on ETTh1 with S = 24 has 214,936 parameters.
   assert sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))) == 214_936
   cfg.method = "mola"
   model = build(cfg, channels=7, marks=4, pred_len=24, segments=4, rngs=nnx.Rngs(0))
@@ -79,8 +81,10 @@ def test_mixture_einsum_equals_per_segment_reference():
 def test_factored_application_equals_dense_delta(method):
   """Big layers apply a bank factored, h @ W + sum_p w[k,p] (h A_p) B_p, never forming the delta: same outputs
   and gradients as the merged h @ (W + delta[k]), for a shared-prefix input [1, ...] and a per-segment one [K, ...]."""
-  make = {"mola": lambda: MoLABank(64, 256, segments=3, experts=4, rank=2, a_std=0.1, rngs=nnx.Rngs(0)),
-          "lora": lambda: LoRABank(64, 256, segments=3, rank=2, a_std=0.1, rngs=nnx.Rngs(0))}[method]
+  make = {
+    "mola": lambda: MoLABank(64, 256, segments=3, experts=4, rank=2, a_std=0.1, rngs=nnx.Rngs(0)),
+    "lora": lambda: LoRABank(64, 256, segments=3, rank=2, a_std=0.1, rngs=nnx.Rngs(0)),
+  }[method]
   bank = make()
   assert bank.factored  # 2 R (d_in + d_out) <= d_in d_out here
   bank.b[...] = jax.random.normal(jax.random.key(1), bank.b[...].shape)
@@ -97,13 +101,13 @@ def test_factored_application_equals_dense_delta(method):
   for lead in (1, 3):
     h = jax.random.normal(jax.random.key(lead), (lead, 5, 7, 64))  # [K', B, tokens, d_in]
     weights = np.asarray(kernel, np.float64) + np.asarray(bank.delta(), np.float64)  # [K, d_in, d_out]
-    want = np.einsum("kbti,kio->kbto", np.broadcast_to(np.asarray(h, np.float64), (3, 5, 7, 64)),
-                     weights) + np.asarray(bias, np.float64)
+    want = np.einsum("kbti,kio->kbto", np.broadcast_to(np.asarray(h, np.float64), (3, 5, 7, 64)), weights) + np.asarray(
+      bias, np.float64
+    )
     for factored in (True, False):
       np.testing.assert_allclose(np.asarray(out(state, h, factored)), want, rtol=1e-4, atol=1e-4)
-    loss = lambda st, f: jnp.sum(jnp.sin(out(st, h, f)))
-    g_fact, g_dense = jax.grad(loss)(state, True), jax.grad(loss)(state, False)
-    for gf, gd in zip(jax.tree.leaves(g_fact), jax.tree.leaves(g_dense)):
+    g_fact, g_dense = (jax.grad(lambda st, f, h=h: jnp.sum(jnp.sin(out(st, h, f))))(state, f) for f in (True, False))
+    for gf, gd in zip(jax.tree.leaves(g_fact), jax.tree.leaves(g_dense), strict=True):
       np.testing.assert_allclose(np.asarray(gf), np.asarray(gd), rtol=1e-4, atol=1e-4)
   # Small layers (iTransformer's 128 x 128 with 6 rank-8 experts) keep the dense form.
   assert not MoLABank(128, 128, segments=2, experts=6, rank=8, a_std=0.01, rngs=nnx.Rngs(0)).factored
@@ -125,12 +129,13 @@ def test_batched_segments_equal_one_pass_per_segment(graph_mode):
   _, single = adapted(cfg, segments=1)
   nnx.update(single, nnx.state(model, nnx.Not(SegmentParam)))  # same backbone and same shared experts
   for k in range(3):
-    nnx.update(single, jax.tree.map(lambda v: v[k:k + 1], nnx.state(model, SegmentParam)))  # logits row k
+    nnx.update(single, segment_rows(nnx.state(model, SegmentParam), slice(k, k + 1)))  # logits row k
     np.testing.assert_allclose(np.asarray(predict(single, x, Ctx()))[:, 0], got[:, k], rtol=1e-5, atol=1e-5)
   # The library's own per-segment loop and the unshared prefix (benchmark variants) compute the same numbers.
   np.testing.assert_allclose(np.asarray(predict_per_segment(model, x, Ctx(segments=3))), got, rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(np.asarray(predict(model, x, Ctx(segments=3, share_prefix=False))), got,
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(predict(model, x, Ctx(segments=3, share_prefix=False))), got, rtol=1e-5, atol=1e-5
+  )
 
 
 def test_instance_norm_makes_the_forecast_affine_equivariant():
@@ -162,8 +167,12 @@ def test_dropout_masks_keep_the_rate_and_are_independent_across_segments_steps_a
   assert abs(m.mean() - (1 - rate)) < 1e-3
   assert np.abs(m.mean(axis=1) - (1 - rate)).max() < 2e-3  # each segment on its own
   # Independence: two different masks are both kept with probability (1 - rate)^2, and their correlation is ~0.
-  pairs = [(m[0], m[1]), (m[2], m[3]), (m[0], np.asarray(second).reshape(4, -1)[0]),
-           (m[0], np.asarray(keep_mask(Ctx(key=jax.random.key(1), segments=4), shape, rate)).reshape(4, -1)[0])]
+  pairs = [
+    (m[0], m[1]),
+    (m[2], m[3]),
+    (m[0], np.asarray(second).reshape(4, -1)[0]),
+    (m[0], np.asarray(keep_mask(Ctx(key=jax.random.key(1), segments=4), shape, rate)).reshape(4, -1)[0]),
+  ]
   for a, b in pairs:  # segments, sites (layers) and keys (steps)
     assert abs((a & b).mean() - (1 - rate) ** 2) < 2e-3
     assert abs(np.corrcoef(a, b)[0, 1]) < 0.01
@@ -186,8 +195,9 @@ def test_training_pass_equals_one_pass_per_segment_with_dropout():
   key = jax.random.key(3)
   got = np.asarray(predict(model, x, Ctx(key=key, segments=3)))
   assert not np.allclose(got, np.asarray(predict(model, x, Ctx(segments=3))))  # dropout is on
-  np.testing.assert_allclose(np.asarray(predict_per_segment(model, x, Ctx(key=key, segments=3))), got,
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(predict_per_segment(model, x, Ctx(key=key, segments=3))), got, rtol=1e-5, atol=1e-5
+  )
   graphdef, seg, rest = nnx.split(model, SegmentParam, ...)
   ids = jnp.array([0, 2])
   subset = nnx.merge(graphdef, jax.tree.map(lambda v: v[ids], seg), rest)

@@ -7,16 +7,25 @@ import importlib.util
 
 import numpy as np
 import pytest
+from conftest import REPO, tiny
 
 from mola_jax import config_lib, reproduce
-
-from conftest import REPO, tiny
 
 
 def test_every_dataset_config_loads_and_validates():
   names = sorted(p.stem for p in (REPO / "configs").glob("*.py"))
-  assert {"etth1", "etth2", "ettm1", "ettm2", "weather", "exchange_rate", "national_illness", "electricity",
-          "traffic", "synthetic"} <= set(names)
+  assert {
+    "etth1",
+    "etth2",
+    "ettm1",
+    "ettm2",
+    "weather",
+    "exchange_rate",
+    "national_illness",
+    "electricity",
+    "traffic",
+    "synthetic",
+  } <= set(names)
   for name in names:
     spec = importlib.util.spec_from_file_location(name, REPO / "configs" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
@@ -54,7 +63,7 @@ def test_reproduce_selects_on_validation_shares_stage1_and_resumes(tmp_path, mon
     assert best["chosen"] == "True" and sum(r["chosen"] == "True" for r in options) == 1
     assert next(r for r in rows if r["method"] == method)["segment_len"] == int(best["segment_len"])
   # One stage-1 model per (S, seed), shared by lora and mola; the second seed trains the chosen S only.
-  stage1 = sorted(p.name for p in (tmp_path / "stage1").iterdir())
+  stage1 = sorted(p.name for p in (tmp_path / "pretrain").iterdir())
   chosen = {r["method"]: r["segment_len"] for r in rows}
   assert stage1 == sorted({"S16-seed2023", "S24-seed2023"} | {f"S{chosen[m]}-seed2024" for m in ("lora", "mola")})
   for name in ("table.md", "per_step_T48.png", "windows_T48.png"):
@@ -82,7 +91,7 @@ def test_a_second_recipe_reuses_the_first_studys_stage1_and_mtf_runs(tmp_path, m
   monkeypatch.setattr(reproduce, "train_and_evaluate", lambda c, w: trained.append((c.method, c.stage)) or real(c, w))
   rows = reproduce.run(improved, tmp_path / "improved")
   assert trained == [("mola", "adapt")]  # stage 1 and mtf came from the first study
-  assert not (tmp_path / "improved" / "stage1").exists()
+  assert not (tmp_path / "improved" / "pretrain").exists()
   assert rows[0]["test_mse_mean"] == reproduce.run(cfg, tmp_path / "official")[0]["test_mse_mean"]  # same mtf
 
   improved.pretrain.lr = 1e-3  # a different stage-1 recipe is a different run: trained here, not reused

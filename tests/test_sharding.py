@@ -26,8 +26,14 @@ TOL = 1e-5
 @pytest.fixture(scope="module")
 def report() -> dict:
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, str(HERE / "sharding_check.py")], env=env, capture_output=True,
-                        text=True, timeout=1800, cwd=HERE.parent)
+  proc = subprocess.run(
+    [sys.executable, str(HERE / "sharding_check.py")],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=1800,
+    cwd=HERE.parent,
+  )
   if proc.returncode:
     pytest.fail(f"sharding_check.py failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
   return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -114,4 +120,10 @@ def test_no_mesh_by_default():
     assert active is None and sharding.current() is None
   cfg.mesh.rules = "fsdp"
   with pytest.raises(config_lib.ConfigError, match="mesh.rules"):
-    config_lib.validate(cfg)
+    sharding.validate(cfg.mesh)
+
+
+def test_the_scaling_study_runs_on_a_mesh(report):
+  rows = report["scaling"]
+  assert [row["mesh"] for row in rows] == ["8x1", "4x2"]
+  assert all(row["flops_per_step"] > 0 and row["bytes_per_device"] > 0 and row["step_seconds"] > 0 for row in rows)

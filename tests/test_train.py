@@ -1,4 +1,4 @@
-"""The train step freezes what it must, early stopping follows method.md §7, and both stages run end to end
+"""The train step freezes what it must, early stopping follows docs/method.md §7, and both stages run end to end
 on the real ETTh1 file through `train_and_evaluate`."""
 
 from __future__ import annotations
@@ -6,53 +6,130 @@ from __future__ import annotations
 import json
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import tiny
 from flax import nnx
 
-from mola_jax import checkpointing, data, steps
-from mola_jax.models import SegmentParam, build
-from mola_jax.train import SegmentStopper, train_and_evaluate
-
-from conftest import tiny
+from mola_jax import checkpointing, data, metrics, plan, steps
+from mola_jax.fit import fit
+from mola_jax.models import build
+from mola_jax.stopping import SegmentStopper
+from mola_jax.train import train_and_evaluate
 
 
 def leaves(state):
   return [np.asarray(x) for x in jax.tree.leaves(state)]
 
 
-@pytest.mark.parametrize("graph", [True, False], ids=["graph", "tree"])
-def test_stage2_steps_leave_the_backbone_bit_identical(graph):
+def synthetic_cfg(**adapt):
+  """Tiny model on generated data (no file), T = 48 in K = 3 segments."""
   cfg = tiny()
+  cfg.data.name, cfg.data.synthetic_rows = "synthetic", 1200
+  cfg.horizon, cfg.segment_len = 48, 16
+  cfg.adapt.update(**adapt)
+  return cfg
+
+
+@pytest.mark.parametrize("graph", [True, False], ids=["graph", "tree"])
+def test_a_real_stage2_fit_moves_only_the_adapters(graph, tmp_path, monkeypatch):
+  """Every leaf of the model that is not an adapter is bit-identical before and after stage 2's fit (a backbone
+  weight that moved would show here), while the adapters did train."""
+  monkeypatch.setenv("MOLA_DATA_DIR", str(tmp_path / "nowhere"))
+  cfg = synthetic_cfg(epochs=2, lr=1e-2)
+  cfg.stage = "pretrain"
+  train_and_evaluate(cfg, tmp_path)
+  cfg.stage = "all"
+  run_plan = plan.make(cfg)
+  stage = run_plan.method_stages[1]
+  series = data.load_series(cfg.data)
   with nnx.set_graph_mode(graph):
-    model = build(cfg, channels=7, marks=4, pred_len=8, segments=3, rngs=nnx.Rngs(0))
-    graphdef, params, stats, frozen = steps.split(model, "adapt")
-    frozen_before = leaves(frozen)
-    assert frozen_before and all(not isinstance(v, nnx.LoRAParam) for v in jax.tree.leaves(
-        frozen, is_leaf=lambda v: isinstance(v, nnx.Variable)))
-    seg_before, shared_before = leaves(params[0]), leaves(params[1])
-    tx = steps.make_tx(1e-2, 10)
-    state = {"params": params, "opt": tx.init(params), "stats": stats, "key": jax.random.key(0)}
-    step = steps.make_train_step(graphdef, tx, segments=3, share_prefix_dropout=False)
-    rng = np.random.default_rng(0)
-    active = steps.training_segments([True, False, True], skip_stopped=False)  # segment 1 has stopped
-    for _ in range(3):
-      batch = {"x": rng.standard_normal((4, 96, 7), np.float32), "x_mark": np.zeros((4, 96, 4), np.float32),
-               "y": rng.standard_normal((4, 24, 7), np.float32)}
-      state, loss = step(state, frozen, batch, active)
-    assert np.isfinite(float(loss))
-  for a, b in zip(frozen_before, leaves(frozen)):
+    model = build(cfg, channels=7, marks=4, pred_len=stage.pred_len, segments=stage.segments, rngs=nnx.Rngs(stage.seed))
+    checkpointing.load_backbone(
+      model,
+      checkpointing.stage_dir(tmp_path, "pretrain"),
+      checkpointing.backbone_identity(cfg, series, run_plan.segment_len),
+    )
+    backbone = leaves(nnx.state(model, nnx.Not(nnx.LoRAParam)))
+    adapters = leaves(nnx.state(model, nnx.LoRAParam))
+    fit(model, stage, series=series, cfg=cfg, workdir=tmp_path, meta={}, log=metrics.MetricsLog(tmp_path / "m"))
+    after = leaves(nnx.state(model, nnx.Not(nnx.LoRAParam)))
+  assert len(after) == len(backbone) > 10
+  for a, b in zip(backbone, after, strict=True):
     np.testing.assert_array_equal(a, b)
-  # The optimizer holds state for the adapters only: no Adam moments for the frozen backbone.
-  n_adapter = sum(x.size for x in seg_before + shared_before)
-  mu = state["opt"].inner_state[0].mu
-  assert sum(np.size(x) for x in jax.tree.leaves(mu)) == n_adapter
-  # Shared experts trained; logits rows of the stopped segment did not move, the active ones did.
-  assert any(not np.array_equal(a, b) for a, b in zip(shared_before, leaves(state["params"][1])))
-  for before, after in zip(seg_before, leaves(state["params"][0])):
+  assert any(not np.array_equal(a, b) for a, b in zip(adapters, leaves(nnx.state(model, nnx.LoRAParam)), strict=True))
+
+
+def test_stopped_segments_rows_stay_put_through_the_step():
+  """The step restores a stopped segment's rows of the per-segment parameters (a zero gradient would still move
+  them through Adam's momentum); the shared experts and the active segments' rows train."""
+  cfg = tiny()
+  model = build(cfg, channels=7, marks=4, pred_len=8, segments=3, rngs=nnx.Rngs(0))
+  tx = steps.make_tx(steps.lr_schedule(1e-2, 10))
+  graphdef, state, frozen = steps.init_state(model, "adapt", tx, jax.random.key_data(jax.random.key(0)))
+  seg_before, shared_before = leaves(state["params"][0]), leaves(state["params"][1])
+  step = steps.make_train_step(graphdef, tx, segments=3, share_prefix_dropout=False)
+  rng = np.random.default_rng(0)
+  for skip in (False, True):  # the stopped segment masked out of the loss, or not computed at all
+    for _ in range(2):
+      batch = {
+        "x": rng.standard_normal((4, 96, 7), np.float32),
+        "x_mark": np.zeros((4, 96, 4), np.float32),
+        "y": rng.standard_normal((4, 24, 7), np.float32),
+      }
+      state, loss = step(state, frozen, batch, steps.training_segments([True, False, True], skip_stopped=skip))
+    assert np.isfinite(float(loss))
+  assert any(not np.array_equal(a, b) for a, b in zip(shared_before, leaves(state["params"][1]), strict=True))
+  for before, after in zip(seg_before, leaves(state["params"][0]), strict=True):
     np.testing.assert_array_equal(before[1], after[1])
     assert not np.array_equal(before[0], after[0]) and not np.array_equal(before[2], after[2])
+
+
+def test_logged_lr_is_the_lr_the_epoch_trained_with(tmp_path, monkeypatch):
+  """TSLib's type1 rule: epochs 1-2 at the full lr, then halved every epoch; metrics.jsonl logs what each epoch's
+  steps used (it used to log the previous epoch's)."""
+  monkeypatch.setenv("MOLA_DATA_DIR", str(tmp_path / "nowhere"))
+  cfg = synthetic_cfg()
+  cfg.method = "mtf"
+  cfg.pretrain.update(epochs=4, patience=10, lr=1e-3)
+  train_and_evaluate(cfg, tmp_path / "run")
+  records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+  assert [r["lr"] for r in records if r["stage"] == "pretrain"] == pytest.approx([1e-3, 1e-3, 5e-4, 2.5e-4])
+
+
+def test_stage2_parameters_are_not_another_seeds_backbone():
+  """Stage 2's fresh parameters come from a stream of their own: not from seed + 1, which builds the next seed's
+  stage-1 backbone (the seeds of a study would then not be independent)."""
+  cfg = tiny()
+  cfg.method = "mola"
+  mine = plan.make(cfg).method_stages[1]
+  cfg.seed += 1
+  next_backbone = plan.make(cfg).method_stages[0]
+  assert mine.seed != next_backbone.seed
+  a = build(cfg, channels=7, marks=4, pred_len=mine.pred_len, segments=mine.segments, rngs=nnx.Rngs(mine.seed))
+  b = build(cfg, channels=7, marks=4, pred_len=mine.pred_len, segments=0, rngs=nnx.Rngs(next_backbone.seed))
+  assert not np.array_equal(np.asarray(a.embed.kernel[...]), np.asarray(b.embed.kernel[...]))
+
+
+def test_a_non_finite_value_on_a_padded_row_does_not_reach_the_sums():
+  """The eval step selects the real rows instead of multiplying by the mask (0 * nan = nan)."""
+  cfg = tiny()
+  model = build(cfg, channels=7, marks=4, pred_len=24, segments=0, rngs=nnx.Rngs(0))
+  graphdef, states = steps.eval_states(model)
+  step = steps.make_eval_step(graphdef, segments=1)
+  rng = np.random.default_rng(0)
+  batch = {
+    "x": rng.standard_normal((4, 96, 7), np.float32),
+    "x_mark": np.zeros((4, 96, 4), np.float32),
+    "y": rng.standard_normal((4, 24, 7), np.float32),
+    "mask": np.array([True, True, True, False]),
+  }
+  clean = step(steps.empty_acc(24), states, batch)
+  batch["x"][3] = np.nan  # the padded row
+  batch["y"][3] = np.inf
+  dirty = step(steps.empty_acc(24), states, batch)
+  assert np.isfinite(np.asarray(dirty["sq"])).all() and int(dirty["count"]) == 3
+  np.testing.assert_allclose(np.asarray(dirty["sq"]), np.asarray(clean["sq"]), rtol=1e-6)
 
 
 def test_segment_stopper_follows_the_official_rule():
@@ -71,17 +148,17 @@ def test_eval_scores_every_window_once(data_dir):
   cfg = tiny()
   series = data.load_series(cfg.data)
   model = build(cfg, channels=7, marks=4, pred_len=96, segments=0, rngs=nnx.Rngs(0))
-  graphdef, *states = nnx.split(model)
+  graphdef, states = steps.eval_states(model)
   src = data.window_source(series, "test", 96, 96)
   acc = steps.empty_acc(96)
   step = steps.make_eval_step(graphdef, segments=1)
   for batch in data.eval_batches(src, 32):  # 87 full batches and one holding a single window
-    acc = step(acc, tuple(states), batch)
+    acc = step(acc, states, batch)
   assert int(acc["count"]) == 2785
   # Same sums as a plain numpy pass over all windows.
   from mola_jax.models import Ctx, predict
-  preds = np.concatenate([np.asarray(predict(model, b, Ctx()))[:, 0][b["mask"]]
-                          for b in data.eval_batches(src, 500)])
+
+  preds = np.concatenate([np.asarray(predict(model, b, Ctx()))[:, 0][b["mask"]] for b in data.eval_batches(src, 500)])
   ys = np.stack([src[i]["y"] for i in range(len(src))])
   np.testing.assert_allclose(float(acc["sq"].sum()) / ys.size, np.mean((preds - ys) ** 2), rtol=1e-4)
 
@@ -92,15 +169,27 @@ def test_both_stages_end_to_end_on_etth1(data_dir, tmp_path):
   results = train_and_evaluate(cfg, tmp_path / "run")
   saved = json.loads((tmp_path / "run" / "results.json").read_text())
   assert saved == json.loads(json.dumps(results))
-  for key in ("dataset", "backbone", "method", "horizon", "segment_len", "seed", "test_mse", "test_mae", "val_mse",
-              "num_test_windows", "train_seconds", "per_step_test_mse"):
+  for key in (
+    "dataset",
+    "backbone",
+    "method",
+    "horizon",
+    "segment_len",
+    "seed",
+    "test_mse",
+    "test_mae",
+    "val_mse",
+    "num_test_windows",
+    "train_seconds",
+    "per_step_test_mse",
+  ):
     assert key in saved
   assert (saved["dataset"], saved["method"], saved["horizon"], saved["segment_len"]) == ("ETTh1", "mola", 48, 24)
   assert saved["num_test_windows"] == 2881 - 48 and len(saved["per_step_test_mse"]) == 48
   assert np.isclose(np.mean(saved["per_step_test_mse"]), saved["test_mse"], rtol=1e-5)
   assert 0.2 < saved["test_mse"] < 1.5  # a trained forecaster on standardised data, not a broken one
   records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-  assert [r["stage"] for r in records] == ["stage1", "stage2", "stage2", "test"]
+  assert [r["stage"] for r in records] == ["pretrain", "adapt", "adapt", "test"]
   assert json.loads((tmp_path / "run" / "config.json").read_text())["horizon"] == 48
   for stage in ("pretrain", "adapt"):
     assert checkpointing.stage_dir(tmp_path / "run", stage).is_dir()
@@ -111,7 +200,7 @@ def test_both_stages_end_to_end_on_etth1(data_dir, tmp_path):
   cfg2.init_from = str(tmp_path / "run")
   other = train_and_evaluate(cfg2, tmp_path / "lora")
   assert other["method"] == "lora" and other["num_test_windows"] == 2833
-  assert "stage1" not in other["stages"]
+  assert "pretrain" not in other["stages"]
 
   # A stage-1 checkpoint of another segment length is refused, with nothing trained on it.
   cfg3 = tiny()
@@ -143,15 +232,16 @@ def test_per_segment_selection_keeps_each_segments_best_epoch(tmp_path, monkeypa
   cfg.adapt.update(epochs=4, lr=5e-3, selection="per_segment")
   train_and_evaluate(cfg, tmp_path / "run")
   records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-  curves = np.array([r["val_mse_per_segment"] for r in records if r["stage"] == "stage2"])  # [epochs + 1, K]
+  curves = np.array([r["val_mse_per_segment"] for r in records if r["stage"] == "adapt"])  # [epochs + 1, K]
   assert curves.shape == (5, 3)
 
+  from mola_jax import plan
   from mola_jax.inference import load_run
-  from mola_jax.train import test as evaluate_split
+  from mola_jax.train import evaluate_split
 
   run = load_run(tmp_path / "run")
   series = data.load_series(cfg.data)
-  val = evaluate_split(run.model, series=series, cfg=cfg, horizon=48, segments=3, split="val")
+  val = evaluate_split(run.model, series=series, cfg=cfg, stage=plan.make(cfg).final, split="val")
   np.testing.assert_allclose(val["per_segment_mse"], curves.min(axis=0), rtol=1e-5)
 
 
@@ -160,18 +250,19 @@ def test_skipping_stopped_segments_changes_no_result(backbone, data_dir, tmp_pat
   """Stage 2 computes only the segments that have not early-stopped; each segment's dropout masks follow its id,
   so the run equals one that computes every segment and masks the stopped ones: same epochs, same selection,
   same test MSE to 1e-5."""
+
   def run(skip: bool) -> tuple[dict, list]:
     cfg = tiny()
     cfg.backbone, cfg.horizon, cfg.segment_len = backbone, 48, 16
     cfg.adapt.update(epochs=4, patience=1, lr=3e-3, skip_stopped=skip)
     results = train_and_evaluate(cfg, tmp_path / f"skip{skip}")
     records = [json.loads(line) for line in (tmp_path / f"skip{skip}" / "metrics.jsonl").read_text().splitlines()]
-    return results, [r for r in records if r["stage"] == "stage2"]
+    return results, [r for r in records if r["stage"] == "adapt"]
 
   (skip, skip_log), (full, full_log) = run(True), run(False)
   assert [r.get("active_segments") for r in skip_log] == [r.get("active_segments") for r in full_log]
   assert any(0 < r.get("active_segments", 3) < 3 for r in skip_log)  # some epoch ran with a segment stopped
-  assert skip["stages"]["stage2"]["best_epoch"] == full["stages"]["stage2"]["best_epoch"]
-  for a, b in zip(skip_log, full_log):
+  assert skip["stages"]["adapt"]["best_epoch"] == full["stages"]["adapt"]["best_epoch"]
+  for a, b in zip(skip_log, full_log, strict=True):
     np.testing.assert_allclose(a["val_mse_per_segment"], b["val_mse_per_segment"], rtol=1e-5)
   assert skip["test_mse"] == pytest.approx(full["test_mse"], rel=1e-5)

@@ -1,6 +1,7 @@
 """Where a train step's time goes: a jax.profiler trace of N steps, summarised per XLA op.
 
-    python tools/op_profile.py --config configs/etth1.py [--stage adapt] [--steps 20] [--set model.itransformer.dropout=0]
+    python tools/op_profile.py --config configs/etth1.py [--stage adapt] [--steps 20] \
+        [--set model.itransformer.dropout=0]
 
 Prints the step's wall time, the summed op time of XLA's worker threads (per step), how much of the wall time
 0, 1 or 2+ threads were busy, the op time by kind (dense matmuls, attention's batched matmuls, loop fusions,
@@ -38,11 +39,18 @@ def kind(name: str, hlo: str) -> str:
 
 
 def summarise(trace: pathlib.Path, hlo_text: str, steps: int, top: int) -> None:
-  events = json.load(gzip.open(trace))["traceEvents"]
-  threads = {(e["pid"], e["tid"]): e["args"]["name"] for e in events
-             if e.get("ph") == "M" and e.get("name") == "thread_name"}
-  ops = [e for e in events if e.get("ph") == "X" and "XLAEigen" in threads.get((e.get("pid"), e.get("tid")), "")
-         and not e["name"].startswith(("ThunkExecutor", "SlinkyThreadPool", "end:"))]
+  with gzip.open(trace) as f:
+    events = json.load(f)["traceEvents"]
+  threads = {
+    (e["pid"], e["tid"]): e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "thread_name"
+  }
+  ops = [
+    e
+    for e in events
+    if e.get("ph") == "X"
+    and "XLAEigen" in threads.get((e.get("pid"), e.get("tid")), "")
+    and not e["name"].startswith(("ThunkExecutor", "SlinkyThreadPool", "end:"))
+  ]
   shapes = {m.group(1): m.group(2) for m in re.finditer(r"^\s*(?:ROOT )?%?([\w.\-]+) = ([^\n]{0,160})", hlo_text, re.M)}
   total, by_kind = collections.Counter(), collections.Counter()
   for e in ops:
@@ -65,8 +73,10 @@ def summarise(trace: pathlib.Path, hlo_text: str, steps: int, top: int) -> None:
     busy[min(level, 2)] += t - last
     level, last = level + delta, t
   span = sum(busy.values()) or 1
-  print(f"op time of XLA's threads: {sum(total.values()) / 1e3 / steps:.2f} ms per step; of the traced span, "
-        + ", ".join(f"{k}{'+' if k == 2 else ''} threads busy {100 * v / span:.0f}%" for k, v in sorted(busy.items())))
+  print(
+    f"op time of XLA's threads: {sum(total.values()) / 1e3 / steps:.2f} ms per step; of the traced span, "
+    + ", ".join(f"{k}{'+' if k == 2 else ''} threads busy {100 * v / span:.0f}%" for k, v in sorted(busy.items()))
+  )
   for k, v in by_kind.most_common():
     print(f"  {v / 1e3 / steps:7.2f} ms/step  {k}")
   print(f"top {top} ops (ms per step, HLO):")

@@ -11,7 +11,7 @@ rounds=${2:-3}
 here=$(pwd)
 out="$here/runs/speed_vs_$base"
 old=$(mktemp -d)/old
-mkdir -p "$out"
+mkdir -p "$out"; rm -f "$out/log"
 git worktree add --detach "$old" "$base" >/dev/null
 trap 'git worktree remove --force "$old"' EXIT
 cache=$(mktemp -d)  # the new version's compilation cache, emptied before each cold run

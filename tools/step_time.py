@@ -30,8 +30,9 @@ def load_config(path: str):
 def step_ms(bench, data, prob, stage: str, steps: int, repeats: int) -> float:
   setup = bench.train_setup(prob, stage)
   step = bench.compile_step(setup)[0]
-  batches = [jax.device_put(b) for b in itertools.islice(data.train_batches(setup.src, setup.batch_size, seed=0,
-                                                                            epoch=1), 8)]
+  batches = [
+    jax.device_put(b) for b in itertools.islice(data.train_batches(setup.src, setup.batch_size, seed=0, epoch=1), 8)
+  ]
   state = setup.state
   for i in range(5):  # warm-up
     state, _ = step(state, setup.frozen, batches[i % 8], setup.active)

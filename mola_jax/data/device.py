@@ -19,10 +19,15 @@ from mola_jax.data.sources import WindowSource
 @functools.partial(jax.jit, static_argnames=("seq_len", "pred_len", "layout"))
 def _gather(values, marks, idx, mask, *, seq_len: int, pred_len: int, layout) -> dict:
   del layout  # keys the compiled program by the active mesh layout, which `constrain` reads while tracing
+
   def window(i):
     cut = jax.lax.dynamic_slice_in_dim
-    return {"x": cut(values, i, seq_len), "x_mark": cut(marks, i, seq_len),
-            "y": cut(values, i + seq_len, pred_len), "y_mark": cut(marks, i + seq_len, pred_len)}
+    return {
+      "x": cut(values, i, seq_len),
+      "x_mark": cut(marks, i, seq_len),
+      "y": cut(values, i + seq_len, pred_len),
+      "y_mark": cut(marks, i + seq_len, pred_len),
+    }
 
   batch = jax.vmap(window)(idx)  # {"x": [B, L, D], "x_mark": [B, L, F], "y": [B, H, D], "y_mark": [B, H, F]}
   if mask is not None:
@@ -45,5 +50,6 @@ class DeviceWindows:
     added as "mask" (an eval batch)."""
     if sharding.current() is not None:  # else jit moves the host arrays itself, for less than device_put costs
       idx, mask = sharding.replicate((idx, mask))
-    return _gather(self.values, self.marks, idx, mask, seq_len=self.seq_len, pred_len=self.pred_len,
-                   layout=sharding.current())
+    return _gather(
+      self.values, self.marks, idx, mask, seq_len=self.seq_len, pred_len=self.pred_len, layout=sharding.current()
+    )

@@ -1,7 +1,7 @@
 """grain pipelines over a WindowSource: shuffled fixed-size train batches, ordered padded+masked eval batches.
 
 Both return a `grain.MapDataset`: iterable, indexable and sliceable, with no worker processes (workers need
-`app.run`; see style.md §3.6). Every function handed to grain is module-level, so pipelines stay picklable.
+`app.run`). Every function handed to grain is module-level, so pipelines stay picklable.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import functools
 import grain
 import numpy as np
 
-from mola_jax.data.sources import DataError, WindowSource
+from mola_jax.data.sources import WindowSource
+from mola_jax.errors import DataError
 
 
 def num_train_batches(src: WindowSource, batch_size: int) -> int:
@@ -41,8 +42,10 @@ def train_batches(src: WindowSource, batch_size: int, *, seed: int, epoch: int, 
   if n == 0:
     raise DataError(f"the train split has {len(src)} windows, fewer than batch_size {batch_size}; lower the batch size")
   if not 0 <= start_batch <= n:
-    raise DataError(f"start_batch {start_batch} is outside this epoch's {n} batches; the checkpoint does not match "
-                    f"this data and batch size")
+    raise DataError(
+      f"start_batch {start_batch} is outside this epoch's {n} batches; the checkpoint does not match "
+      f"this data and batch size"
+    )
   order = train_order(src, batch_size, seed=seed, epoch=epoch).reshape(-1)
   ds = grain.MapDataset.source(order).map(src.__getitem__).batch(batch_size, drop_remainder=True)
   return ds[start_batch:]
@@ -56,7 +59,7 @@ def train_order(src: WindowSource, batch_size: int, *, seed: int, epoch: int) ->
   if n == 0:
     raise DataError(f"the train split has {len(src)} windows, fewer than batch_size {batch_size}; lower the batch size")
   order = np.random.default_rng(epoch_seed(seed, epoch)).permutation(len(src))
-  return order[:n * batch_size].astype(np.int32).reshape(n, batch_size)
+  return order[: n * batch_size].astype(np.int32).reshape(n, batch_size)
 
 
 def eval_order(src, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -81,6 +84,8 @@ def eval_batches(src: WindowSource, batch_size: int):
   """Every window exactly once, in order; batches as train_batches plus "mask": bool[B]. Never drops a window."""
   if batch_size < 1:
     raise DataError(f"batch_size must be positive, got {batch_size}")
-  return (grain.MapDataset.source(src)
-          .batch(batch_size, drop_remainder=False)
-          .map(functools.partial(pad_with_mask, size=batch_size)))
+  return (
+    grain.MapDataset.source(src)
+    .batch(batch_size, drop_remainder=False)
+    .map(functools.partial(pad_with_mask, size=batch_size))
+  )

@@ -15,19 +15,19 @@ import pathlib
 
 import numpy as np
 import pandas as pd
+from absl import logging
 
-
-class DataError(ValueError):
-  """One-line, user-facing: says what is wrong and what to do."""
-
+from mola_jax.data.synthetic import synthetic_data
+from mola_jax.errors import DataError
 
 # ----------------------------------------------------------------------------------------------------------------
 # Registry
 
 ETT_URL = "https://raw.githubusercontent.com/zhouhaoyi/ETDataset/main/ETT-small/{}"
 AUTOFORMER_HINT = (
-    "download the Autoformer 'all_six_datasets' bundle (linked from the thuml/Autoformer README on GitHub) and put "
-    "{filename} in the folder named by $MOLA_DATA_DIR")
+  "download the Autoformer 'all_six_datasets' bundle (linked from the thuml/Autoformer README on GitHub) and put "
+  "{filename} in the folder named by $MOLA_DATA_DIR"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,32 +41,77 @@ class DatasetInfo:
 
 
 DATASETS: dict[str, DatasetInfo] = {
-    info.name: info for info in (
-        DatasetInfo("ETTh1", "ETTh1.csv", "ett_hour", 7,
-                    ("f18de3ad269cef59bb07b5438d79bb3042d3be49bdeecf01c1cd6d29695ee066",),
-                    ETT_URL.format("ETTh1.csv")),
-        DatasetInfo("ETTh2", "ETTh2.csv", "ett_hour", 7,
-                    ("a3dc2c597b9218c7ce1cd55eb77b283fd459a1d09d753063f944967dd6b9218b",),
-                    ETT_URL.format("ETTh2.csv")),
-        DatasetInfo("ETTm1", "ETTm1.csv", "ett_minute", 7,
-                    ("6ce1759b1a18e3328421d5d75fadcb316c449fcd7cec32820c8dafda71986c9e",),
-                    ETT_URL.format("ETTm1.csv")),
-        DatasetInfo("ETTm2", "ETTm2.csv", "ett_minute", 7,
-                    ("db973ca252c6410a30d0469b13d696cf919648d0f3fd588c60f03fdbdbadd1fd",),
-                    ETT_URL.format("ETTm2.csv")),
-        # Autoformer files ship with CRLF; many git copies are LF-normalised but hold the same numbers.
-        DatasetInfo("weather", "weather.csv", "ratio", 21,
-                    ("34ee981d07313e51da2a50bb600072c8ae4a69cb4b0651f4cb93a069d7a2ba63",
-                     "9b2b19b13e342d9c9b9c51620d42b4be232df7fba30e7f5c4968b7c79ab138ad"), None),
-        DatasetInfo("exchange_rate", "exchange_rate.csv", "ratio", 8,
-                    ("48b4d9d3d508f5104162e85b9a6042e3557fde11aa9f2944eba8c0d0efc89842",
-                     "d55e7aa2641009814a18ba3279431b13f6d413b0eab195b9ff21988d8cf94e97"), None),
-        DatasetInfo("national_illness", "national_illness.csv", "ratio", 7,
-                    ("93601f64d2566dc796ca4305adad8b8560c2db1a1ff04543c3bd813a7263570a",
-                     "8594cecb98c6f2f9dc014eca11c4d5d1e38ad5ce6ed0592d4abe65b146fce395"), None),
-        DatasetInfo("electricity", "electricity.csv", "ratio", 321, (), None),
-        DatasetInfo("traffic", "traffic.csv", "ratio", 862, (), None),
-    )
+  info.name: info
+  for info in (
+    DatasetInfo(
+      "ETTh1",
+      "ETTh1.csv",
+      "ett_hour",
+      7,
+      ("f18de3ad269cef59bb07b5438d79bb3042d3be49bdeecf01c1cd6d29695ee066",),
+      ETT_URL.format("ETTh1.csv"),
+    ),
+    DatasetInfo(
+      "ETTh2",
+      "ETTh2.csv",
+      "ett_hour",
+      7,
+      ("a3dc2c597b9218c7ce1cd55eb77b283fd459a1d09d753063f944967dd6b9218b",),
+      ETT_URL.format("ETTh2.csv"),
+    ),
+    DatasetInfo(
+      "ETTm1",
+      "ETTm1.csv",
+      "ett_minute",
+      7,
+      ("6ce1759b1a18e3328421d5d75fadcb316c449fcd7cec32820c8dafda71986c9e",),
+      ETT_URL.format("ETTm1.csv"),
+    ),
+    DatasetInfo(
+      "ETTm2",
+      "ETTm2.csv",
+      "ett_minute",
+      7,
+      ("db973ca252c6410a30d0469b13d696cf919648d0f3fd588c60f03fdbdbadd1fd",),
+      ETT_URL.format("ETTm2.csv"),
+    ),
+    # Autoformer files ship with CRLF; many git copies are LF-normalised but hold the same numbers.
+    DatasetInfo(
+      "weather",
+      "weather.csv",
+      "ratio",
+      21,
+      (
+        "34ee981d07313e51da2a50bb600072c8ae4a69cb4b0651f4cb93a069d7a2ba63",
+        "9b2b19b13e342d9c9b9c51620d42b4be232df7fba30e7f5c4968b7c79ab138ad",
+      ),
+      None,
+    ),
+    DatasetInfo(
+      "exchange_rate",
+      "exchange_rate.csv",
+      "ratio",
+      8,
+      (
+        "48b4d9d3d508f5104162e85b9a6042e3557fde11aa9f2944eba8c0d0efc89842",
+        "d55e7aa2641009814a18ba3279431b13f6d413b0eab195b9ff21988d8cf94e97",
+      ),
+      None,
+    ),
+    DatasetInfo(
+      "national_illness",
+      "national_illness.csv",
+      "ratio",
+      7,
+      (
+        "93601f64d2566dc796ca4305adad8b8560c2db1a1ff04543c3bd813a7263570a",
+        "8594cecb98c6f2f9dc014eca11c4d5d1e38ad5ce6ed0592d4abe65b146fce395",
+      ),
+      None,
+    ),
+    DatasetInfo("electricity", "electricity.csv", "ratio", 321, (), None),
+    DatasetInfo("traffic", "traffic.csv", "ratio", 862, (), None),
+  )
 }
 
 
@@ -84,9 +129,10 @@ def _verify(info: DatasetInfo, path: pathlib.Path) -> pathlib.Path:
   actual = _sha256(path)
   if actual not in info.sha256:
     raise DataError(
-        f"{path} has sha256 {actual}, expected {' or '.join(info.sha256)}: it is not the canonical {info.filename} "
-        f"(old ETDataset copies have ETTm1/ETTm2 swapped); replace it with the canonical file, or pass it as an "
-        f"explicit custom data path if you really mean to use it")
+      f"{path} has sha256 {actual}, expected {' or '.join(info.sha256)}: it is not the canonical {info.filename} "
+      f"(old ETDataset copies have ETTm1/ETTm2 swapped); replace it with the canonical file, or pass it as an "
+      f"explicit custom data path if you really mean to use it"
+    )
   return path
 
 
@@ -120,20 +166,24 @@ def resolve_path(name: str, path: str | None = None) -> pathlib.Path:
     return _verify(info, p)
   where = f"$MOLA_DATA_DIR ({data_dir})" if data_dir else "$MOLA_DATA_DIR (unset)"
   if info.url is None:
-    raise DataError(f"{info.filename} is not in {where} nor in {cache}; " + AUTOFORMER_HINT.format(
-        filename=info.filename))
+    raise DataError(
+      f"{info.filename} is not in {where} nor in {cache}; " + AUTOFORMER_HINT.format(filename=info.filename)
+    )
   try:
-    got = pooch.retrieve(info.url, known_hash=f"sha256:{info.sha256[0]}", fname=info.filename, path=cache,
-                         progressbar=False)
+    got = pooch.retrieve(
+      info.url, known_hash=f"sha256:{info.sha256[0]}", fname=info.filename, path=cache, progressbar=False
+    )
   except Exception as e:  # network down, HTTP error or hash mismatch: all need the same manual fix
     msg = " ".join(str(e).split())
-    raise DataError(f"could not download {info.filename} from {info.url} ({type(e).__name__}: {msg}); download it "
-                    f"by hand and put it in $MOLA_DATA_DIR") from e
+    raise DataError(
+      f"could not download {info.filename} from {info.url} ({type(e).__name__}: {msg}); download it "
+      f"by hand and put it in $MOLA_DATA_DIR"
+    ) from e
   return pathlib.Path(got)
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Split borders (protocol.md §2)
+# Split borders (docs/protocol.md §2)
 
 ETT_MONTH_HOURS = 30 * 24  # one ETT "month" of hourly rows
 ETT_TRAIN_END = 12 * ETT_MONTH_HOURS  # 8,640
@@ -147,7 +197,7 @@ SPLITS = ("train", "val", "test")
 
 
 def split_borders(kind: str, n_rows: int, seq_len: int, *, parity_quirk: bool = False) -> dict[str, tuple[int, int]]:
-  """{'train': (start, end), 'val': ..., 'test': ...} row ranges, end exclusive, as protocol.md §2.
+  """{'train': (start, end), 'val': ..., 'test': ...} row ranges, end exclusive, as docs/protocol.md §2.
 
   Val and test start `seq_len` rows early so their first input is the tail of the split before; targets never
   overlap. `parity_quirk` (ratio only; ETT ignores it, as the fork's ETT loader has no quirk) starts train at row 1
@@ -166,13 +216,18 @@ def split_borders(kind: str, n_rows: int, seq_len: int, *, parity_quirk: bool = 
     n_test = int(n_rows * TEST_FRACTION)
     n_val = n_rows - n_train - n_test
     train_start = 1 if parity_quirk and (n_train + n_val) % 2 == 1 else 0
-    borders = {"train": (train_start, n_train), "val": (n_train - seq_len, n_train + n_val),
-               "test": (n_rows - n_test - seq_len, n_rows)}
+    borders = {
+      "train": (train_start, n_train),
+      "val": (n_train - seq_len, n_train + n_val),
+      "test": (n_rows - n_test - seq_len, n_rows),
+    }
   else:
     raise DataError(f"unknown split kind {kind!r}; use one of {', '.join(SPLIT_KINDS)}")
   if min(start for start, _ in borders.values()) < 0:
-    raise DataError(f"seq_len {seq_len} is longer than a split allows for {n_rows} rows ({kind} split); "
-                    f"use a shorter seq_len or a longer file")
+    raise DataError(
+      f"seq_len {seq_len} is longer than a split allows for {n_rows} rows ({kind} split); "
+      f"use a shorter seq_len or a longer file"
+    )
   return borders
 
 
@@ -193,7 +248,8 @@ def min_rows(kind: str, seq_len: int, *, parity_quirk: bool = False) -> int | No
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Time features (protocol.md §5, timeF)
+# Time features (docs/protocol.md §5, timeF)
+
 
 def _second_of_minute(idx):
   return idx.second / 59.0 - 0.5
@@ -229,19 +285,19 @@ def _week_of_year(idx):
 
 _HOURLY = (_hour_of_day, _day_of_week, _day_of_month, _day_of_year)
 TIME_FEATURES = {  # freq code -> features in TSLib's column order
-    "s": (_second_of_minute, _minute_of_hour) + _HOURLY,
-    "t": (_minute_of_hour,) + _HOURLY,
-    "min": (_minute_of_hour,) + _HOURLY,
-    "h": _HOURLY,
-    "d": (_day_of_week, _day_of_month, _day_of_year),
-    "b": (_day_of_week, _day_of_month, _day_of_year),
-    "w": (_day_of_month, _week_of_year),
-    "m": (_month_of_year,),
+  "s": (_second_of_minute, _minute_of_hour) + _HOURLY,
+  "t": (_minute_of_hour,) + _HOURLY,
+  "min": (_minute_of_hour,) + _HOURLY,
+  "h": _HOURLY,
+  "d": (_day_of_week, _day_of_month, _day_of_year),
+  "b": (_day_of_week, _day_of_month, _day_of_year),
+  "w": (_day_of_month, _week_of_year),
+  "m": (_month_of_year,),
 }
 
 
 def time_features(dates: pd.DatetimeIndex | np.ndarray, freq: str = "h") -> np.ndarray:
-  """[rows, F] float32 timeF features, each in [-0.5, 0.5], columns in the order of protocol.md §5."""
+  """[rows, F] float32 timeF features, each in [-0.5, 0.5], columns in the order of docs/protocol.md §5."""
   # Accept pandas-style multiples ("15min", "10T", "H"): only the unit picks the features, as in TSLib.
   code = freq.lower().lstrip("0123456789")
   if code not in TIME_FEATURES:
@@ -253,6 +309,7 @@ def time_features(dates: pd.DatetimeIndex | np.ndarray, freq: str = "h") -> np.n
 
 # ----------------------------------------------------------------------------------------------------------------
 # Loading
+
 
 @dataclasses.dataclass(frozen=True, eq=False)  # eq=False: array fields make == ambiguous and the class unhashable
 class Series:
@@ -275,59 +332,122 @@ def _rows_text(rows: np.ndarray, limit: int = 5) -> str:
 def load_csv(path, *, name: str, split: str, seq_len: int, freq: str = "h", parity_quirk: bool = False) -> Series:
   """Read a CSV with a `date` column, order channels ..., OT, split, fit the scaler on TRAIN rows, transform all."""
   data, dates, channels = read_csv(path)
-  return build_series(data, dates, name=name, columns=channels, split=split, seq_len=seq_len, freq=freq,
-                      parity_quirk=parity_quirk, origin=str(path))
+  return build_series(
+    data,
+    dates,
+    name=name,
+    columns=channels,
+    split=split,
+    seq_len=seq_len,
+    freq=freq,
+    parity_quirk=parity_quirk,
+    origin=str(path),
+  )
 
 
 def read_csv(path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
   """A checked CSV -> (values [rows, D] float64, dates [rows] datetime64[ns], channel names with OT last).
 
-  Row numbers in error messages are 0-based data rows (the header is not counted).
+  Every fault is a DataError naming the file, what is wrong and where: unreadable or empty files, no `date`
+  column, no data rows, missing, non-numeric or non-finite values, unparseable dates, and time that goes
+  backwards. A repeated timestamp is a warning. Row numbers in messages are 0-based data rows (the header is not
+  counted).
   """
   path = pathlib.Path(path)
-  # pandas handles CRLF; the weather header's U+FFFD characters are valid UTF-8 and only ever name columns.
-  try:
-    df = pd.read_csv(path)
-  except (OSError, pd.errors.ParserError, UnicodeDecodeError) as e:
-    raise DataError(f"cannot read {path} as CSV: {' '.join(str(e).split())}") from e
-  if "date" not in df.columns:
-    raise DataError(f"{path} has no 'date' column (columns: {', '.join(map(str, df.columns[:10]))}); the first "
-                    f"header field must be 'date'")
+  df = _read_frame(path)
   channels = [c for c in df.columns if c != "date"]
   if "OT" in channels:  # the target last, as TSLib's custom loader does; a no-op for the benchmark files
     channels = [c for c in channels if c != "OT"] + ["OT"]
   if not channels:
     raise DataError(f"{path} has a 'date' column but no data columns")
+  values = _checked_values(path, df[channels], channels)
+  dates = _checked_dates(path, df["date"])
+  return values, dates, tuple(str(c) for c in channels)
 
-  raw = df[channels]
+
+def _read_frame(path: pathlib.Path) -> pd.DataFrame:
+  # pandas handles CRLF; the weather header's U+FFFD characters are valid UTF-8 and only ever name columns.
+  try:
+    df = pd.read_csv(path)
+  except pd.errors.EmptyDataError:
+    raise DataError(f"{path} is empty; give a CSV with a header (date, channels..., OT) and data rows") from None
+  except (OSError, pd.errors.ParserError, UnicodeDecodeError) as e:
+    raise DataError(f"cannot read {path} as CSV: {' '.join(str(e).split())}") from e
+  if "date" not in df.columns:
+    raise DataError(
+      f"{path} has no 'date' column (columns: {', '.join(map(str, df.columns[:10]))}); the first header field "
+      "must be 'date'"
+    )
+  if df.empty:
+    raise DataError(f"{path} has a header but no data rows; give a CSV with data")
+  return df
+
+
+def _checked_values(path: pathlib.Path, raw: pd.DataFrame, channels: list) -> np.ndarray:
+  """[rows, D] float64; missing, non-numeric and non-finite (inf, -inf) values are errors."""
   numeric = raw.apply(pd.to_numeric, errors="coerce")
   missing = raw.isna().to_numpy()  # [rows, D]
   bad = numeric.isna().to_numpy() & ~missing  # present but not a number
-  for mask, what in ((bad, "non-numeric"), (missing, "missing")):
+  values = numeric.to_numpy(np.float64)
+  infinite = np.isinf(values)
+  for mask, what in ((bad, "non-numeric"), (missing, "missing"), (infinite, "non-finite")):
     if mask.any():
-      cols = [c for c, hit in zip(channels, mask.any(axis=0)) if hit]
+      cols = [c for c, hit in zip(channels, mask.any(axis=0), strict=True) if hit]
       rows = np.flatnonzero(mask.any(axis=1))
-      raise DataError(f"{path}: {what} values in column(s) {', '.join(map(repr, cols[:5]))} at data row(s) "
-                      f"{_rows_text(rows)} (0-based, header excluded); fix or fill them in the file")
+      raise DataError(
+        f"{path}: {what} value in column(s) {', '.join(map(repr, cols[:5]))} at data row(s) {_rows_text(rows)} "
+        "(0-based, header excluded); fix or fill them in the file"
+      )
+  return values
 
+
+def _checked_dates(path: pathlib.Path, column: pd.Series) -> np.ndarray:
+  """[rows] datetime64[ns], strictly increasing; unparseable, backwards and repeated stamps are errors."""
   try:
     # No fixed format: ETT writes '2016-07-01 00:00:00', exchange_rate '1990/1/1 0:00'.
-    stamps = pd.to_datetime(df["date"])
+    stamps = pd.to_datetime(column)
   except (ValueError, TypeError):
     # Per-element parsing is slow but only runs on odd files; NaT marks the rows to report.
-    stamps = pd.to_datetime(df["date"], format="mixed", errors="coerce")
+    stamps = pd.to_datetime(column, format="mixed", errors="coerce")
   if stamps.isna().any():
     rows = np.flatnonzero(stamps.isna().to_numpy())
-    raise DataError(f"{path}: missing or unparseable dates at data row(s) {_rows_text(rows)} (0-based, header "
-                    f"excluded), e.g. {df['date'].iloc[rows[0]]!r}; fix them in the file")
-  # pandas 3 infers microsecond resolution; the contract is nanoseconds.
-  dates = stamps.to_numpy().astype("datetime64[ns]")  # [rows]
+    raise DataError(
+      f"{path}: missing or unparseable dates at data row(s) {_rows_text(rows)} (0-based, header excluded), "
+      f"e.g. {column.iloc[rows[0]]!r}; fix them in the file"
+    )
+  dates = stamps.to_numpy().astype("datetime64[ns]")  # pandas 3 infers microseconds; the contract is ns
+  # Windows are cut by position: rows out of time order would silently scramble the series. A repeated stamp is
+  # only reported: the field's weather.csv has one (data row 19044), and refusing it would refuse the benchmark.
+  step = np.diff(dates)
+  backwards, repeated = np.flatnonzero(step < np.timedelta64(0)) + 1, np.flatnonzero(step == np.timedelta64(0)) + 1
+  if len(backwards):
+    row = int(backwards[0])
+    raise DataError(
+      f"{path}: time goes backwards at data row {row} ({column.iloc[row]!r} after {column.iloc[row - 1]!r}; "
+      "0-based, header excluded); sort the file by date"
+    )
+  if len(repeated):
+    logging.warning(
+      "%s: duplicate time at data row(s) %s (0-based, header excluded), e.g. %r; the rows are kept in file order",
+      path,
+      _rows_text(repeated),
+      column.iloc[int(repeated[0])],
+    )
+  return dates
 
-  return numeric.to_numpy(np.float64), dates, tuple(str(c) for c in channels)
 
-
-def build_series(data: np.ndarray, dates: np.ndarray, *, name: str, columns: tuple[str, ...], split: str,
-                 seq_len: int, freq: str = "h", parity_quirk: bool = False, origin: str = "") -> Series:
+def build_series(
+  data: np.ndarray,
+  dates: np.ndarray,
+  *,
+  name: str,
+  columns: tuple[str, ...],
+  split: str,
+  seq_len: int,
+  freq: str = "h",
+  parity_quirk: bool = False,
+  origin: str = "",
+) -> Series:
   """Raw values [rows, D] + dates -> a split, train-standardised Series. Every loader ends here."""
   path = origin or name
   n_rows = len(data)
@@ -335,17 +455,33 @@ def build_series(data: np.ndarray, dates: np.ndarray, *, name: str, columns: tup
   if need is None:
     raise DataError(f"seq_len {seq_len} is too long for the {split} split of any file; use a shorter seq_len")
   if n_rows < need:
-    raise DataError(f"{path} has {n_rows} data rows, but seq_len {seq_len} with the {split} split needs at least "
-                    f"{need} rows for one window per split; use a longer file or a shorter seq_len")
+    raise DataError(
+      f"{path} has {n_rows} data rows, but seq_len {seq_len} with the {split} split needs at least "
+      f"{need} rows for one window per split; use a longer file or a shorter seq_len"
+    )
   borders = split_borders(split, n_rows, seq_len, parity_quirk=parity_quirk)
 
   t0, t1 = borders["train"]
   mean = data[t0:t1].mean(axis=0)  # [D], train rows only: no statistics leak from val/test
   std = data[t0:t1].std(axis=0)  # [D], population std (ddof 0) like sklearn's StandardScaler
+  if (std == 0.0).any():  # centred, not scaled: dividing by 0 would make the column inf
+    constant = [str(c) for c, zero in zip(columns, std == 0.0, strict=True) if zero]
+    logging.warning(
+      "%s: column(s) %s are constant on the training split; they are centred but not scaled", path, ", ".join(constant)
+    )
   std = np.where(std == 0.0, 1.0, std)
   values = ((data - mean) / std).astype(np.float32)  # [rows, D]
-  return Series(name=name, values=values, marks=time_features(dates, freq), dates=dates,
-                columns=columns, mean=mean, std=std, borders=borders, freq=freq)
+  return Series(
+    name=name,
+    values=values,
+    marks=time_features(dates, freq),
+    dates=dates,
+    columns=columns,
+    mean=mean,
+    std=std,
+    borders=borders,
+    freq=freq,
+  )
 
 
 def load_series(data_cfg) -> Series:
@@ -355,9 +491,16 @@ def load_series(data_cfg) -> Series:
   a benchmark file never silently changes its borders.
   """
   if getattr(data_cfg, "name", None) == "synthetic" and getattr(data_cfg, "path", None) is None:
-    from mola_jax.data.synthetic import synthetic_series  # no file at all
-
-    return synthetic_series(data_cfg)
+    values, dates, columns = synthetic_data(data_cfg)  # no file at all
+    return build_series(
+      values,
+      dates,
+      name="synthetic",
+      columns=columns,
+      split="ratio",
+      seq_len=int(data_cfg.seq_len),
+      freq=getattr(data_cfg, "freq", "h") or "h",
+    )
   path = getattr(data_cfg, "path", None)
   seq_len = int(data_cfg.seq_len)
   freq = getattr(data_cfg, "freq", "h") or "h"
@@ -377,11 +520,13 @@ def load_series(data_cfg) -> Series:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Windows (protocol.md §6)
+# Windows (docs/protocol.md §6)
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class WindowSource:
   """Grain random-access source over one split: window i reads rows start+i ... start+i+seq_len+pred_len-1."""
+
   values: np.ndarray  # the whole standardised series [rows, D]
   marks: np.ndarray  # [rows, F]
   start: int  # first row of the split (its border start)
@@ -401,8 +546,12 @@ class WindowSource:
       raise IndexError(f"window {i} out of range for {n} windows")
     a = self.start + i
     j, k = a + self.seq_len, a + self.seq_len + self.pred_len
-    return {"x": self.values[a:j], "x_mark": self.marks[a:j],  # [L, D], [L, F]
-            "y": self.values[j:k], "y_mark": self.marks[j:k]}  # [H, D], [H, F]
+    return {
+      "x": self.values[a:j],
+      "x_mark": self.marks[a:j],  # [L, D], [L, F]
+      "y": self.values[j:k],
+      "y_mark": self.marks[j:k],
+    }  # [H, D], [H, F]
 
 
 def window_source(series: Series, split: str, seq_len: int, pred_len: int) -> WindowSource:
@@ -412,11 +561,15 @@ def window_source(series: Series, split: str, seq_len: int, pred_len: int) -> Wi
   # Val starts seq_len rows before train ends, for both split kinds; that recovers the borders' seq_len.
   border_len = series.borders["train"][1] - series.borders["val"][0]
   if seq_len != border_len:
-    raise DataError(f"{series.name} was loaded with seq_len {border_len} but windows ask for {seq_len}; reload "
-                    f"the series with seq_len={seq_len}")
+    raise DataError(
+      f"{series.name} was loaded with seq_len {border_len} but windows ask for {seq_len}; reload "
+      f"the series with seq_len={seq_len}"
+    )
   start, end = series.borders[split]
   src = WindowSource(series.values, series.marks, start, end, seq_len, pred_len)
   if len(src) == 0:
-    raise DataError(f"the {split} split of {series.name} has {end - start} rows, too few for seq_len {seq_len} + "
-                    f"pred_len {pred_len} (needs {seq_len + pred_len}); use a shorter horizon or a longer file")
+    raise DataError(
+      f"the {split} split of {series.name} has {end - start} rows, too few for seq_len {seq_len} + "
+      f"pred_len {pred_len} (needs {seq_len + pred_len}); use a shorter horizon or a longer file"
+    )
   return src

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from mola_jax.data.sources import Series, build_series
-
 
 def synthetic_values(rows: int, channels: int, seed: int = 0, noise: float = 0.1) -> np.ndarray:
   """[rows, channels] float64."""
@@ -19,14 +17,12 @@ def synthetic_values(rows: int, channels: int, seed: int = 0, noise: float = 0.1
   amp_d, amp_w = rng.uniform(0.5, 2.0, (2, channels))
   ph_d, ph_w = rng.uniform(0, 2 * np.pi, (2, channels))
   slope = rng.uniform(-1.0, 1.0, channels) / rows
-  series = (amp_d * np.sin(2 * np.pi * t / 24 + ph_d) + amp_w * np.sin(2 * np.pi * t / 168 + ph_w)
-            + slope * t)
+  series = amp_d * np.sin(2 * np.pi * t / 24 + ph_d) + amp_w * np.sin(2 * np.pi * t / 168 + ph_w) + slope * t
   return series + noise * rng.standard_normal((rows, channels))
 
 
-def synthetic_series(data_cfg) -> Series:
+def synthetic_data(data_cfg) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+  """-> (values [rows, channels], hourly dates [rows], column names with OT last) of `data_cfg`'s size."""
   rows, channels = int(data_cfg.synthetic_rows), int(data_cfg.synthetic_channels)
   dates = np.datetime64("2020-01-01T00:00", "ns") + np.arange(rows) * np.timedelta64(1, "h")
-  return build_series(synthetic_values(rows, channels), dates, name="synthetic",
-                      columns=tuple(f"c{i}" for i in range(channels - 1)) + ("OT",), split="ratio",
-                      seq_len=int(data_cfg.seq_len), freq=getattr(data_cfg, "freq", "h") or "h")
+  return synthetic_values(rows, channels), dates, tuple(f"c{i}" for i in range(channels - 1)) + ("OT",)

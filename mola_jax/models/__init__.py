@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mola_jax.models.adapters import SegmentParam, adapter_factory, no_adapter
+from mola_jax.errors import ConfigError
+from mola_jax.models.adapters import SegmentParam, adapter_factory, no_adapter, segment_rows
 from mola_jax.models.dlinear import DLinear
 from mola_jax.models.itransformer import ITransformer
 from mola_jax.models.layers import Ctx
@@ -16,10 +17,10 @@ from mola_jax.models.patchtst import PatchTST
 from mola_jax.models.transformer import Transformer
 
 BACKBONES = {
-    "itransformer": ITransformer,
-    "patchtst": PatchTST,
-    "dlinear": DLinear,
-    "transformer": Transformer,
+  "itransformer": ITransformer,
+  "patchtst": PatchTST,
+  "dlinear": DLinear,
+  "transformer": Transformer,
 }
 
 # A backbone class declares the layer groups its dense layers belong to (GROUPS: the names it passes to
@@ -37,6 +38,19 @@ def adapted_groups(cfg) -> tuple[str, ...]:
   return tuple(cfg.mola.targets) if cfg.mola.targets is not None else layer_groups(cfg.backbone)[1]
 
 
+def validate(cfg) -> None:
+  """ConfigError for a backbone or a layer group that does not exist."""
+  if cfg.backbone not in BACKBONES:
+    raise ConfigError(f"unknown backbone {cfg.backbone!r}; use one of {', '.join(sorted(BACKBONES))}")
+  if cfg.mola.targets is not None:
+    offered, default = layer_groups(cfg.backbone)
+    bad = set(cfg.mola.targets) - set(offered)
+    if bad:
+      raise ConfigError(
+        f"unknown mola.targets {sorted(bad)} for backbone {cfg.backbone}; it offers {offered} (default {default})"
+      )
+
+
 def build(cfg, *, channels: int, marks: int, pred_len: int, segments: int, rngs: nnx.Rngs) -> nnx.Module:
   """The backbone of `cfg.backbone` with an S-step head; with segments > 0 and an adapting method, every
   targeted dense layer also gets an adapter bank over `segments` segments (stage 2)."""
@@ -46,8 +60,15 @@ def build(cfg, *, channels: int, marks: int, pred_len: int, segments: int, rngs:
     make = adapter_factory(cfg.method, segments, mola)
   else:
     make = no_adapter
-  return BACKBONES[cfg.backbone](cfg.model[cfg.backbone], seq_len=cfg.data.seq_len, pred_len=pred_len, channels=channels,
-                                 marks=marks, rngs=rngs, make_adapter=make)
+  return BACKBONES[cfg.backbone](
+    cfg.model[cfg.backbone],
+    seq_len=cfg.data.seq_len,
+    pred_len=pred_len,
+    channels=channels,
+    marks=marks,
+    rngs=rngs,
+    make_adapter=make,
+  )
 
 
 def predict_per_segment(model: nnx.Module, batch: dict, ctx: Ctx) -> jax.Array:
@@ -58,8 +79,8 @@ def predict_per_segment(model: nnx.Module, batch: dict, ctx: Ctx) -> jax.Array:
   ids = ctx.ids()
   outs = []
   for k in range(ctx.segments):
-    one = nnx.merge(graphdef, jax.tree.map(lambda v: v[k:k + 1], seg), rest)
-    pass_ctx = dataclasses.replace(ctx, segments=1, segment_ids=ids[k:k + 1], site=0)
+    one = nnx.merge(graphdef, segment_rows(seg, slice(k, k + 1)), rest)
+    pass_ctx = dataclasses.replace(ctx, segments=1, segment_ids=ids[k : k + 1], site=0)
     outs.append(predict(one, batch, pass_ctx))  # [B, 1, S, D]
   return jnp.concatenate(outs, axis=1)
 
@@ -71,5 +92,4 @@ def predict(model: nnx.Module, batch: dict, ctx: Ctx) -> jax.Array:
   return out.swapaxes(0, 1)
 
 
-__all__ = ["BACKBONES", "Ctx", "SegmentParam", "adapted_groups", "build", "layer_groups", "predict"]
-
+__all__ = ["BACKBONES", "Ctx", "SegmentParam", "adapted_groups", "build", "layer_groups", "predict", "validate"]

@@ -5,7 +5,7 @@ segments, `h @ (kernel + delta[k]) + bias`, so `Dense` and every backbone stay u
 bank also exposes `delta() -> [K, d_in, d_out]`, all K segments' weight deltas from one einsum (for per-segment
 selection and export).
 
-Two ways to apply a bank, with the same result up to float rounding (method.md §12):
+Two ways to apply a bank, with the same result up to float rounding (docs/method.md §12):
 - merged: `h @ (kernel + delta[k])`, one matmul of the layer's own shape per segment, as the official code does.
   Best for small layers (iTransformer's 128 x 128): it costs what the frozen layer costs, and a separate adapter
   term would double that. In a low-precision compute dtype the delta keeps a term of its own instead
@@ -35,12 +35,17 @@ def use_factored(total_rank: int, d_in: int, d_out: int, choice: bool | None = N
   return bool(choice) if choice is not None else 2 * total_rank * (d_in + d_out) <= d_in * d_out
 
 
+def segment_axis(h: jax.Array) -> tuple[jax.Array, str]:
+  """h [K', ..., d] -> (h, "k") when it carries the segment axis, (h[0], "") when it is a shared prefix (K' = 1),
+  so that one einsum string f"{k}...i,..." serves both: the shared input is contracted once for all segments."""
+  return (h[0], "") if h.shape[0] == 1 else (h, "k")
+
+
 def apply_delta(h: jax.Array, delta: jax.Array) -> jax.Array:
   """h [K', ..., d_in] (K' = 1: a shared prefix feeding every segment, or K), delta [K, d_in, d_out]
   -> [K, ..., d_out]."""
-  if h.shape[0] == 1:
-    return jnp.einsum("...i,kio->k...o", h[0], delta)
-  return jnp.einsum("k...i,kio->k...o", h, delta)
+  x, k = segment_axis(h)
+  return jnp.einsum(f"{k}...i,kio->k...o", x, delta)
 
 
 def apply_merged(h: jax.Array, kernel: jax.Array, bias: jax.Array, delta: jax.Array) -> jax.Array:
@@ -55,6 +60,11 @@ class SegmentParam(nnx.LoRAParam):
   """An adapter array with a leading segment axis K; rows of stopped segments are held fixed."""
 
 
+def segment_rows(tree, index):
+  """The rows `index` (an index array or slice) of every per-segment array of `tree` (SegmentParam state)."""
+  return jax.tree.map(lambda v: v[index], tree)
+
+
 # Logical axes (mola_jax/sharding.py): per-segment arrays [K, ., .] and the deltas [K, d_in, d_out] they give.
 PER_SEGMENT = sharding.axes("segment", None, None)
 DELTA_AXES = ("segment", None, None)
@@ -62,26 +72,26 @@ DELTA_AXES = ("segment", None, None)
 
 class MoLABank(nnx.Module):
   """P rank-r experts shared by all segments, mixed per segment by softmax(logits[k]). No router:
-  the mixture weights are free parameters, independent of the input (method.md §4.3)."""
+  the mixture weights are free parameters, independent of the input (docs/method.md §4.3)."""
 
   def __init__(self, d_in, d_out, *, segments, experts, rank, a_std, rngs: nnx.Rngs, factored=None):
     bank = sharding.axes("expert", None, None)  # logical axes for the sharding rules (mola_jax/sharding.py)
     self.a = nnx.LoRAParam(a_std * jax.random.normal(rngs.params(), (experts, d_in, rank)), **bank)  # [P, d_in, r]
     self.b = nnx.LoRAParam(jnp.zeros((experts, rank, d_out)), **bank)  # [P, r, d_out]; 0: starts at the backbone
-    self.logits = SegmentParam(jax.random.normal(rngs.params(), (segments, experts)),
-                               **sharding.axes("segment", "expert"))  # [K, P]
+    self.logits = SegmentParam(
+      jax.random.normal(rngs.params(), (segments, experts)), **sharding.axes("segment", "expert")
+    )  # [K, P]
     self.factored = use_factored(experts * rank, d_in, d_out, factored)
 
-  def __call__(self, h: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:  # [K', ..., d_in] -> [K, ..., d_out]
+  def __call__(
+    self, h: jax.Array, kernel: jax.Array, bias: jax.Array
+  ) -> jax.Array:  # [K', ..., d_in] -> [K, ..., d_out]
     if not self.factored:
       return apply_merged(h, kernel, bias, self.delta())
     mix = jax.nn.softmax(self.logits[...], axis=-1)  # [K, P]
-    if h.shape[0] == 1:  # shared prefix: project once, mix per segment
-      z = jnp.einsum("...i,pir->...pr", h[0], self.a[...])  # [..., P, r]
-      term = jnp.einsum("...pr,kp,pro->k...o", z, mix, self.b[...])
-    else:
-      z = jnp.einsum("k...i,pir->k...pr", h, self.a[...])  # [K, ..., P, r]
-      term = jnp.einsum("k...pr,kp,pro->k...o", z, mix, self.b[...])
+    x, k = segment_axis(h)  # a shared prefix is projected once and mixed per segment
+    z = jnp.einsum(f"{k}...i,pir->{k}...pr", x, self.a[...])  # [K', ..., P, r]
+    term = jnp.einsum(f"{k}...pr,kp,pro->k...o", z, mix, self.b[...])
     return h @ kernel + bias + term  # the frozen matmul once over every segment's rows
 
   def delta(self) -> jax.Array:
@@ -102,13 +112,13 @@ class LoRABank(nnx.Module):
     self.b = SegmentParam(jnp.zeros((segments, rank, d_out)), **PER_SEGMENT)  # [K, r, d_out]
     self.factored = use_factored(rank, d_in, d_out, factored)
 
-  def __call__(self, h: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:  # [K', ..., d_in] -> [K, ..., d_out]
+  def __call__(
+    self, h: jax.Array, kernel: jax.Array, bias: jax.Array
+  ) -> jax.Array:  # [K', ..., d_in] -> [K, ..., d_out]
     if not self.factored:
       return apply_merged(h, kernel, bias, self.delta())
-    if h.shape[0] == 1:
-      z = jnp.einsum("...i,kir->k...r", h[0], self.a[...])  # [K, ..., r]
-    else:
-      z = jnp.einsum("k...i,kir->k...r", h, self.a[...])
+    x, k = segment_axis(h)
+    z = jnp.einsum(f"{k}...i,kir->k...r", x, self.a[...])  # [K, ..., r]
     return h @ kernel + bias + jnp.einsum("k...r,kro->k...o", z, self.b[...])
 
   def delta(self) -> jax.Array:
@@ -124,11 +134,26 @@ def adapter_factory(method: str, segments: int, mola_cfg):
     if group not in targets:
       return None
     if method == "mola":
-      return MoLABank(d_in, d_out, segments=segments, experts=mola_cfg.num_experts, rank=mola_cfg.rank,
-                      a_std=mola_cfg.a_std, rngs=rngs, factored=mola_cfg.get("factored"))
+      return MoLABank(
+        d_in,
+        d_out,
+        segments=segments,
+        experts=mola_cfg.num_experts,
+        rank=mola_cfg.rank,
+        a_std=mola_cfg.a_std,
+        rngs=rngs,
+        factored=mola_cfg.get("factored"),
+      )
     if method == "lora":
-      return LoRABank(d_in, d_out, segments=segments, rank=mola_cfg.rank, a_std=mola_cfg.a_std, rngs=rngs,
-                      factored=mola_cfg.get("factored"))
+      return LoRABank(
+        d_in,
+        d_out,
+        segments=segments,
+        rank=mola_cfg.rank,
+        a_std=mola_cfg.a_std,
+        rngs=rngs,
+        factored=mola_cfg.get("factored"),
+      )
     raise ValueError(f"method {method!r} has no adapters")
 
   return make
@@ -144,7 +169,7 @@ class SegmentDelta(nnx.Module):
   what survives is each segment's delta, not a bank."""
 
   def __init__(self, delta: jax.Array):
-    self.value = nnx.LoRAParam(jnp.asarray(delta), **PER_SEGMENT)
+    self.value = SegmentParam(jnp.asarray(delta), **PER_SEGMENT)  # rows per segment, like every per-segment array
 
   def __call__(self, h: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
     return apply_merged(h, kernel, bias, self.value[...])
@@ -155,8 +180,11 @@ class SegmentDelta(nnx.Module):
 
 def adapted_layers(model: nnx.Module) -> dict[str, nnx.Module]:
   """path -> every layer of `model` that carries an adapter."""
-  return {"/".join(map(str, path)): node for path, node in nnx.iter_graph(model)
-          if isinstance(node, nnx.Module) and getattr(node, "adapter", None) is not None}
+  return {
+    "/".join(map(str, path)): node
+    for path, node in nnx.iter_graph(model)
+    if isinstance(node, nnx.Module) and getattr(node, "adapter", None) is not None
+  }
 
 
 def deltas(model: nnx.Module) -> dict[str, jax.Array]:

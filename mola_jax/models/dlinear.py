@@ -2,7 +2,7 @@
 and seasonal parts, one linear map over time for each, their sum is the forecast. No normalisation, no dropout.
 
 A linear model has no FFN, so under MoLA the adapted layers are its two linear maps themselves (group "linear"):
-segment k forecasts with `W + ΔW_k` for both maps. method.md §13 calls MoLA undefined for DLinear; this is
+segment k forecasts with `W + ΔW_k` for both maps. docs/method.md §13 calls MoLA undefined for DLinear; this is
 the natural reading of "adapt the dense layers" for it, and what `--config.backbone=dlinear` runs.
 """
 
@@ -20,9 +20,10 @@ def moving_average(x: jax.Array, kernel: int) -> jax.Array:
   times at either end, then average every window of `kernel` rows. Same length as x for an odd kernel."""
   pad = (kernel - 1) // 2
   length = x.shape[-2]
-  padded = jnp.concatenate([jnp.repeat(x[..., :1, :], pad, axis=-2), x, jnp.repeat(x[..., -1:, :], pad, axis=-2)],
-                           axis=-2)
-  return sum(padded[..., i:i + length, :] for i in range(kernel)) / kernel
+  padded = jnp.concatenate(
+    [jnp.repeat(x[..., :1, :], pad, axis=-2), x, jnp.repeat(x[..., -1:, :], pad, axis=-2)], axis=-2
+  )
+  return sum(padded[..., i : i + length, :] for i in range(kernel)) / kernel
 
 
 def decompose(x: jax.Array, kernel: int) -> tuple[jax.Array, jax.Array]:
@@ -41,12 +42,13 @@ class DLinear(nnx.Module):
   GROUPS = ("linear",)  # every dense layer of the model: the two maps over time
   ADAPTED_GROUPS = ("linear",)  # adapted when --config.mola.targets is unset
 
-  def __init__(self, cfg, *, seq_len: int, pred_len: int, channels: int, marks: int, rngs: nnx.Rngs,
-               make_adapter):
+  def __init__(self, cfg, *, seq_len: int, pred_len: int, channels: int, marks: int, rngs: nnx.Rngs, make_adapter):
     del marks
-    if cfg.moving_avg % 2 == 0 or not 0 < cfg.moving_avg:
-      raise ValueError(f"dlinear.moving_avg must be odd and positive (TSLib's decomposition keeps the length "
-                       f"only then), got {cfg.moving_avg}")
+    if cfg.moving_avg % 2 == 0 or not cfg.moving_avg > 0:
+      raise ValueError(
+        f"dlinear.moving_avg must be odd and positive (TSLib's decomposition keeps the length "
+        f"only then), got {cfg.moving_avg}"
+      )
 
     def linear() -> Dense:
       layer = Dense(seq_len, pred_len, rngs=rngs, adapter=make_adapter("linear", seq_len, pred_len, rngs))
@@ -69,6 +71,11 @@ class DLinear(nnx.Module):
     if len(self.seasonal) == 1:
       out = self.seasonal[0](seasonal) + self.trend[0](trend)  # [K', B, D, S]
     else:
-      out = jnp.concatenate([s(seasonal[..., i:i + 1, :]) + t(trend[..., i:i + 1, :])
-                             for i, (s, t) in enumerate(zip(self.seasonal, self.trend))], axis=-2)
+      out = jnp.concatenate(
+        [
+          s(seasonal[..., i : i + 1, :]) + t(trend[..., i : i + 1, :])
+          for i, (s, t) in enumerate(zip(self.seasonal, self.trend, strict=True))
+        ],
+        axis=-2,
+      )
     return out.swapaxes(-1, -2)  # [K', B, S, D]

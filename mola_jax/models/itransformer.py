@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mola_jax.models.layers import Ctx, Dense, EncoderLayer, dropout, instance_norm, layer_norm
+from mola_jax.models.layers import Ctx, Dense, dropout, encode, encoder_layers, instance_norm, layer_norm
 
 
 class ITransformer(nnx.Module):
@@ -18,16 +18,12 @@ class ITransformer(nnx.Module):
   """
 
   GROUPS = ("ffn", "attn")  # the encoder FFN and attention projections
-  ADAPTED_GROUPS = ("ffn",)  # the method's placement (method.md §4.2); --config.mola.targets overrides
+  ADAPTED_GROUPS = ("ffn",)  # the method's placement (docs/method.md §4.2); --config.mola.targets overrides
 
-  def __init__(self, cfg, *, seq_len: int, pred_len: int, channels: int, marks: int, rngs: nnx.Rngs,
-               make_adapter):
+  def __init__(self, cfg, *, seq_len: int, pred_len: int, channels: int, marks: int, rngs: nnx.Rngs, make_adapter):
     del channels, marks  # tokens are series, so the sizes do not depend on how many there are
     self.embed = Dense(seq_len, cfg.d_model, rngs=rngs)
-    self.layers = nnx.List([
-        EncoderLayer(cfg.d_model, cfg.d_ff, cfg.n_heads, cfg.dropout, rngs=rngs, make_adapter=make_adapter)
-        for _ in range(cfg.e_layers)
-    ])
+    self.layers = encoder_layers(cfg, rngs=rngs, make_adapter=make_adapter)
     self.norm = layer_norm(cfg.d_model, rngs)
     self.head = Dense(cfg.d_model, pred_len, rngs=rngs)
     self.dropout_rate = cfg.dropout
@@ -43,9 +39,8 @@ class ITransformer(nnx.Module):
     tokens = jnp.concatenate([xn, x_mark], axis=-1).swapaxes(-1, -2)  # [B, D + F, L]
     h = self.embed(tokens[None])  # [1, B, N, d_model]
     h = dropout(ctx.split_segments(h), self.dropout_rate, ctx)
-    for i, layer in enumerate(self.layers):
-      # The head reads the D variate tokens only: in the last layer the time-feature tokens serve as keys and
-      # values but need no output of their own (7 of 11 rows on ETTh1: the same numbers, less work).
-      h = layer(h, ctx, rows=slice(0, d) if i == len(self.layers) - 1 else None)
+    # The head reads the D variate tokens only: in the last layer the time-feature tokens serve as keys and values
+    # but need no output of their own (7 of 11 rows on ETTh1: the same numbers, less work).
+    h = encode(self.layers, h, ctx, last_rows=slice(0, d))
     out = self.head(self.norm(h)).swapaxes(-1, -2)  # [K', B, S, D]
     return out * std + mean

@@ -18,7 +18,6 @@ from flax import nnx
 
 from mola_jax import sharding
 
-
 # The segment id of a prefix that every segment shares (K' = 1, before the segments split): its dropout stream.
 SHARED_SEGMENT = 0xFFFFFFFF
 
@@ -107,8 +106,15 @@ class Dense(nnx.Module):
   """`h @ kernel + bias`, kernel [d_in, d_out]. With an adapter bank, segment k computes `h @ (kernel + delta[k])
   + bias`, the way the bank finds cheapest (merged into the kernel, or factored: adapters.py)."""
 
-  def __init__(self, d_in: int, d_out: int, *, rngs: nnx.Rngs, adapter: nnx.Module | None = None,
-               axes: tuple[str | None, str | None] | None = None):
+  def __init__(
+    self,
+    d_in: int,
+    d_out: int,
+    *,
+    rngs: nnx.Rngs,
+    adapter: nnx.Module | None = None,
+    axes: tuple[str | None, str | None] | None = None,
+  ):
     # axes: logical names of (d_in, d_out) for the sharding rules (mola_jax/sharding.py); None: replicated.
     kernel_axes, bias_axes = (sharding.axes(*axes), sharding.axes(axes[1])) if axes else ({}, {})
     self.kernel = nnx.Param(torch_uniform(rngs.params(), (d_in, d_out), d_in), **kernel_axes)
@@ -159,22 +165,39 @@ class Attention(nnx.Module):
     [rows, d] x [d, 3d] product instead of three of a third of the size (fewer, bigger ops)."""
     if any(dense.adapter is not None for dense in (self.q, self.k, self.v)):
       return self.q(xq), self.k(xkv), self.v(xkv)
-    fused = lambda x, *ds: jnp.split(x @ jnp.concatenate([d.kernel[...] for d in ds], axis=1)
-                                     + jnp.concatenate([d.bias[...] for d in ds]), len(ds), axis=-1)
+    fused = lambda x, *ds: jnp.split(
+      x @ jnp.concatenate([d.kernel[...] for d in ds], axis=1) + jnp.concatenate([d.bias[...] for d in ds]),
+      len(ds),
+      axis=-1,
+    )
     if xq is xkv:  # self-attention over every token
       return tuple(fused(xq, self.q, self.k, self.v))
     return (self.q(xq), *fused(xkv, self.k, self.v))
 
 
+def ffn_layers(d_model: int, d_ff: int, group: str, *, rngs: nnx.Rngs, make_adapter) -> tuple[Dense, Dense]:
+  """The two dense layers of a position-wise FFN (kernel-size-1 convolutions in PyTorch), W1: d_model -> d_ff and
+  W2: d_ff -> d_model, with the logical axes of the sharding rules and the adapters of layer group `group`."""
+  return (
+    Dense(d_model, d_ff, rngs=rngs, adapter=make_adapter(group, d_model, d_ff, rngs), axes=("embed", "mlp")),
+    Dense(d_ff, d_model, rngs=rngs, adapter=make_adapter(group, d_ff, d_model, rngs), axes=("mlp", "embed")),
+  )
+
+
+def feed_forward(ffn1: Dense, ffn2: Dense, x: jax.Array, rate: float, ctx: Ctx) -> jax.Array:
+  """Drop(W2 Drop(GELU(W1 x))): the FFN branch of TSLib's encoder and decoder layers."""
+  y = dropout(gelu(ffn1(x)), rate, ctx)  # the first adapted layer: K' becomes K here
+  return dropout(ffn2(y), rate, ctx)
+
+
 class EncoderLayer(nnx.Module):
-  """TSLib's post-norm encoder layer: x = LN1(x + Drop(Attn(x))); out = LN2(x + Drop(W2 Drop(GELU(W1 x)))).
-  W1/W2 are the position-wise FFN (kernel-size-1 convolutions in PyTorch): the layers MoLA adapts."""
+  """TSLib's post-norm encoder layer: x = LN1(x + Drop(Attn(x))); out = LN2(x + FFN(x)). The FFN's W1/W2 (group
+  "ffn") are the layers MoLA adapts."""
 
   def __init__(self, d_model, d_ff, n_heads, dropout_rate, *, rngs: nnx.Rngs, make_adapter):
     self.attn = Attention(d_model, n_heads, dropout_rate, rngs=rngs, make_adapter=make_adapter)
     self.norm1 = layer_norm(d_model, rngs)
-    self.ffn1 = Dense(d_model, d_ff, rngs=rngs, adapter=make_adapter("ffn", d_model, d_ff, rngs), axes=("embed", "mlp"))
-    self.ffn2 = Dense(d_ff, d_model, rngs=rngs, adapter=make_adapter("ffn", d_ff, d_model, rngs), axes=("mlp", "embed"))
+    self.ffn1, self.ffn2 = ffn_layers(d_model, d_ff, "ffn", rngs=rngs, make_adapter=make_adapter)
     self.norm2 = layer_norm(d_model, rngs)
     self.dropout_rate = dropout_rate
 
@@ -186,9 +209,24 @@ class EncoderLayer(nnx.Module):
     x = sharding.constrain(x, names)
     q = x if rows is None else x[..., rows, :]
     x = self.norm1(q + dropout(self.attn(q, x, ctx), p, ctx))
-    y = dropout(gelu(self.ffn1(x)), p, ctx)  # the first adapted layer: K' becomes K here
-    y = dropout(self.ffn2(y), p, ctx)
-    return sharding.constrain(self.norm2(x + y), names)
+    return sharding.constrain(self.norm2(x + feed_forward(self.ffn1, self.ffn2, x, p, ctx)), names)
+
+
+def encoder_layers(cfg, *, rngs: nnx.Rngs, make_adapter) -> nnx.List:
+  """`cfg.e_layers` encoder layers of a backbone's sizes (d_model, d_ff, n_heads, dropout)."""
+  return nnx.List(
+    [
+      EncoderLayer(cfg.d_model, cfg.d_ff, cfg.n_heads, cfg.dropout, rngs=rngs, make_adapter=make_adapter)
+      for _ in range(cfg.e_layers)
+    ]
+  )
+
+
+def encode(layers: nnx.List, h: jax.Array, ctx: Ctx, last_rows: slice | None = None) -> jax.Array:
+  """The encoder stack; the last layer computes outputs for `last_rows` only (None: every token)."""
+  for i, layer in enumerate(layers):
+    h = layer(h, ctx, rows=last_rows if i == len(layers) - 1 else None)
+  return h
 
 
 def instance_norm(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:

@@ -2,7 +2,7 @@
 series, a post-norm Transformer encoder over each channel's patches whose final norm is a BatchNorm, and a
 flatten head (d_model x patches -> pred_len) shared by all channels.
 
-Adapted layer groups: "ffn" (both FFN dense layers of every encoder layer, the placement method.md §9 lists for
+Adapted layer groups: "ffn" (both FFN dense layers of every encoder layer, the placement docs/method.md §9 lists for
 PatchTST) and "attn" (Q/K/V/O). The patch embedding, the norms and the flatten head are never adapted.
 
 BatchNorm under MoLA: in stage 2 the frozen backbone stays in training mode as in the official code, so the
@@ -18,8 +18,17 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mola_jax.models.layers import (BatchNorm, Ctx, Dense, EncoderLayer, dropout, instance_norm,
-                                    sinusoid_positions, torch_uniform)
+from mola_jax.models.layers import (
+  BatchNorm,
+  Ctx,
+  Dense,
+  dropout,
+  encode,
+  encoder_layers,
+  instance_norm,
+  sinusoid_positions,
+  torch_uniform,
+)
 
 
 def num_patches(seq_len: int, patch_len: int, stride: int) -> int:
@@ -42,8 +51,7 @@ class PatchTST(nnx.Module):
   GROUPS = ("ffn", "attn")
   ADAPTED_GROUPS = ("ffn",)  # adapted when --config.mola.targets is unset
 
-  def __init__(self, cfg, *, seq_len: int, pred_len: int, channels: int, marks: int, rngs: nnx.Rngs,
-               make_adapter):
+  def __init__(self, cfg, *, seq_len: int, pred_len: int, channels: int, marks: int, rngs: nnx.Rngs, make_adapter):
     del channels, marks  # channel-independent: the sizes do not depend on how many channels there are
     if seq_len < cfg.patch_len:
       raise ValueError(f"patchtst.patch_len {cfg.patch_len} is longer than the look-back {seq_len}")
@@ -51,10 +59,7 @@ class PatchTST(nnx.Module):
     self.patches = num_patches(seq_len, cfg.patch_len, cfg.stride)
     # Linear(patch_len -> d_model) without bias, PyTorch's default init.
     self.patch_embed = nnx.Param(torch_uniform(rngs.params(), (cfg.patch_len, cfg.d_model), cfg.patch_len))
-    self.layers = nnx.List([
-        EncoderLayer(cfg.d_model, cfg.d_ff, cfg.n_heads, cfg.dropout, rngs=rngs, make_adapter=make_adapter)
-        for _ in range(cfg.e_layers)
-    ])
+    self.layers = encoder_layers(cfg, rngs=rngs, make_adapter=make_adapter)
     self.norm = BatchNorm(cfg.d_model)
     self.head = Dense(cfg.d_model * self.patches, pred_len, rngs=rngs)
     self.dropout_rate = cfg.dropout  # TSLib also passes it as the head dropout
@@ -69,8 +74,7 @@ class PatchTST(nnx.Module):
     embed = self.patch_embed[...]  # [patch_len, d]
     h = patches @ embed + sinusoid_positions(self.patches, embed.shape[-1])  # [B, D, P, d]
     h = dropout(ctx.split_segments(h[None]), self.dropout_rate, ctx)  # [K', B, D, P, d]
-    for layer in self.layers:  # attention runs over each channel's patches; channels are a batch axis
-      h = layer(h, ctx)
+    h = encode(self.layers, h, ctx)  # attention runs over each channel's patches; channels are a batch axis
     h = self.norm(h, ctx)  # BatchNorm1d(d_model) over (batch, channels, patches), per segment
     h = h.swapaxes(-1, -2).reshape(h.shape[:-2] + (-1,))  # [K', B, D, d * P], TSLib's flatten order
     out = dropout(self.head(h), self.dropout_rate, ctx).swapaxes(-1, -2)  # [K', B, S, D]

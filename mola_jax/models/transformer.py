@@ -4,11 +4,11 @@ to forecast. Both embed values with a circular kernel-3 convolution and add time
 position embeddings. No instance normalisation.
 
 Under MoLA, segment k's decoder receives the same history and zeros but the time features of its own steps
-k*S ... (k+1)*S - 1 (method.md §9), so the decoder carries the segment axis even where no layer is adapted.
+k*S ... (k+1)*S - 1 (docs/method.md §9), so the decoder carries the segment axis even where no layer is adapted.
 
 Adapted layer groups: "ffn" (both FFN dense layers of every encoder layer), "dec_ffn" (the same in every decoder
 layer) and "attn" (Q/K/V/O of every attention, encoder and decoder). Unset targets adapt the encoder and decoder
-FFNs; `--config.mola.targets="('ffn',)"` gives the encoder-only placement that method.md §9 reports for the
+FFNs; `--config.mola.targets="('ffn',)"` gives the encoder-only placement that docs/method.md §9 reports for the
 official MoLA Transformer.
 """
 
@@ -20,8 +20,19 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mola_jax.models.layers import (Attention, Ctx, Dense, EncoderLayer, dropout, gelu, layer_norm,
-                                    sinusoid_positions, torch_uniform)
+from mola_jax.models.layers import (
+  Attention,
+  Ctx,
+  Dense,
+  dropout,
+  encode,
+  encoder_layers,
+  feed_forward,
+  ffn_layers,
+  layer_norm,
+  sinusoid_positions,
+  torch_uniform,
+)
 
 
 class DataEmbedding(nnx.Module):
@@ -50,8 +61,7 @@ class DecoderLayer(nnx.Module):
     self.norm1 = layer_norm(d_model, rngs)
     self.cross_attn = Attention(d_model, n_heads, dropout_rate, rngs=rngs, make_adapter=make_adapter)
     self.norm2 = layer_norm(d_model, rngs)
-    self.ffn1 = Dense(d_model, d_ff, rngs=rngs, adapter=make_adapter("dec_ffn", d_model, d_ff, rngs))
-    self.ffn2 = Dense(d_ff, d_model, rngs=rngs, adapter=make_adapter("dec_ffn", d_ff, d_model, rngs))
+    self.ffn1, self.ffn2 = ffn_layers(d_model, d_ff, "dec_ffn", rngs=rngs, make_adapter=make_adapter)
     self.norm3 = layer_norm(d_model, rngs)
     self.dropout_rate = dropout_rate
 
@@ -64,9 +74,7 @@ class DecoderLayer(nnx.Module):
     q = x[..., rows, :]
     x = self.norm1(q + dropout(self.self_attn(q, x, ctx, mask=causal[rows]), p, ctx))
     x = self.norm2(x + dropout(self.cross_attn(x, enc, ctx), p, ctx))
-    y = dropout(gelu(self.ffn1(x)), p, ctx)
-    y = dropout(self.ffn2(y), p, ctx)
-    return self.norm3(x + y)
+    return self.norm3(x + feed_forward(self.ffn1, self.ffn2, x, p, ctx))
 
 
 class Transformer(nnx.Module):
@@ -75,22 +83,20 @@ class Transformer(nnx.Module):
   GROUPS = ("ffn", "dec_ffn", "attn")
   ADAPTED_GROUPS = ("ffn", "dec_ffn")  # adapted when --config.mola.targets is unset
 
-  def __init__(self, cfg, *, seq_len: int, pred_len: int, channels: int, marks: int, rngs: nnx.Rngs,
-               make_adapter):
+  def __init__(self, cfg, *, seq_len: int, pred_len: int, channels: int, marks: int, rngs: nnx.Rngs, make_adapter):
     if not 0 < cfg.label_len <= seq_len:
       raise ValueError(f"transformer.label_len must be in 1 .. seq_len={seq_len}, got {cfg.label_len}")
     self.label_len, self.pred_len, self.seq_len = cfg.label_len, pred_len, seq_len
     self.enc_embed = DataEmbedding(channels, marks, cfg.d_model, rngs=rngs)
-    self.encoder = nnx.List([
-        EncoderLayer(cfg.d_model, cfg.d_ff, cfg.n_heads, cfg.dropout, rngs=rngs, make_adapter=make_adapter)
-        for _ in range(cfg.e_layers)
-    ])
+    self.encoder = encoder_layers(cfg, rngs=rngs, make_adapter=make_adapter)
     self.enc_norm = layer_norm(cfg.d_model, rngs)
     self.dec_embed = DataEmbedding(channels, marks, cfg.d_model, rngs=rngs)
-    self.decoder = nnx.List([
+    self.decoder = nnx.List(
+      [
         DecoderLayer(cfg.d_model, cfg.d_ff, cfg.n_heads, cfg.dropout, rngs=rngs, make_adapter=make_adapter)
         for _ in range(cfg.d_layers)
-    ])
+      ]
+    )
     self.dec_norm = layer_norm(cfg.d_model, rngs)
     self.projection = Dense(cfg.d_model, channels, rngs=rngs)
     self.dropout_rate = cfg.dropout
@@ -117,9 +123,7 @@ class Transformer(nnx.Module):
     p = self.dropout_rate
     h = self.enc_embed(batch["x"], batch["x_mark"])[None]  # [1, B, L, d]
     h = dropout(ctx.split_segments(h), p, ctx)
-    for layer in self.encoder:
-      h = layer(h, ctx)
-    enc = self.enc_norm(h)  # [K', B, L, d]
+    enc = self.enc_norm(encode(self.encoder, h, ctx))  # [K', B, L, d]
     values, marks = self.decoder_inputs(batch, ctx)
     g = dropout(self.dec_embed(values, marks), p, ctx)  # [K, B, label_len + S, d]
     for i, layer in enumerate(self.decoder):
