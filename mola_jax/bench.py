@@ -1000,5 +1000,10 @@ def markdown(r: dict) -> str:
   return "\n".join(out) + "\n"
 
 
-if __name__ == "__main__":
+def command() -> None:
+  """`mola-bench` / `python -m mola_jax.bench`."""
   cli.config_command(run, "Where bench.json and bench.md go")
+
+
+if __name__ == "__main__":
+  command()

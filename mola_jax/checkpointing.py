@@ -17,6 +17,7 @@ from absl import logging
 from flax import nnx
 
 from mola_jax.errors import CheckpointError
+from mola_jax.models.adapters import AdapterConst
 
 # Keys of `meta` that must agree between a stage-1 checkpoint and the stage-2 model built on it.
 BACKBONE_IDENTITY = ("dataset", "backbone", "model", "seq_len", "segment_len", "channels", "marks")
@@ -122,7 +123,7 @@ def load_backbone(model: nnx.Module, directory: pathlib.Path, expect: dict) -> d
         f"stage-1 checkpoint {directory} has {key}={meta.get(key)!r} but this run needs {expect[key]!r}; "
         "pretrain a matching backbone or point --config.init_from at one"
       )
-  backbone = nnx.state(model, nnx.Not(nnx.LoRAParam))
+  backbone = nnx.state(model, nnx.Not(nnx.Any(nnx.LoRAParam, AdapterConst)))
   want, have = _flat(nnx.to_pure_dict(backbone)), _flat(pure)
   if want != have:
     missing = sorted(set(want) - set(have))[:3]

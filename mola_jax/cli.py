@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import pathlib
 import sys
 
 from absl import flags
@@ -18,10 +19,34 @@ def fail(message: str, code: int = 2):
   sys.exit(code)
 
 
+def resolve_config(value: str) -> str:
+  """`--config` takes a path (configs/etth1.py, optionally :VARIANT) or a built-in config's name (etth1,
+  etth1:fixed_s), which works from any directory once the package is installed."""
+  from mola_jax import configs
+
+  path, sep, variant = value.partition(":")
+  if path.endswith(".py") or "/" in path or pathlib.Path(path).exists():
+    return value
+  if path not in configs.names():
+    fail(f"unknown config {path!r}; give a config file's path or a built-in name: {', '.join(configs.names())}")
+  return str(configs.DIR / f"{path}.py") + sep + variant
+
+
+def _with_config_resolved(argv: list[str]) -> list[str]:
+  out = list(argv)
+  for i, arg in enumerate(out):
+    if arg.startswith("--config="):
+      out[i] = "--config=" + resolve_config(arg.split("=", 1)[1])
+    elif arg == "--config" and i + 1 < len(out):
+      out[i + 1] = resolve_config(out[i + 1])
+  return out
+
+
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl's parser, with unknown flags, config-key typos ("did you mean ...") and bad values as one line."""
+  """absl's parser, with built-in config names, and unknown flags, config-key typos ("did you mean ...") and bad
+  values as one line."""
   try:
-    rest = flags.FLAGS(argv)
+    rest = flags.FLAGS(_with_config_resolved(argv))
   except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
     text = str(e).replace("\\n", ". ").replace("\\", "").replace("'", "")  # a KeyError repr inside an AttributeError
     if "Traceback" in text:  # the config file's get_config raised: keep its last line (the reason)
@@ -47,7 +72,9 @@ def config_command(run, workdir_help: str) -> None:
     with user_errors():
       run(flags.FLAGS.config, flags.FLAGS.workdir)
 
-  config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/etth1.py", lock_config=True)
+  config_flags.DEFINE_config_file(
+    "config", None, "A built-in config's name (etth1, etth1:fixed_s) or a config file's path", lock_config=True
+  )
   flags.DEFINE_string("workdir", None, workdir_help, required=True)
   flags.mark_flag_as_required("config")
   app.run(main, flags_parser=parse_flags)

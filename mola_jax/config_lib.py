@@ -11,7 +11,8 @@ from ml_collections import config_dict
 
 from mola_jax.errors import ConfigError
 
-METHODS = ("mola", "lora", "mtf")
+# mtf: the direct T-step baseline; every other method is stage 2 on a frozen stage-1 model (models/tuners.py).
+METHODS = ("mola", "lora", "mtf", "ia3", "moia3", "adapter", "moadapter", "fourier", "mofourier", "lora_heads")
 STAGES = ("all", "pretrain", "adapt")
 
 # The method's two segment-length options per horizon (docs/method.md §8). The first is the default S; the
@@ -21,7 +22,7 @@ SEGMENT_OPTIONS = {"96": (24, 32), "192": (48, 64), "336": (84, 42), "720": (180
 
 def default() -> ml_collections.ConfigDict:
   cfg = ml_collections.ConfigDict()
-  cfg.method = "mola"  # mola: shared experts + per-segment mixtures; lora: one LoRA per segment; mtf: direct T-step
+  cfg.method = "mola"  # a key of METHODS: mola (shared experts, per-segment mixtures), lora, mtf (direct T-step), ...
   cfg.stage = "all"  # all: stage 1 then stage 2; pretrain or adapt alone. mtf has one stage and ignores this.
   cfg.horizon = 96  # T, the forecast length that is scored
   cfg.segment_len = config_dict.placeholder(int)  # S; unset -> the first of segment_options[horizon]
@@ -109,6 +110,11 @@ def default() -> ml_collections.ConfigDict:
   # for big layers such as PatchTST's 512 x 2048; the materialised [K, d_in, d_out] delta for small ones such as
   # iTransformer's 128 x 128); True / False forces one. Same numbers up to rounding; speed only.
   cfg.mola.factored = config_dict.placeholder(bool)
+  # The other techniques (models/tuners.py). Each starts at the frozen model unless official_init: the official
+  # code's initialisation (random adapter up-projections, N(0, 1) Fourier coefficients, fresh per-segment heads).
+  cfg.mola.official_init = False
+  cfg.mola.fourier_n = 100  # FourierFT: learnable spectral coefficients per spectrum (the official default)
+  cfg.mola.adapter_dim = config_dict.placeholder(int)  # bottleneck width r; unset -> d_model / 4 (the official)
 
   # The study of `python -m mola_jax.reproduce`.
   cfg.reproduce = ml_collections.ConfigDict()
@@ -118,6 +124,12 @@ def default() -> ml_collections.ConfigDict:
   # Another study's workdir whose finished stage-1 and mtf runs are reused when they are the same runs.
   cfg.reproduce.reuse_from = config_dict.placeholder(str)
 
+  # `python -m mola_jax.sweep` (mola_jax/sweep.py): KEY=V1,V2,... items separated by ';'; one key at a time or
+  # every combination ("grid"); seeds as reproduce.num_seeds.
+  cfg.sweep = ml_collections.ConfigDict()
+  cfg.sweep.grid = ""
+  cfg.sweep.mode = "one_at_a_time"
+
   # JAX's persistent compilation cache in the user cache directory (mola_jax/runtime.py): a rerun or the next run
   # of a study loads its compiled steps instead of compiling them again. Speed only; False turns it off.
   cfg.compile_cache = True
@@ -126,6 +138,11 @@ def default() -> ml_collections.ConfigDict:
   # at each epoch's end. A kill loses at most that much work; each save costs the host a few tens of milliseconds.
   cfg.checkpoint_every_seconds = 60.0
   cfg.checkpoint_every_steps = 0  # 0: by time only
+  # Prediction intervals (mola_jax/intervals.py): split-conformal levels calibrated on the validation windows;
+  # () for none. results.json reports their coverage on the test split; forecasts get lower/upper columns.
+  cfg.intervals = (0.8, 0.95)
+  cfg.tensorboard = True  # TensorBoard summaries in <workdir>/tb beside metrics.jsonl
+  cfg.profile_steps = 0  # N > 0: a jax.profiler trace of N steady-state train steps per stage in <workdir>/profile
   cfg.log_every = 50  # steps between progress-bar updates (each one reads a loss back from the device)
 
   # Device mesh and sharding (mola_jax/sharding.py; recipes in launch/README.md).
@@ -216,5 +233,9 @@ def validate(cfg) -> None:
       raise ConfigError(f"{key}.batch_size, {key}.epochs and {key}.lr must be positive")
   if cfg.get("compute_dtype", "float32") not in ("float32", "bfloat16"):
     raise ConfigError(f"unknown compute_dtype {cfg.compute_dtype!r}; use 'float32' or 'bfloat16'")
+  if any(not 0.0 < level < 1.0 for level in cfg.get("intervals", ())):
+    raise ConfigError(
+      f"intervals {tuple(cfg.intervals)}: each level must lie strictly between 0 and 1, e.g. (0.8, 0.95)"
+    )
   if cfg.adapt.selection not in ("any_improved", "per_segment"):
     raise ConfigError(f"unknown adapt.selection {cfg.adapt.selection!r}; use 'any_improved' or 'per_segment'")

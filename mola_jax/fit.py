@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from mola_jax import checkpointing, data, metrics, plan, selection, steps
+from mola_jax import checkpointing, data, metrics, plan, runtime, selection, sharding, steps
 from mola_jax.errors import DataError, Diverged
 from mola_jax.models import adapters
 from mola_jax.stopping import SegmentStopper
@@ -109,13 +109,18 @@ class StageLoop:
     else:
       self.selection = selection.AnyImproved(self.best_mngr, best_dir, meta)
     self.state |= self.selection.carry(self.state)
+    profile_dir = workdir / "profile" / stage.name
+    self.profiler = runtime.StepProfiler(profile_dir, cfg.get("profile_steps", 0) if sharding.is_lead() else 0)
 
   def _eval_states(self, state: dict) -> tuple:
     return (*state["params"], state["stats"], self.frozen)
 
+  def _model(self) -> nnx.Module:
+    return nnx.merge(self.graphdef, *self._eval_states(self.state))
+
   def _model_state(self, bake=None) -> nnx.State:
     """The current model's whole state; `bake`: per-segment deltas that replace the adapters first."""
-    model = nnx.merge(self.graphdef, *self._eval_states(self.state))
+    model = self._model()
     if bake is not None:
       adapters.bake(model, bake)
     return nnx.state(model)
@@ -183,6 +188,7 @@ class StageLoop:
       self.state.update(new)
       losses.append(loss)  # stays on the device; read back at checkpoints and at the epoch's end
       progress.step += 1
+      self.profiler.after_step(progress.step, new)
       progress.batch += 1
       if progress.step % cfg.log_every == 0:
         bar.set_postfix(loss=f"{float(loss):.4f}")
@@ -191,6 +197,7 @@ class StageLoop:
         self._fold(losses, progress)
         self._save_resume(progress)
         saved_at = time.monotonic()
+    self.profiler.stop(self.state)
     self._fold(losses, progress)
 
   def end_epoch(self, progress: Progress) -> None:
@@ -216,6 +223,8 @@ class StageLoop:
       improved=improved,
       seconds=seconds,
     )
+    if name == plan.ADAPT:
+      self.log.mixtures(name, epoch, jax.device_get(adapters.mixture_weights(self._model())))
     note = f" active {int(self.stopper.active.sum())}/{segments}" if segments > 1 else ""
     tqdm.write(
       f"[{name}] epoch {epoch}/{self.recipe.epochs}  train {train_loss:.4f}  val mse {val['mse']:.4f} "

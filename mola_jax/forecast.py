@@ -3,8 +3,9 @@
     python -m mola_jax.forecast --workdir RUN --csv new.csv --out forecast.csv [--roll] [--plots DIR]
 
 Loads RUN's selected model (stage 2 if it has one) and its training scaler, reads the CSV (same columns as
-the training data, a `date` column), and forecasts the T steps after the file's last row. The output CSV holds
-those steps with timestamps continuing at the data's frequency, in the data's original units. With --roll it
+the training data, a `date` column; the training data's checks), and forecasts the T steps after the file's last
+row. The output CSV holds those steps with timestamps continuing at the data's frequency, in the data's original
+units, with the run's prediction-interval bounds (CHANNEL_lower_80, CHANNEL_upper_80, ...). With --roll it
 also forecasts from every T-th row of the file (a backtest: `origin` marks the last known row of each), and
 one PNG per channel shows history and forecast.
 """
@@ -12,9 +13,7 @@ one PNG per channel shows history and forecast.
 from __future__ import annotations
 
 import pathlib
-import warnings
 
-import numpy as np
 import pandas as pd
 from absl import app, flags, logging
 
@@ -22,54 +21,9 @@ from mola_jax import cli, data, workdir
 from mola_jax.inference import Run, load_run
 
 
-def future_dates(dates: np.ndarray, steps: int) -> np.ndarray:
-  """`steps` timestamps after the last one, at the series' own frequency (inferred, else its median step)."""
-  index = pd.DatetimeIndex(dates)
-  with warnings.catch_warnings():  # pandas 3 warns that the return type will change; either type works below
-    warnings.simplefilter("ignore")
-    freq = pd.infer_freq(index[-min(len(index), 50) :]) if len(index) >= 3 else None
-  if freq is not None:
-    return pd.date_range(index[-1], periods=steps + 1, freq=freq)[1:].to_numpy()
-  step = np.median(np.diff(index.to_numpy()))  # irregular stamps: continue at the typical spacing
-  return index[-1].to_datetime64() + step * np.arange(1, steps + 1)
-
-
 def forecast_csv(run: Run, csv_path, *, roll: bool = False) -> pd.DataFrame:
-  """-> DataFrame with columns origin, date and the run's channels (original units)."""
-  values, dates, columns = data.read_csv(csv_path)
-  if tuple(columns) != tuple(run.scaler["columns"]):
-    raise data.DataError(
-      f"{csv_path} has columns {list(columns)}, but the run was trained on "
-      f"{run.scaler['columns']}; give a CSV with the same columns"
-    )
-  seq_len, horizon = run.cfg.data.seq_len, run.horizon
-  if len(values) < seq_len:
-    raise data.DataError(
-      f"{csv_path} has {len(values)} rows, fewer than the look-back of {seq_len}; give at least {seq_len} rows"
-    )
-  mean, std = np.asarray(run.scaler["mean"]), np.asarray(run.scaler["std"])
-  scaled = ((values - mean) / std).astype(np.float32)  # the training split's scaler, never refitted
-  marks = data.time_features(dates, run.scaler["freq"])
-  ends = list(range(seq_len, len(values), horizon)) if roll else []
-  ends.append(len(values))  # the true forecast: after the last row
-  frames = []
-  for end in ends:
-    future = dates[end : end + horizon]
-    if len(future) < horizon:  # past the file's end: continue the calendar
-      future = np.concatenate(
-        [future, future_dates(dates[:end] if len(future) == 0 else future, horizon - len(future))]
-      )
-    batch = {
-      "x": scaled[None, end - seq_len : end],
-      "x_mark": marks[None, end - seq_len : end],
-      "y_mark": data.time_features(future, run.scaler["freq"])[None],
-    }
-    pred = run.forecast(batch)[0] * std + mean  # [T, D], original units
-    frame = pd.DataFrame(pred, columns=list(columns))
-    frame.insert(0, "date", pd.DatetimeIndex(future))
-    frame.insert(0, "origin", pd.Timestamp(dates[end - 1]))
-    frames.append(frame)
-  return pd.concat(frames, ignore_index=True)
+  """-> DataFrame with columns origin, date, the run's channels and their interval bounds (original units)."""
+  return run.forecast_table(data.read_frame(csv_path), roll=roll, name=str(csv_path))
 
 
 def plot(csv_path, forecast: pd.DataFrame, out_dir: pathlib.Path, history: int) -> list[pathlib.Path]:
@@ -87,6 +41,16 @@ def plot(csv_path, forecast: pd.DataFrame, out_dir: pathlib.Path, history: int) 
     ax.plot(dates[-history:], values[-history:, j], color="black", lw=1, label="data")
     for i, (_, part) in enumerate(forecast.groupby("origin")):
       ax.plot(part["date"], part[name], color="tab:red", lw=1, label="forecast" if i == 0 else None)
+      if f"{name}_lower_80" in part:
+        ax.fill_between(
+          part["date"],
+          part[f"{name}_lower_80"],
+          part[f"{name}_upper_80"],
+          color="tab:red",
+          alpha=0.15,
+          lw=0,
+          label="80% interval" if i == 0 else None,
+        )
     ax.set_title(f"{name}")
     ax.legend(fontsize=8)
     fig.autofmt_xdate()
@@ -115,10 +79,15 @@ def main(argv) -> None:
   print(f"{len(forecast)} forecast rows ({run.stage}, T={run.horizon}) -> {out}; {len(pngs)} plots in {pngs[0].parent}")
 
 
-if __name__ == "__main__":
+def command() -> None:
+  """`mola-forecast` / `python -m mola_jax.forecast`."""
   flags.DEFINE_string("workdir", None, "Workdir of a trained run", required=True)
   flags.DEFINE_string("csv", None, "CSV to forecast from (date column + the training columns)", required=True)
   flags.DEFINE_string("out", "forecast.csv", "Output CSV")
   flags.DEFINE_bool("roll", False, "Also forecast from every T-th row of the file (a backtest)")
   flags.DEFINE_string("plots", None, "Folder for the per-channel PNGs (default: beside --out)")
   app.run(main, flags_parser=cli.parse_flags)
+
+
+if __name__ == "__main__":
+  command()

@@ -49,7 +49,7 @@ TABLE_COLUMNS = (
 )
 
 
-def _run_once(cfg, workdir: pathlib.Path) -> dict:
+def run_once(cfg, workdir: pathlib.Path) -> dict:
   """Results of the run in `workdir`, training it first unless it already finished."""
   done = workdir / "results.json"
   if done.is_file():
@@ -63,7 +63,7 @@ def _run_once(cfg, workdir: pathlib.Path) -> dict:
 _PRETRAIN_IDENTITY = ("data.", "pretrain.", "backbone", "seed", "horizon", "segment_len", "method", "stage")
 
 
-def _identity(cfg_json: dict) -> dict:
+def pretrain_identity(cfg_json: dict) -> dict:
   flat = _flat(cfg_json)
   own_model = f"model.{cfg_json['backbone']}."  # the other backbones' sizes do not matter
   return {k: v for k, v in flat.items() if k.startswith(_PRETRAIN_IDENTITY + (own_model,))}
@@ -76,7 +76,7 @@ def _flat(tree, prefix="") -> dict:
   return out
 
 
-def _locate(cfg, cell_cfg, workdir: pathlib.Path, rel: str) -> pathlib.Path:
+def locate(cfg, cell, workdir: pathlib.Path, rel: str) -> pathlib.Path:
   """Where the stage-1 or mtf run `rel` lives: in `reproduce.reuse_from` if that study finished the very same
   run (same data, model, pretrain recipe, seed, S or T), else in this study's own workdir. Studies made before the
   stages had one name keep their stage-1 runs under stage1/ instead of pretrain/; those are found too."""
@@ -84,14 +84,14 @@ def _locate(cfg, cell_cfg, workdir: pathlib.Path, rel: str) -> pathlib.Path:
   if cfg.reproduce.reuse_from:
     for name in names:
       other = pathlib.Path(cfg.reproduce.reuse_from) / name
-      if (other / "results.json").is_file() and _identity(json.loads((other / "config.json").read_text())) == _identity(
-        json.loads(cell_cfg.to_json_best_effort())
-      ):
+      if (other / "results.json").is_file() and pretrain_identity(
+        json.loads((other / "config.json").read_text())
+      ) == pretrain_identity(json.loads(cell.to_json_best_effort())):
         return other
   return next((workdir / name for name in names if (workdir / name / "results.json").is_file()), workdir / rel)
 
 
-def _cell_cfg(cfg, **changes):
+def cell_cfg(cfg, **changes):
   out = copy.deepcopy(cfg)
   with out.unlocked():
     for key, value in changes.items():
@@ -125,7 +125,7 @@ def run(cfg, workdir) -> list[dict]:
   seeds = [cfg.seed + i for i in range(rep.num_seeds)]
   horizons, methods = [int(h) for h in rep.horizons], list(rep.methods)
   for method in methods:  # fail on a bad request before hours of work, not after
-    plan.make(_cell_cfg(cfg, method=method, horizon=horizons[0]))
+    plan.make(cell_cfg(cfg, method=method, horizon=horizons[0]))
   cells = [(seed, h, m) for seed in seeds for h in horizons for m in methods]
   workdir.mkdir(parents=True, exist_ok=True)
   workdir_lib.write_text(workdir / "config.json", cfg.to_json_best_effort(indent=2))
@@ -147,17 +147,17 @@ def run(cfg, workdir) -> list[dict]:
       )
       rel = f"cells/{method}-T{horizon}-S{s}-seed{seed}"
       if method == "mtf":
-        cell = _cell_cfg(cfg, method="mtf", horizon=horizon, segment_len=None, seed=seed, stage="all")
-        cell_dir = _locate(cfg, cell, workdir, rel)
+        cell = cell_cfg(cfg, method="mtf", horizon=horizon, segment_len=None, seed=seed, stage="all")
+        cell_dir = locate(cfg, cell, workdir, rel)
       else:
-        pre = _cell_cfg(cfg, method="mola", horizon=s, segment_len=s, seed=seed, stage="pretrain")
-        stage1 = _locate(cfg, pre, workdir, f"pretrain/S{s}-seed{seed}")
-        _run_once(pre, stage1)
-        cell = _cell_cfg(
+        pre = cell_cfg(cfg, method="mola", horizon=s, segment_len=s, seed=seed, stage="pretrain")
+        stage1 = locate(cfg, pre, workdir, f"pretrain/S{s}-seed{seed}")
+        run_once(pre, stage1)
+        cell = cell_cfg(
           cfg, method=method, horizon=horizon, segment_len=s, seed=seed, stage="adapt", init_from=str(stage1)
         )
         cell_dir = workdir / rel
-      results[(method, horizon, s, seed)] = _run_once(cell, cell_dir)
+      results[(method, horizon, s, seed)] = run_once(cell, cell_dir)
       cell_dirs[(method, horizon, s, seed)] = cell_dir
     if seed == seeds[0]:
       vals = {s: results[(method, horizon, s, seed)]["val_mse"] for s in options}
@@ -175,9 +175,9 @@ def run(cfg, workdir) -> list[dict]:
           }
         )
 
-  _write_csv(workdir / "selection.csv", selection_rows)
+  write_csv(workdir / "selection.csv", selection_rows)
   rows = table_rows(cfg, results, chosen, seeds, horizons, methods)
-  _write_csv(workdir / "table.csv", rows)
+  write_csv(workdir / "table.csv", rows)
   workdir_lib.write_text(workdir / "table.md", table_markdown(rows))
   plot(workdir, results, cell_dirs, chosen, seeds, horizons, methods)
   print((workdir / "table.md").read_text())
@@ -229,7 +229,7 @@ def table_markdown(rows: list[dict]) -> str:
   return "\n".join(lines) + "\n\nBold: the lowest mean test MSE at that horizon.\n"
 
 
-def _write_csv(path: pathlib.Path, rows: list[dict]) -> None:
+def write_csv(path: pathlib.Path, rows: list[dict]) -> None:
   with workdir_lib.atomic(path) as tmp, tmp.open("w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else TABLE_COLUMNS)
     writer.writeheader()
@@ -278,5 +278,10 @@ def plot(workdir: pathlib.Path, results, cell_dirs, chosen, seeds, horizons, met
     plt.close(fig)
 
 
-if __name__ == "__main__":
+def command() -> None:
+  """`mola-reproduce` / `python -m mola_jax.reproduce`."""
   cli.config_command(run, "Directory of the whole study")
+
+
+if __name__ == "__main__":
+  command()

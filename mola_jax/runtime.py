@@ -69,3 +69,29 @@ def compiled_cost(compiled) -> dict:
     "temp_bytes": memory.get("temp_size_in_bytes", -1),
     "memory": memory,
   }
+
+
+class StepProfiler:
+  """A jax.profiler trace of `steps` steady-state train steps into `directory` (`--config.profile_steps=N`): it
+  starts after `skip` steps of the stage (the compile and the first dispatches are not steady state) and stops N
+  steps later, or at the end of the epoch. Open it with TensorBoard's profile plugin or Perfetto (README)."""
+
+  def __init__(self, directory, steps: int, skip: int = 5):
+    self.directory, self.steps, self.skip, self.tracing = directory, steps, skip, False
+
+  def after_step(self, step: int, out) -> None:
+    """Call after each train step with the stage's step count (1-based) and the step's outputs."""
+    if self.steps <= 0:
+      return
+    if step == self.skip and not self.tracing:
+      jax.block_until_ready(out)
+      jax.profiler.start_trace(str(self.directory))
+      self.tracing = True
+    elif self.tracing and step >= self.skip + self.steps:
+      self.stop(out)
+
+  def stop(self, out=None) -> None:
+    if self.tracing:
+      jax.block_until_ready(out)
+      jax.profiler.stop_trace()
+      self.tracing, self.steps = False, 0

@@ -277,8 +277,11 @@ def main(argv) -> None:
     )
 
 
-if __name__ == "__main__":
-  config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/etth1.py", lock_config=True)
+def command() -> None:
+  """`mola-scaling` / `python -m mola_jax.scaling`."""
+  config_flags.DEFINE_config_file(
+    "config", None, "A built-in config's name (etth1, etth1:fixed_s) or a config file's path", lock_config=True
+  )
   flags.DEFINE_string("workdir", None, "Where scaling.csv, scaling.json and scaling.png go", required=True)
   flags.DEFINE_string(
     "meshes",
@@ -295,3 +298,7 @@ if __name__ == "__main__":
   flags.DEFINE_integer("steps", 5, "Timed steps (the median is reported)")
   flags.mark_flag_as_required("config")
   app.run(main, flags_parser=cli.parse_flags)
+
+
+if __name__ == "__main__":
+  command()

@@ -197,19 +197,8 @@ def make_eval_step(
   groups = default_groups() if groups is None else groups
 
   def step(acc, states, batch):
-    if cast is not None:
-      states, batch = cast(states), cast_inputs(cast, batch)
-    seg, *rest = states
-    preds = []
-    for part in split_groups(segments, groups):  # independent passes over groups of segments, as in training
-      model = nnx.merge(graphdef, segment_rows(seg, part), *rest)
-      ids = jnp.arange(part.start, part.stop, dtype=jnp.int32)
-      preds.append(forward(model, batch, Ctx(segments=part.stop - part.start, segment_ids=ids)))  # [B, K_g, S, D]
-    pred = jnp.concatenate(preds, axis=1)  # [B, K, S, D]
-    if cast is not None:
-      pred = pred.astype(jnp.float32)
-    b = pred.shape[0]
-    err = (pred - batch["y"].reshape(pred.shape)).reshape(b, -1, pred.shape[-1])  # [B, T, D]
+    pred = eval_forward(graphdef, states, batch, segments=segments, groups=groups, forward=forward, cast=cast)
+    err = pred - batch["y"]  # [B, T, D]
     real = batch["mask"][:, None, None]  # [B, 1, 1]
     return {
       "sq": acc["sq"] + jnp.sum(jnp.where(real, err**2, 0.0), axis=(0, 2)),  # [T]
@@ -218,6 +207,28 @@ def make_eval_step(
     }
 
   return sharding.jit(step, batch_argnum=2, donate_argnums=0, layout=layout)
+
+
+def eval_forward(graphdef, states, batch, *, segments: int, groups: int, forward=predict, cast=None) -> jax.Array:
+  """The eval-mode forecast [B, T, D] of every window of `batch` (float32), the K segments in `groups`
+  independent passes (as in training)."""
+  if cast is not None:
+    states, batch = cast(states), cast_inputs(cast, batch)
+  seg, *rest = states
+  preds = []
+  for part in split_groups(segments, groups):
+    model = nnx.merge(graphdef, segment_rows(seg, part), *rest)
+    ids = jnp.arange(part.start, part.stop, dtype=jnp.int32)
+    preds.append(forward(model, batch, Ctx(segments=part.stop - part.start, segment_ids=ids)))  # [B, K_g, S, D]
+  pred = jnp.concatenate(preds, axis=1).astype(jnp.float32)  # [B, K, S, D]
+  return pred.reshape(pred.shape[0], -1, pred.shape[-1])
+
+
+@functools.lru_cache(maxsize=32)
+def make_predict_step(graphdef, *, segments: int, compute_dtype: str | None = None, groups: int | None = None):
+  """step(states, batch) -> forecast [B, T, D] of every window of the batch (the eval step's forward pass)."""
+  cast, groups = caster(compute_dtype), default_groups() if groups is None else groups
+  return jax.jit(functools.partial(eval_forward, graphdef, segments=segments, groups=groups, cast=cast))
 
 
 def eval_states(model: nnx.Module, stage: str = "adapt") -> tuple[nnx.GraphDef, tuple]:

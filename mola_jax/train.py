@@ -22,7 +22,7 @@ from flax import nnx
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from mola_jax import checkpointing, cli, data, metrics, plan, runtime, sharding, steps, workdir
+from mola_jax import checkpointing, cli, data, intervals, metrics, plan, runtime, sharding, steps, workdir
 from mola_jax.errors import CheckpointError
 from mola_jax.fit import fit
 from mola_jax.models import build
@@ -75,18 +75,41 @@ def _run(cfg, run_plan: plan.Plan, path: pathlib.Path, overwrite: bool) -> dict:
       workdir.claim(cfg, path, overwrite)
       workdir.write_scaler(path, series)
     sharding.sync("workdir claimed")
-    log = metrics.MetricsLog(path / "metrics.jsonl" if lead else pathlib.Path(os.devnull))
+    tb_dir = path / "tb" if lead and cfg.get("tensorboard", True) else None
+    log = metrics.MetricsLog(path / "metrics.jsonl" if lead else pathlib.Path(os.devnull), tb_dir)
     model, timings = _train_stages(cfg, run_plan, series, path, init_dir, log)
     test = evaluate_split(model, series=series, cfg=cfg, stage=run_plan.final)
     results = _results(cfg, run_plan, series, test, timings)
+    if cfg.get("intervals"):
+      calibration = intervals.calibrate(model, run_plan.final, series=series, cfg=cfg)
+      results["interval_coverage"] = intervals.coverage(model, run_plan.final, calibration, series=series, cfg=cfg)
+      if lead:
+        workdir.write_json(path / "conformal.json", calibration)
     if lead:
       workdir.write_json(path / "results.json", results)
     log.write(stage="test", test_mse=test["mse"], test_mae=test["mae"], windows=test["windows"])
+    log.figure("test/per_step_mse", per_step_figure(test["per_step_mse"], cfg.method))
+    log.close()
   tqdm.write(
     f"test mse {test['mse']:.4f} mae {test['mae']:.4f} on {test['windows']} windows "
     f"({cfg.method}, T={run_plan.final.window}); results in {path / 'results.json'}"
   )
   return results
+
+
+def per_step_figure(per_step_mse: list, label: str):
+  """Test MSE against the forecast step (matplotlib figure)."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(7, 3.5))
+  ax.plot(range(1, len(per_step_mse) + 1), per_step_mse, label=label)
+  ax.set(xlabel="forecast step", ylabel="test MSE", title="Test MSE per forecast step")
+  ax.legend()
+  fig.tight_layout()
+  return fig
 
 
 def _train_stages(cfg, run_plan: plan.Plan, series, path: pathlib.Path, init_dir, log) -> tuple[nnx.Module, dict]:
@@ -129,9 +152,17 @@ def main(argv) -> None:
     train_and_evaluate(cfg, flags.FLAGS.workdir or workdir.default(cfg), overwrite=flags.FLAGS.overwrite)
 
 
-if __name__ == "__main__":  # flags live here so that importing this module (tests, reproduce) defines none
-  config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/etth1.py", lock_config=True)
+def command() -> None:
+  """`mola-train` / `python -m mola_jax.train`. The flags are defined here, not at import, so that importing this
+  module (tests, reproduce, the Python API) defines none."""
+  config_flags.DEFINE_config_file(
+    "config", None, "A built-in config's name (etth1, etth1:fixed_s) or a config file's path", lock_config=True
+  )
   flags.DEFINE_string("workdir", None, "Run directory (default: runs/<dataset>-<backbone>-<method>-...)")
   flags.DEFINE_bool("overwrite", False, "Replace a run of a different config in --workdir instead of refusing")
   flags.mark_flag_as_required("config")
   app.run(main, flags_parser=cli.parse_flags)
+
+
+if __name__ == "__main__":
+  command()

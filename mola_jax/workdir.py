@@ -16,7 +16,18 @@ from mola_jax.errors import CheckpointError
 
 # Where and how a run executes is not what it computes: a run may resume under another mesh or process count, and
 # with other logging, checkpoint, cache or benchmark settings.
-SPEED_ONLY = ("mesh.", "distributed", "bench.", "reproduce.", "log_every", "checkpoint_every_", "compile_cache")
+SPEED_ONLY = (
+  "mesh.",
+  "distributed",
+  "bench.",
+  "sweep.",
+  "reproduce.",
+  "log_every",
+  "checkpoint_every_",
+  "compile_cache",
+  "tensorboard",
+  "profile_steps",
+)
 
 
 def default(cfg) -> str:

@@ -40,7 +40,10 @@ def test_forecast_of_a_known_pattern_matches_the_truth(tmp_path):
   full.iloc[:1600].to_csv(tmp_path / "new.csv", index=False)  # forecast rows 1600..1647, never seen
   out = forecast_csv(load_run(tmp_path / "run"), tmp_path / "new.csv")
   truth = full.iloc[1600:1648]
-  assert list(out.columns) == ["origin", "date", "a", "b", "OT"] and len(out) == 48
+  assert list(out.columns)[:5] == ["origin", "date", "a", "b", "OT"] and len(out) == 48
+  for level in ("80", "95"):  # interval bounds around every channel's forecast
+    for ch in ("a", "b", "OT"):
+      assert (out[f"{ch}_lower_{level}"] < out[ch]).all() and (out[ch] < out[f"{ch}_upper_{level}"]).all()
   assert (out["date"].to_numpy() == truth["date"].to_numpy()).all()  # hourly stamps continue the file
   amplitude = np.array([2.0, 0.5, 30.0])  # errors relative to each channel's daily swing, in its own units
   rel = (out[["a", "b", "OT"]].to_numpy() - truth[["a", "b", "OT"]].to_numpy()) / amplitude
@@ -73,7 +76,8 @@ def test_forecast_cli_on_etth1(data_dir, tmp_path):
   )
   assert proc.returncode == 0, proc.stderr[-2000:]
   out = pd.read_csv(tmp_path / "out" / "fc.csv", parse_dates=["origin", "date"])
-  assert list(out.columns) == ["origin"] + list(raw.columns)
+  assert list(out.columns)[: len(raw.columns) + 1] == ["origin"] + list(raw.columns)
+  assert {"OT_lower_80", "OT_upper_80", "OT_lower_95", "OT_upper_95"} <= set(out.columns)
   last = out[out["origin"] == out["origin"].max()]
   assert len(last) == 48 and last["origin"].iloc[0] == pd.Timestamp(raw["date"].iloc[499])
   assert last["date"].iloc[0] == pd.Timestamp(raw["date"].iloc[499]) + pd.Timedelta(hours=1)

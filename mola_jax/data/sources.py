@@ -353,8 +353,25 @@ def read_csv(path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
   backwards. A repeated timestamp is a warning. Row numbers in messages are 0-based data rows (the header is not
   counted).
   """
+  return checked_frame(read_frame(path), path)
+
+
+def read_frame(path) -> pd.DataFrame:
+  """The CSV as a DataFrame, unchecked; an unreadable or empty file is a DataError."""
   path = pathlib.Path(path)
-  df = _read_frame(path)
+  # pandas handles CRLF; the weather header's U+FFFD characters are valid UTF-8 and only ever name columns.
+  try:
+    return pd.read_csv(path)
+  except pd.errors.EmptyDataError:
+    raise DataError(f"{path} is empty; give a CSV with a header (date, channels..., OT) and data rows") from None
+  except (OSError, pd.errors.ParserError, UnicodeDecodeError) as e:
+    raise DataError(f"cannot read {path} as CSV: {' '.join(str(e).split())}") from e
+
+
+def checked_frame(df: pd.DataFrame, path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+  """A table with a `date` column and data columns -> (values, dates, channels), with read_csv's checks; `path`
+  names the table in messages (a file, or "the DataFrame")."""
+  _check_shape(df, path)
   channels = [c for c in df.columns if c != "date"]
   if "OT" in channels:  # the target last, as TSLib's custom loader does; a no-op for the benchmark files
     channels = [c for c in channels if c != "OT"] + ["OT"]
@@ -365,14 +382,7 @@ def read_csv(path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
   return values, dates, tuple(str(c) for c in channels)
 
 
-def _read_frame(path: pathlib.Path) -> pd.DataFrame:
-  # pandas handles CRLF; the weather header's U+FFFD characters are valid UTF-8 and only ever name columns.
-  try:
-    df = pd.read_csv(path)
-  except pd.errors.EmptyDataError:
-    raise DataError(f"{path} is empty; give a CSV with a header (date, channels..., OT) and data rows") from None
-  except (OSError, pd.errors.ParserError, UnicodeDecodeError) as e:
-    raise DataError(f"cannot read {path} as CSV: {' '.join(str(e).split())}") from e
+def _check_shape(df: pd.DataFrame, path) -> None:
   if "date" not in df.columns:
     raise DataError(
       f"{path} has no 'date' column (columns: {', '.join(map(str, df.columns[:10]))}); the first header field "
@@ -380,10 +390,9 @@ def _read_frame(path: pathlib.Path) -> pd.DataFrame:
     )
   if df.empty:
     raise DataError(f"{path} has a header but no data rows; give a CSV with data")
-  return df
 
 
-def _checked_values(path: pathlib.Path, raw: pd.DataFrame, channels: list) -> np.ndarray:
+def _checked_values(path, raw: pd.DataFrame, channels: list) -> np.ndarray:
   """[rows, D] float64; missing, non-numeric and non-finite (inf, -inf) values are errors."""
   numeric = raw.apply(pd.to_numeric, errors="coerce")
   missing = raw.isna().to_numpy()  # [rows, D]
@@ -401,7 +410,7 @@ def _checked_values(path: pathlib.Path, raw: pd.DataFrame, channels: list) -> np
   return values
 
 
-def _checked_dates(path: pathlib.Path, column: pd.Series) -> np.ndarray:
+def _checked_dates(path, column: pd.Series) -> np.ndarray:
   """[rows] datetime64[ns], strictly increasing; unparseable, backwards and repeated stamps are errors."""
   try:
     # No fixed format: ETT writes '2016-07-01 00:00:00', exchange_rate '1990/1/1 0:00'.

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mola_jax.errors import ConfigError
-from mola_jax.models.adapters import SegmentParam, adapter_factory, no_adapter, segment_rows
+from mola_jax.models import tuners
+from mola_jax.models.adapters import SegmentParam, no_adapter, segment_rows
 from mola_jax.models.dlinear import DLinear
 from mola_jax.models.itransformer import ITransformer
 from mola_jax.models.layers import Ctx
@@ -23,8 +24,9 @@ BACKBONES = {
   "transformer": Transformer,
 }
 
-# A backbone class declares the layer groups its dense layers belong to (GROUPS: the names it passes to
-# make_adapter) and which of them get adapters unless --config.mola.targets says otherwise (ADAPTED_GROUPS).
+# A backbone class declares the layer groups its layers belong to (GROUPS: the names it passes to make_adapter)
+# and which of them get adapters unless --config.mola.targets says otherwise (ADAPTED_GROUPS), and whether it
+# has a head a per-segment head can replace (HEAD).
 
 
 def layer_groups(backbone: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -34,8 +36,13 @@ def layer_groups(backbone: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 
 def adapted_groups(cfg) -> tuple[str, ...]:
-  """The layer groups that get adapters in stage 2: --config.mola.targets if set, else the backbone's default."""
-  return tuple(cfg.mola.targets) if cfg.mola.targets is not None else layer_groups(cfg.backbone)[1]
+  """The layer groups that get adapters in stage 2: --config.mola.targets if set, else the method's default on
+  the backbone (tuners.default_groups)."""
+  if cfg.mola.targets is not None:
+    return tuple(cfg.mola.targets)
+  if cfg.method not in tuners.TUNERS:
+    return ()
+  return tuners.default_groups(cfg.method, *layer_groups(cfg.backbone))
 
 
 def validate(cfg) -> None:
@@ -49,19 +56,37 @@ def validate(cfg) -> None:
       raise ConfigError(
         f"unknown mola.targets {sorted(bad)} for backbone {cfg.backbone}; it offers {offered} (default {default})"
       )
+  if cfg.method not in tuners.TUNERS:
+    return
+  groups, kind = adapted_groups(cfg), tuners.TUNERS[cfg.method]
+  needs = {"ia3": ("attn",) + tuners.FFN_GROUPS, "block": tuners.FFN_GROUPS}.get(kind)
+  if needs is not None and not set(groups) & set(needs):
+    raise ConfigError(
+      f"method {cfg.method} adapts attention or FFN blocks ({', '.join(needs)}); backbone "
+      f"{cfg.backbone} offers {layer_groups(cfg.backbone)[0]}: use mola, lora, fourier or mofourier"
+    )
+  if cfg.method == "lora_heads" and not getattr(BACKBONES[cfg.backbone], "HEAD", False):
+    raise ConfigError(
+      f"method lora_heads gives every segment its own head; backbone {cfg.backbone} has no separate "
+      "head (its linear maps are the model): use lora or mola"
+    )
+  if cfg.adapt.selection == "per_segment" and (kind != "dense" or cfg.method == "lora_heads"):
+    raise ConfigError(
+      f"adapt.selection=per_segment keeps each segment's weight deltas; method {cfg.method} changes "
+      "no weights: use any_improved, or mola, lora, fourier or mofourier"
+    )
 
 
 def build(cfg, *, channels: int, marks: int, pred_len: int, segments: int, rngs: nnx.Rngs) -> nnx.Module:
   """The backbone of `cfg.backbone` with an S-step head; with segments > 0 and an adapting method, every
   targeted dense layer also gets an adapter bank over `segments` segments (stage 2)."""
-  if segments:
-    mola = cfg.mola.copy_and_resolve_references()
-    mola.targets = adapted_groups(cfg)
-    make = adapter_factory(cfg.method, segments, mola)
+  model_cfg = cfg.model[cfg.backbone]
+  if segments and cfg.method in tuners.TUNERS:
+    make = tuners.factory(cfg.method, segments, cfg.mola, adapted_groups(cfg), model_cfg.get("dropout", 0.0))
   else:
     make = no_adapter
   return BACKBONES[cfg.backbone](
-    cfg.model[cfg.backbone],
+    model_cfg,
     seq_len=cfg.data.seq_len,
     pred_len=pred_len,
     channels=channels,

@@ -60,6 +60,11 @@ class SegmentParam(nnx.LoRAParam):
   """An adapter array with a leading segment axis K; rows of stopped segments are held fixed."""
 
 
+class AdapterConst(nnx.Variable):
+  """A fixed array of an adapter (FourierFT's spectral positions): saved with the adapter, never trained, not part
+  of the backbone."""
+
+
 def segment_rows(tree, index):
   """The rows `index` (an index array or slice) of every per-segment array of `tree` (SegmentParam state)."""
   return jax.tree.map(lambda v: v[index], tree)
@@ -125,41 +130,8 @@ class LoRABank(nnx.Module):
     return sharding.constrain(jnp.einsum("kir,kro->kio", self.a[...], self.b[...]), DELTA_AXES)  # [K, d_in, d_out]
 
 
-def adapter_factory(method: str, segments: int, mola_cfg):
-  """-> make(group, d_in, d_out, rngs) that a backbone calls for each of its dense layers. It returns a bank
-  for the layer groups listed in `mola_cfg.targets` ("ffn", "attn") and None otherwise (and for mtf)."""
-  targets = tuple(mola_cfg.targets)
-
-  def make(group: str, d_in: int, d_out: int, rngs: nnx.Rngs):
-    if group not in targets:
-      return None
-    if method == "mola":
-      return MoLABank(
-        d_in,
-        d_out,
-        segments=segments,
-        experts=mola_cfg.num_experts,
-        rank=mola_cfg.rank,
-        a_std=mola_cfg.a_std,
-        rngs=rngs,
-        factored=mola_cfg.get("factored"),
-      )
-    if method == "lora":
-      return LoRABank(
-        d_in,
-        d_out,
-        segments=segments,
-        rank=mola_cfg.rank,
-        a_std=mola_cfg.a_std,
-        rngs=rngs,
-        factored=mola_cfg.get("factored"),
-      )
-    raise ValueError(f"method {method!r} has no adapters")
-
-  return make
-
-
-def no_adapter(group, d_in, d_out, rngs):
+def no_adapter(group, role, d_in, d_out, rngs, heads=None):
+  """The factory of a model without adapters (stage 1, mtf)."""
   return None
 
 
@@ -184,6 +156,16 @@ def adapted_layers(model: nnx.Module) -> dict[str, nnx.Module]:
     "/".join(map(str, path)): node
     for path, node in nnx.iter_graph(model)
     if isinstance(node, nnx.Module) and getattr(node, "adapter", None) is not None
+  }
+
+
+def mixture_weights(model: nnx.Module) -> dict[str, jax.Array]:
+  """path -> softmax(logits) [K, P] of every mixture bank (MoLA, MoIA3, MoAdapter, MoFourier): how segment k mixes
+  the P shared experts."""
+  return {
+    "/".join(map(str, path)): jax.nn.softmax(node.logits[...], axis=-1)
+    for path, node in nnx.iter_graph(model)
+    if isinstance(node, nnx.Module) and getattr(node, "logits", None) is not None
   }
 
 

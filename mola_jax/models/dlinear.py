@@ -51,7 +51,7 @@ class DLinear(nnx.Module):
       )
 
     def linear() -> Dense:
-      layer = Dense(seq_len, pred_len, rngs=rngs, adapter=make_adapter("linear", seq_len, pred_len, rngs))
+      layer = Dense(seq_len, pred_len, rngs=rngs, adapter=make_adapter("linear", "linear", seq_len, pred_len, rngs))
       layer.kernel[...] = jnp.full((seq_len, pred_len), 1.0 / seq_len)  # TSLib's init: every step = the mean
       return layer
 

@@ -19,13 +19,16 @@ class ITransformer(nnx.Module):
 
   GROUPS = ("ffn", "attn")  # the encoder FFN and attention projections
   ADAPTED_GROUPS = ("ffn",)  # the method's placement (docs/method.md §4.2); --config.mola.targets overrides
+  HEAD = True  # lora_heads gives each segment its own
 
   def __init__(self, cfg, *, seq_len: int, pred_len: int, channels: int, marks: int, rngs: nnx.Rngs, make_adapter):
     del channels, marks  # tokens are series, so the sizes do not depend on how many there are
     self.embed = Dense(seq_len, cfg.d_model, rngs=rngs)
     self.layers = encoder_layers(cfg, rngs=rngs, make_adapter=make_adapter)
     self.norm = layer_norm(cfg.d_model, rngs)
-    self.head = Dense(cfg.d_model, pred_len, rngs=rngs)
+    self.head = Dense(
+      cfg.d_model, pred_len, rngs=rngs, adapter=make_adapter("head", "head", cfg.d_model, pred_len, rngs)
+    )
     self.dropout_rate = cfg.dropout
 
   def ffn_shape(self, batch_size: int, channels: int, marks: int) -> tuple[int, int, int]:

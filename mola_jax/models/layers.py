@@ -139,12 +139,12 @@ class Attention(nnx.Module):
   """Full multi-head attention with biased Q/K/V/O projections, scale 1/sqrt(d_head), dropout on the weights."""
 
   def __init__(self, d_model: int, n_heads: int, dropout_rate: float, *, rngs: nnx.Rngs, make_adapter=None):
-    make = make_adapter or (lambda *a: None)
+    make = make_adapter or (lambda *a, **kw: None)
     qkv, out = ("embed", "heads"), ("heads", "embed")  # logical axes of the kernels
-    self.q = Dense(d_model, d_model, rngs=rngs, adapter=make("attn", d_model, d_model, rngs), axes=qkv)
-    self.k = Dense(d_model, d_model, rngs=rngs, adapter=make("attn", d_model, d_model, rngs), axes=qkv)
-    self.v = Dense(d_model, d_model, rngs=rngs, adapter=make("attn", d_model, d_model, rngs), axes=qkv)
-    self.o = Dense(d_model, d_model, rngs=rngs, adapter=make("attn", d_model, d_model, rngs), axes=out)
+    dense = lambda role, axes: Dense(
+      d_model, d_model, rngs=rngs, axes=axes, adapter=make("attn", role, d_model, d_model, rngs, heads=n_heads)
+    )
+    self.q, self.k, self.v, self.o = dense("q", qkv), dense("k", qkv), dense("v", qkv), dense("o", out)
     self.n_heads = n_heads
     self.dropout_rate = dropout_rate
 
@@ -179,15 +179,17 @@ def ffn_layers(d_model: int, d_ff: int, group: str, *, rngs: nnx.Rngs, make_adap
   """The two dense layers of a position-wise FFN (kernel-size-1 convolutions in PyTorch), W1: d_model -> d_ff and
   W2: d_ff -> d_model, with the logical axes of the sharding rules and the adapters of layer group `group`."""
   return (
-    Dense(d_model, d_ff, rngs=rngs, adapter=make_adapter(group, d_model, d_ff, rngs), axes=("embed", "mlp")),
-    Dense(d_ff, d_model, rngs=rngs, adapter=make_adapter(group, d_ff, d_model, rngs), axes=("mlp", "embed")),
+    Dense(d_model, d_ff, rngs=rngs, adapter=make_adapter(group, "ffn1", d_model, d_ff, rngs), axes=("embed", "mlp")),
+    Dense(d_ff, d_model, rngs=rngs, adapter=make_adapter(group, "ffn2", d_ff, d_model, rngs), axes=("mlp", "embed")),
   )
 
 
-def feed_forward(ffn1: Dense, ffn2: Dense, x: jax.Array, rate: float, ctx: Ctx) -> jax.Array:
-  """Drop(W2 Drop(GELU(W1 x))): the FFN branch of TSLib's encoder and decoder layers."""
+def feed_forward(ffn1: Dense, ffn2: Dense, x: jax.Array, rate: float, ctx: Ctx, block=None) -> jax.Array:
+  """Drop(W2 Drop(GELU(W1 x))): the FFN branch of TSLib's encoder and decoder layers; `block` (a bottleneck adapter
+  bank, tuners.BottleneckBank) adds its term to the branch's output, before the residual and the norm."""
   y = dropout(gelu(ffn1(x)), rate, ctx)  # the first adapted layer: K' becomes K here
-  return dropout(ffn2(y), rate, ctx)
+  y = dropout(ffn2(y), rate, ctx)
+  return y if block is None else block(y, ctx)
 
 
 class EncoderLayer(nnx.Module):
@@ -198,6 +200,7 @@ class EncoderLayer(nnx.Module):
     self.attn = Attention(d_model, n_heads, dropout_rate, rngs=rngs, make_adapter=make_adapter)
     self.norm1 = layer_norm(d_model, rngs)
     self.ffn1, self.ffn2 = ffn_layers(d_model, d_ff, "ffn", rngs=rngs, make_adapter=make_adapter)
+    self.ffn_block = make_adapter("ffn", "ffn_block", d_model, d_model, rngs)
     self.norm2 = layer_norm(d_model, rngs)
     self.dropout_rate = dropout_rate
 
@@ -209,7 +212,8 @@ class EncoderLayer(nnx.Module):
     x = sharding.constrain(x, names)
     q = x if rows is None else x[..., rows, :]
     x = self.norm1(q + dropout(self.attn(q, x, ctx), p, ctx))
-    return sharding.constrain(self.norm2(x + feed_forward(self.ffn1, self.ffn2, x, p, ctx)), names)
+    y = feed_forward(self.ffn1, self.ffn2, x, p, ctx, self.ffn_block)
+    return sharding.constrain(self.norm2(x + y), names)
 
 
 def encoder_layers(cfg, *, rngs: nnx.Rngs, make_adapter) -> nnx.List:

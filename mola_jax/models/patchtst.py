@@ -50,6 +50,7 @@ class PatchTST(nnx.Module):
 
   GROUPS = ("ffn", "attn")
   ADAPTED_GROUPS = ("ffn",)  # adapted when --config.mola.targets is unset
+  HEAD = True  # the flatten head: lora_heads gives each segment its own
 
   def __init__(self, cfg, *, seq_len: int, pred_len: int, channels: int, marks: int, rngs: nnx.Rngs, make_adapter):
     del channels, marks  # channel-independent: the sizes do not depend on how many channels there are
@@ -61,7 +62,12 @@ class PatchTST(nnx.Module):
     self.patch_embed = nnx.Param(torch_uniform(rngs.params(), (cfg.patch_len, cfg.d_model), cfg.patch_len))
     self.layers = encoder_layers(cfg, rngs=rngs, make_adapter=make_adapter)
     self.norm = BatchNorm(cfg.d_model)
-    self.head = Dense(cfg.d_model * self.patches, pred_len, rngs=rngs)
+    self.head = Dense(
+      cfg.d_model * self.patches,
+      pred_len,
+      rngs=rngs,
+      adapter=make_adapter("head", "head", cfg.d_model * self.patches, pred_len, rngs),
+    )
     self.dropout_rate = cfg.dropout  # TSLib also passes it as the head dropout
 
   def ffn_shape(self, batch_size: int, channels: int, marks: int) -> tuple[int, int, int]:

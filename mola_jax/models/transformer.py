@@ -62,6 +62,7 @@ class DecoderLayer(nnx.Module):
     self.cross_attn = Attention(d_model, n_heads, dropout_rate, rngs=rngs, make_adapter=make_adapter)
     self.norm2 = layer_norm(d_model, rngs)
     self.ffn1, self.ffn2 = ffn_layers(d_model, d_ff, "dec_ffn", rngs=rngs, make_adapter=make_adapter)
+    self.ffn_block = make_adapter("dec_ffn", "ffn_block", d_model, d_model, rngs)
     self.norm3 = layer_norm(d_model, rngs)
     self.dropout_rate = dropout_rate
 
@@ -74,13 +75,14 @@ class DecoderLayer(nnx.Module):
     q = x[..., rows, :]
     x = self.norm1(q + dropout(self.self_attn(q, x, ctx, mask=causal[rows]), p, ctx))
     x = self.norm2(x + dropout(self.cross_attn(x, enc, ctx), p, ctx))
-    return self.norm3(x + feed_forward(self.ffn1, self.ffn2, x, p, ctx))
+    return self.norm3(x + feed_forward(self.ffn1, self.ffn2, x, p, ctx, self.ffn_block))
 
 
 class Transformer(nnx.Module):
   """batch {"x": [B, L, D], "x_mark": [B, L, F], "y_mark": [B, K*S, F]} -> [K, B, pred_len = S, D]."""
 
   GROUPS = ("ffn", "dec_ffn", "attn")
+  HEAD = True  # the projection: lora_heads gives each segment its own
   ADAPTED_GROUPS = ("ffn", "dec_ffn")  # adapted when --config.mola.targets is unset
 
   def __init__(self, cfg, *, seq_len: int, pred_len: int, channels: int, marks: int, rngs: nnx.Rngs, make_adapter):
@@ -98,7 +100,9 @@ class Transformer(nnx.Module):
       ]
     )
     self.dec_norm = layer_norm(cfg.d_model, rngs)
-    self.projection = Dense(cfg.d_model, channels, rngs=rngs)
+    self.projection = Dense(
+      cfg.d_model, channels, rngs=rngs, adapter=make_adapter("head", "head", cfg.d_model, channels, rngs)
+    )
     self.dropout_rate = cfg.dropout
 
   def ffn_shape(self, batch_size: int, channels: int, marks: int) -> tuple[int, int, int]:

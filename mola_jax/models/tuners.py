@@ -1,0 +1,249 @@
+"""The fine-tuning techniques beyond LoRA, each per segment and as a per-segment mixture of P shared experts
+(docs/method.md §10), and the registry that tells a backbone which bank each of its layers gets.
+
+A backbone asks `make(group, role, d_in, d_out, rngs, heads=...)` for every place a technique can attach:
+  dense roles  q, k, v, o (attention projections), ffn1, ffn2 (FFN), linear (DLinear's maps), head (the head);
+               the bank is called as bank(h, kernel, bias) -> the layer's output for all K segments [K, ..., d_out];
+  block role   ffn_block (after an FFN branch, before its residual and norm); called as bank(y, ctx) -> [K, ..., d].
+`group` is the layer group the role sits in ("ffn", "attn", "dec_ffn", "linear", "head"): `--config.mola.targets`
+picks groups. Every technique starts at the frozen model (zero deltas, unit scales, zero up-projections, zero
+spectra) unless `--config.mola.official_init=True` asks for the official code's initialisation.
+
+| method            | attaches to                           | per segment k                                          |
+|-------------------|---------------------------------------|--------------------------------------------------------|
+| mola / lora       | dense roles of the target groups      | low-rank delta: mixture of P experts / own rank-r pair |
+| ia3 / moia3       | q, v (per head dim) and ffn2's input  | scales l_k: own vector / mixture of P vectors          |
+| adapter/moadapter | ffn_block of the target FFN groups    | bottleneck FFN: own / mixture of P shared ones         |
+| fourier/mofourier | dense roles of the target groups      | Re(ifft2) of a sparse spectrum: own / mixture of P     |
+| lora_heads        | as lora, plus the head                | own head (the stage-1 head + a full delta)             |
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from mola_jax.models.adapters import (
+  PER_SEGMENT,
+  AdapterConst,
+  LoRABank,
+  MoLABank,
+  SegmentParam,
+  apply_delta,
+  apply_merged,
+  segment_axis,
+)
+
+DENSE_ROLES = ("q", "k", "v", "o", "ffn1", "ffn2", "linear")
+FFN_GROUPS = ("ffn", "dec_ffn")
+
+
+def mixture(values: jax.Array, logits: nnx.Variable | None) -> jax.Array:
+  """Per-segment values [K, ...]: the rows themselves, or with `logits` [K, P] the softmax mixture of P rows."""
+  if logits is None:
+    return values
+  return jnp.einsum("kp,p...->k...", jax.nn.softmax(logits[...], axis=-1), values)
+
+
+def _rows(value, experts: int):
+  """A parameter of one row per segment (SegmentParam: stopped segments' rows are held) or per shared expert."""
+  return nnx.LoRAParam(value) if experts else SegmentParam(value, **PER_SEGMENT if value.ndim == 3 else {})
+
+
+def _logits(segments: int, experts: int, rngs) -> SegmentParam | None:
+  return SegmentParam(jax.random.normal(rngs.params(), (segments, experts))) if experts else None  # [K, P]
+
+
+def _per_segment_shape(x: jax.Array, k: int) -> jax.Array:
+  """[K, n] -> [K, 1, ..., 1, n] to broadcast over an activation [K, ..., n] of `k` axes in all."""
+  return x.reshape(x.shape[:1] + (1,) * (k - 2) + x.shape[1:])
+
+
+class IA3Bank(nnx.Module):
+  """IA3: learned scales, initialised to 1. where="output": (h @ W + b) * l_k, the attention's query and value
+  projections, l_k a vector per head dimension shared by the heads (the official code's names say "keys" but it
+  scales the queries); where="input": (h * l_k) @ W + b, the FFN's second layer, i.e. the hidden activation."""
+
+  def __init__(self, d: int, *, where: str, segments: int, experts: int, heads: int | None, rngs: nnx.Rngs):
+    self.where, self.heads = where, heads
+    size = d // heads if heads else d
+    self.scale = _rows(jnp.ones((experts or segments, size)), experts)  # [K or P, size]
+    self.logits = _logits(segments, experts, rngs)
+
+  def scales(self) -> jax.Array:
+    scale = mixture(self.scale[...], self.logits)  # [K, size]
+    return jnp.tile(scale, (1, self.heads)) if self.heads else scale  # [K, d]
+
+  def __call__(self, h: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+    scale = self.scales()
+    if self.where == "output":
+      y = h @ kernel + bias  # [K', ..., d_out]
+      return y * _per_segment_shape(scale, y.ndim)
+    return (h * _per_segment_shape(scale, h.ndim)) @ kernel + bias
+
+
+class BottleneckBank(nnx.Module):
+  """A bottleneck FFN, Drop(W2 Drop(GELU(W1 y + b1)) + b2) with d -> r -> d, added to the FFN branch's output y
+  before the residual and the norm: one per segment, or P shared and mixed per segment. W2, b2 = 0 start at the
+  frozen model; official_init draws them as PyTorch's default init does, as the official adapters do."""
+
+  def __init__(
+    self, d: int, r: int, *, segments: int, experts: int, dropout_rate: float, official_init: bool, rngs: nnx.Rngs
+  ):
+    from mola_jax.models.layers import torch_uniform
+
+    rows = experts or segments
+    self.w1 = _rows(torch_uniform(rngs.params(), (rows, d, r), d), experts)
+    self.b1 = _rows(torch_uniform(rngs.params(), (rows, r), d), experts)
+    up = (lambda shape: torch_uniform(rngs.params(), shape, r)) if official_init else jnp.zeros
+    self.w2, self.b2 = _rows(up((rows, r, d)), experts), _rows(up((rows, d)), experts)
+    self.logits = _logits(segments, experts, rngs)
+    self.dropout_rate = dropout_rate
+
+  def __call__(self, y: jax.Array, ctx) -> jax.Array:  # [K', ..., d] -> [K, ..., d]
+    from mola_jax.models.layers import dropout, gelu
+
+    x, k = segment_axis(y)
+    p = self.dropout_rate
+    if k == "" and (ctx.training or self.logits is None):  # each segment its own input (and dropout masks)
+      x, k = jnp.broadcast_to(y, (ctx.segments,) + y.shape[1:]), "k"
+    if self.logits is None:  # per segment: segment k's input through adapter k
+      z = jnp.einsum("k...i,kir->k...r", x, self.w1[...]) + _per_segment_shape(self.b1[...], x.ndim)
+      out = jnp.einsum("k...r,kro->k...o", dropout(gelu(z), p, ctx), self.w2[...])
+      return y + dropout(out + _per_segment_shape(self.b2[...], x.ndim), p, ctx)
+    # Mixture: every expert on the input, then the segment's softmax mix of their outputs.
+    z = jnp.einsum(f"{k}...i,pir->{k}...pr", x, self.w1[...]) + self.b1[...]  # [(K), ..., P, r]
+    out = jnp.einsum(f"{k}...pr,pro->{k}...po", dropout(gelu(z), p, ctx), self.w2[...]) + self.b2[...]
+    mix = jax.nn.softmax(self.logits[...], axis=-1)  # [K, P]
+    return y + jnp.einsum(f"{k}...po,kp->k...o", dropout(out, p, ctx), mix)
+
+
+class FourierBank(nnx.Module):
+  """FourierFT: n learnable coefficients at fixed random positions of the d_in x d_out weight spectrum; the weight
+  change is Re(ifft2) of that sparse spectrum (no scaling, as the official code). Per segment, or P spectra shared
+  and mixed per segment (the official code has no mixture form). Decided against the official code:
+  - positions are drawn over the whole d_in x d_out grid (its index split is right for square layers only);
+  - one set of positions per layer, shared by its segments (or experts), as the FourierFT paper shares them across
+    layers; the official code draws a set per segment. Shared positions make the bank's rows comparable, let a
+    step that computes a subset of the segments slice the coefficients alone, and make the mixture a mixture of
+    coefficients (the inverse FFT is linear);
+  - coefficients start at 0, the frozen model (official_init: N(0, 1))."""
+
+  def __init__(
+    self, d_in: int, d_out: int, *, segments: int, experts: int, n: int, official_init: bool, rngs: nnx.Rngs
+  ):
+    rows, n = experts or segments, min(n, d_in * d_out)
+    flat = jax.random.choice(rngs.params(), d_in * d_out, (n,), replace=False)  # [n]
+    self.positions = AdapterConst(jnp.stack([flat // d_out, flat % d_out], axis=-1).astype(jnp.int32))  # [n, 2]
+    coef = jax.random.normal(rngs.params(), (rows, n)) if official_init else jnp.zeros((rows, n))
+    self.coef = _rows(coef, experts)  # [rows, n]
+    self.logits = _logits(segments, experts, rngs)
+    self.shape = (d_in, d_out)
+
+  def delta(self) -> jax.Array:  # [K, d_in, d_out]
+    pos, coef = self.positions[...], self.coef[...]
+    if self.logits is not None:
+      coef = jax.nn.softmax(self.logits[...], axis=-1) @ coef  # [K, n]: mixing spectra = mixing their deltas
+    spectrum = jnp.zeros((coef.shape[0], *self.shape), jnp.complex64).at[:, pos[:, 0], pos[:, 1]].set(coef)
+    return jnp.fft.ifft2(spectrum).real.astype(coef.dtype)
+
+  def __call__(self, h: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+    return apply_merged(h, kernel, bias, self.delta())
+
+
+class HeadBank(nnx.Module):
+  """Per-segment heads: segment k forecasts with kernel + D_k and bias + c_k. D_k, c_k = 0: every head starts as
+  the stage-1 head. official_init: fresh heads (PyTorch's default init) that replace it, as the official
+  iTransformerLoraHeader does."""
+
+  def __init__(self, d_in: int, d_out: int, *, segments: int, official_init: bool, rngs: nnx.Rngs):
+    from mola_jax.models.layers import torch_uniform
+
+    self.replace = official_init
+    init = (lambda shape: torch_uniform(rngs.params(), shape, d_in)) if official_init else jnp.zeros
+    self.kernel = SegmentParam(init((segments, d_in, d_out)), **PER_SEGMENT)  # [K, d_in, d_out]
+    self.bias = SegmentParam(init((segments, d_out)))  # [K, d_out]
+
+  def __call__(self, h: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+    out = apply_delta(h, self.kernel[...]) if self.replace else apply_merged(h, kernel, bias, self.kernel[...])
+    return out + _per_segment_shape(self.bias[...], out.ndim)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The registry.
+
+
+def _dense(method: str, segments: int, cfg, d_in: int, d_out: int, rngs):
+  low_rank = {"rank": cfg.rank, "a_std": cfg.a_std, "rngs": rngs, "factored": cfg.get("factored")}
+  if method == "mola":
+    return MoLABank(d_in, d_out, segments=segments, experts=cfg.num_experts, **low_rank)
+  if method in ("lora", "lora_heads"):
+    return LoRABank(d_in, d_out, segments=segments, **low_rank)
+  experts = cfg.num_experts if method == "mofourier" else 0
+  return FourierBank(
+    d_in,
+    d_out,
+    segments=segments,
+    experts=experts,
+    n=cfg.get("fourier_n", 100),
+    official_init=cfg.get("official_init", False),
+    rngs=rngs,
+  )
+
+
+TUNERS = {  # method -> what it attaches to (see the module docstring)
+  "mola": "dense", "lora": "dense", "fourier": "dense", "mofourier": "dense", "lora_heads": "dense",
+  "ia3": "ia3", "moia3": "ia3", "adapter": "block", "moadapter": "block",
+}  # fmt: skip
+
+
+def default_groups(method: str, groups: tuple, adapted: tuple) -> tuple:
+  """The layer groups a method adapts when --config.mola.targets is unset: IA3 scales the attention and the FFN
+  (the official placement), every other method the backbone's own default (its FFN)."""
+  return tuple(g for g in groups if g in ("attn",) + FFN_GROUPS) if TUNERS[method] == "ia3" else adapted
+
+
+def factory(method: str, segments: int, cfg, targets: tuple, dropout_rate: float = 0.0):
+  """-> make(group, role, d_in, d_out, rngs, heads=None) for a backbone to call at each place an adapter can go;
+  it returns the method's bank there, or None."""
+  kind, experts = TUNERS[method], cfg.num_experts if method.startswith("mo") else 0
+
+  def make(group: str, role: str, d_in: int, d_out: int, rngs: nnx.Rngs, heads: int | None = None):
+    if role == "head":
+      return (
+        HeadBank(d_in, d_out, segments=segments, official_init=cfg.get("official_init", False), rngs=rngs)
+        if method == "lora_heads"
+        else None
+      )
+    if group not in targets:
+      return None
+    if kind == "dense" and role in DENSE_ROLES:
+      return _dense(method, segments, cfg, d_in, d_out, rngs)
+    if kind == "ia3" and role in ("q", "v", "ffn2"):
+      where, d = ("output", d_out) if role in ("q", "v") else ("input", d_in)
+      return IA3Bank(
+        d, where=where, segments=segments, experts=experts, heads=heads if where == "output" else None, rngs=rngs
+      )
+    if kind == "block" and role == "ffn_block":
+      r = cfg.get("adapter_dim") or max(1, d_in // 4)
+      return BottleneckBank(
+        d_in,
+        r,
+        segments=segments,
+        experts=experts,
+        dropout_rate=dropout_rate,
+        official_init=cfg.get("official_init", False),
+        rngs=rngs,
+      )
+    return None
+
+  return make
+
+
+def has_delta(bank) -> bool:
+  """Whether a bank's change to its layer is a weight delta (export bakes those into fixed per-segment deltas)."""
+  return hasattr(bank, "delta")
+
+
+__all__ = ["TUNERS", "AdapterConst", "BottleneckBank", "FourierBank", "HeadBank", "IA3Bank", "factory"]
