@@ -74,6 +74,30 @@ def default() -> ml_collections.ConfigDict:
   cfg.model.transformer.d_layers = 1
   cfg.model.transformer.dropout = 0.1
   cfg.model.transformer.label_len = cfg.data.get_ref("label_len")  # known decoder steps; follows data.label_len
+  # Autoformer at TSLib's ETTh1 settings (scripts/long_term_forecast/ETT_script/Autoformer_ETTh1.sh: factor 3).
+  cfg.model.autoformer = ml_collections.ConfigDict()
+  cfg.model.autoformer.d_model = 512  # width of the embeddings and every layer
+  cfg.model.autoformer.d_ff = 2048  # hidden width of the FFNs (encoder: biased, decoder: no bias, as the fork)
+  cfg.model.autoformer.n_heads = 8  # splits Q/K/V for per-head adapters only: auto-correlation averages over heads
+  cfg.model.autoformer.e_layers = 2  # encoder layers
+  cfg.model.autoformer.d_layers = 1  # decoder layers
+  cfg.model.autoformer.factor = 3  # each auto-correlation aggregates int(factor * ln L) delays
+  cfg.model.autoformer.moving_avg = 25  # odd kernel of every series decomposition's moving average
+  cfg.model.autoformer.dropout = 0.1  # embeddings, auto-correlation outputs and FFNs
+  cfg.model.autoformer.label_len = cfg.data.get_ref("label_len")  # known decoder steps; follows data.label_len
+  # Informer: TSLib's Informer_ETTh1.sh on top of run.py's defaults (models/informer.py).
+  cfg.model.informer = ml_collections.ConfigDict()
+  cfg.model.informer.d_model = 512
+  cfg.model.informer.d_ff = 2048
+  cfg.model.informer.n_heads = 8
+  cfg.model.informer.e_layers = 2
+  cfg.model.informer.d_layers = 1
+  # ProbSparse sampling factor c: c * ceil(ln L) queries get real attention, measured on c * ceil(ln L_K) sampled
+  # keys. The ETTh1 script passes 3 (TSLib's run.py default is 1, the paper's 5).
+  cfg.model.informer.factor = 3
+  cfg.model.informer.distil = True  # a distilling conv (L -> (L + 1) // 2 + 1) after each encoder layer but the last
+  cfg.model.informer.dropout = 0.1
+  cfg.model.informer.label_len = cfg.data.get_ref("label_len")  # known decoder steps; follows data.label_len
 
   # Stage 1 (and mtf): an ordinary direct forecaster (docs/method.md §8).
   cfg.pretrain = ml_collections.ConfigDict()
@@ -101,7 +125,7 @@ def default() -> ml_collections.ConfigDict:
   cfg.mola.rank = 8  # r
   cfg.mola.a_std = 0.01  # A ~ N(0, a_std^2), B = 0, no alpha/r scaling
   # Layer groups that get adapters, e.g. ("ffn", "attn"); unset -> the backbone's own ADAPTED_GROUPS (encoder
-  # FFN for iTransformer/PatchTST, encoder + decoder FFN for the Transformer, the linear maps for DLinear).
+  # FFN for iTransformer/PatchTST/Informer, encoder + decoder FFN for the Transformer, the linear maps for DLinear).
   cfg.mola.targets = config_dict.placeholder(tuple)
   # Share the dropout masks of the pre-adapter prefix across segments in training. Off: each segment draws its
   # own, as the official K separate passes do (docs/method.md §12). Eval always shares the prefix (it is exact there).

@@ -25,6 +25,8 @@ def models(method: str, backbone: str = "itransformer", official: bool = False, 
   cfg.method, cfg.backbone, cfg.mola.official_init = method, backbone, official
   cfg.model.patchtst.update(d_model=16, d_ff=32, n_heads=2, e_layers=1)
   cfg.model.transformer.update(d_model=16, d_ff=32, n_heads=2, e_layers=1, d_layers=1)
+  cfg.model.informer.update(d_model=16, d_ff=32, n_heads=2, e_layers=2, d_layers=1)
+  cfg.model.autoformer.update(d_model=16, d_ff=32, n_heads=2, e_layers=1, d_layers=1)
   base = build(cfg, channels=7, marks=4, pred_len=8, segments=0, rngs=nnx.Rngs(0))
   model = build(cfg, channels=7, marks=4, pred_len=8, segments=segments, rngs=nnx.Rngs(1))
   nnx.update(model, nnx.state(base))  # the trained backbone, the adapters as initialised
@@ -66,7 +68,8 @@ def test_every_technique_starts_at_the_frozen_model(method, graph_mode):
 
 @pytest.mark.parametrize("backbone,method", [("patchtst", "moia3"), ("patchtst", "adapter"),
                                              ("transformer", "moadapter"), ("transformer", "lora_heads"),
-                                             ("dlinear", "mofourier")])  # fmt: skip
+                                             ("dlinear", "mofourier"), *[(b, m) for b in ("informer", "autoformer")
+                                                                         for m in METHODS]])  # fmt: skip
 def test_other_backbones_start_at_the_frozen_model_too(backbone, method):
   base, model = models(method, backbone)
   x = batch()

@@ -11,7 +11,9 @@ from flax import nnx
 from mola_jax.errors import ConfigError
 from mola_jax.models import tuners
 from mola_jax.models.adapters import SegmentParam, no_adapter, segment_rows
+from mola_jax.models.autoformer import Autoformer
 from mola_jax.models.dlinear import DLinear
+from mola_jax.models.informer import Informer
 from mola_jax.models.itransformer import ITransformer
 from mola_jax.models.layers import Ctx
 from mola_jax.models.patchtst import PatchTST
@@ -22,6 +24,8 @@ BACKBONES = {
   "patchtst": PatchTST,
   "dlinear": DLinear,
   "transformer": Transformer,
+  "informer": Informer,
+  "autoformer": Autoformer,
 }
 
 # A backbone class declares the layer groups its layers belong to (GROUPS: the names it passes to make_adapter)

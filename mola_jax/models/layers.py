@@ -104,7 +104,8 @@ def torch_uniform(key: jax.Array, shape: tuple[int, ...], fan_in: int) -> jax.Ar
 
 class Dense(nnx.Module):
   """`h @ kernel + bias`, kernel [d_in, d_out]. With an adapter bank, segment k computes `h @ (kernel + delta[k])
-  + bias`, the way the bank finds cheapest (merged into the kernel, or factored: adapters.py)."""
+  + bias`, the way the bank finds cheapest (merged into the kernel, or factored: adapters.py). use_bias=False:
+  no bias (PyTorch's `bias=False`); an adapter bank then gets the constant 0.0 as the bias."""
 
   def __init__(
     self,
@@ -114,17 +115,19 @@ class Dense(nnx.Module):
     rngs: nnx.Rngs,
     adapter: nnx.Module | None = None,
     axes: tuple[str | None, str | None] | None = None,
+    use_bias: bool = True,
   ):
     # axes: logical names of (d_in, d_out) for the sharding rules (mola_jax/sharding.py); None: replicated.
     kernel_axes, bias_axes = (sharding.axes(*axes), sharding.axes(axes[1])) if axes else ({}, {})
     self.kernel = nnx.Param(torch_uniform(rngs.params(), (d_in, d_out), d_in), **kernel_axes)
-    self.bias = nnx.Param(torch_uniform(rngs.params(), (d_out,), d_in), **bias_axes)
+    self.bias = nnx.Param(torch_uniform(rngs.params(), (d_out,), d_in), **bias_axes) if use_bias else None
     self.adapter = adapter
 
   def __call__(self, h: jax.Array) -> jax.Array:  # h: [K', ..., d_in] -> [K' or K, ..., d_out]
+    bias = 0.0 if self.bias is None else self.bias[...]
     if self.adapter is None:
-      return h @ self.kernel[...] + self.bias[...]  # computed once while the prefix is shared
-    return self.adapter(h, self.kernel[...], self.bias[...])  # [K, ..., d_out]
+      return h @ self.kernel[...] + bias  # computed once while the prefix is shared
+    return self.adapter(h, self.kernel[...], bias)  # [K, ..., d_out]
 
 
 def layer_norm(d: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
@@ -175,13 +178,30 @@ class Attention(nnx.Module):
     return (self.q(xq), *fused(xkv, self.k, self.v))
 
 
-def ffn_layers(d_model: int, d_ff: int, group: str, *, rngs: nnx.Rngs, make_adapter) -> tuple[Dense, Dense]:
+def ffn_layers(
+  d_model: int, d_ff: int, group: str, *, rngs: nnx.Rngs, make_adapter, use_bias: bool = True
+) -> tuple[Dense, Dense]:
   """The two dense layers of a position-wise FFN (kernel-size-1 convolutions in PyTorch), W1: d_model -> d_ff and
-  W2: d_ff -> d_model, with the logical axes of the sharding rules and the adapters of layer group `group`."""
-  return (
-    Dense(d_model, d_ff, rngs=rngs, adapter=make_adapter(group, "ffn1", d_model, d_ff, rngs), axes=("embed", "mlp")),
-    Dense(d_ff, d_model, rngs=rngs, adapter=make_adapter(group, "ffn2", d_ff, d_model, rngs), axes=("mlp", "embed")),
+  W2: d_ff -> d_model, with the logical axes of the sharding rules and the adapters of layer group `group`.
+  use_bias=False: convolutions built with `bias=False` (Autoformer's decoder)."""
+  # Each layer's adapter is made right before the layer itself: the order of the draws from `rngs`.
+  first = Dense(
+    d_model,
+    d_ff,
+    rngs=rngs,
+    adapter=make_adapter(group, "ffn1", d_model, d_ff, rngs),
+    axes=("embed", "mlp"),
+    use_bias=use_bias,
   )
+  second = Dense(
+    d_ff,
+    d_model,
+    rngs=rngs,
+    adapter=make_adapter(group, "ffn2", d_ff, d_model, rngs),
+    axes=("mlp", "embed"),
+    use_bias=use_bias,
+  )
+  return first, second
 
 
 def feed_forward(ffn1: Dense, ffn2: Dense, x: jax.Array, rate: float, ctx: Ctx, block=None) -> jax.Array:

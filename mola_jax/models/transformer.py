@@ -35,21 +35,51 @@ from mola_jax.models.layers import (
 )
 
 
+def circular_conv3(x: jax.Array, w: jax.Array) -> jax.Array:
+  """PyTorch's Conv1d(kernel_size=3, padding=1, padding_mode="circular", bias=False) over time, channels last:
+  x [..., T, c_in], w [3, c_in, c_out] (taps t-1, t, t+1) -> [..., T, c_out]."""
+  return jnp.roll(x, 1, axis=-2) @ w[0] + x @ w[1] + jnp.roll(x, -1, axis=-2) @ w[2]
+
+
 class DataEmbedding(nnx.Module):
   """TSLib's DataEmbedding with embed="timeF": circular Conv1d(c_in -> d, kernel 3, no bias) of the values, plus
-  Linear(F -> d, no bias) of the time features, plus fixed sinusoidal positions. Dropout is the caller's."""
+  Linear(F -> d, no bias) of the time features, plus fixed sinusoidal positions. positions=False: TSLib's
+  DataEmbedding_wo_pos (Autoformer), the same without positions. Dropout is the caller's."""
 
-  def __init__(self, c_in: int, marks: int, d_model: int, *, rngs: nnx.Rngs):
+  def __init__(self, c_in: int, marks: int, d_model: int, *, rngs: nnx.Rngs, positions: bool = True):
     # kaiming_normal_(mode="fan_in", nonlinearity="leaky_relu") with slope 0.01, as TSLib initialises the conv.
     std = math.sqrt(2.0 / (1.0 + 0.01**2)) / math.sqrt(3 * c_in)
     self.token = nnx.Param(std * jax.random.normal(rngs.params(), (3, c_in, d_model)))  # taps t-1, t, t+1
     self.temporal = nnx.Param(torch_uniform(rngs.params(), (marks, d_model), marks))
+    self.positions = positions
 
   def __call__(self, x: jax.Array, x_mark: jax.Array) -> jax.Array:
     """x [..., T, c_in], x_mark [..., T, F] (leading axes broadcast) -> [..., T, d]."""
     w = self.token[...]
-    values = jnp.roll(x, 1, axis=-2) @ w[0] + x @ w[1] + jnp.roll(x, -1, axis=-2) @ w[2]  # circular padding
-    return values + x_mark @ self.temporal[...] + sinusoid_positions(x.shape[-2], w.shape[-1])
+    out = circular_conv3(x, w) + x_mark @ self.temporal[...]
+    return (out + sinusoid_positions(x.shape[-2], w.shape[-1])) if self.positions else out
+
+
+def decoder_marks(batch: dict, label_len: int, pred_len: int, ctx: Ctx) -> jax.Array:
+  """The time features of every computed segment's decoder input, [K, B, label_len + S, F]: the last `label_len`
+  look-back steps' (the same for every segment), then segment k's own S steps' (docs/method.md §9). Under
+  training `ctx.segment_ids` may name a subset of the segments: only those are returned."""
+  x_mark, y_mark = batch["x_mark"], batch["y_mark"]
+  b, s = x_mark.shape[0], pred_len
+  future = y_mark.reshape(b, y_mark.shape[1] // s, s, -1).swapaxes(0, 1)  # [K, B, S, F]: segment k's steps
+  if ctx.segment_ids is not None:  # training may compute a subset of the segments
+    future = future[jnp.asarray(ctx.segment_ids)]
+  k = future.shape[0]
+  history = jnp.broadcast_to(x_mark[None, :, -label_len:], (k, b, label_len, x_mark.shape[-1]))
+  return jnp.concatenate([history, future], axis=2)
+
+
+def decoder_inputs(batch: dict, ctx: Ctx, label_len: int, pred_len: int) -> tuple[jax.Array, jax.Array]:
+  """TSLib's generative decoder input -> values [1, B, label_len + S, D] (the last label_len known steps, then
+  zeros; the same for every segment) and marks [K, B, label_len + S, F] (`decoder_marks`)."""
+  x = batch["x"]
+  zeros = jnp.zeros((x.shape[0], pred_len, x.shape[-1]), x.dtype)
+  return jnp.concatenate([x[:, -label_len:], zeros], axis=1)[None], decoder_marks(batch, label_len, pred_len, ctx)
 
 
 class DecoderLayer(nnx.Module):
@@ -110,18 +140,7 @@ class Transformer(nnx.Module):
     return batch_size * self.seq_len, *self.encoder[0].ffn1.kernel.shape
 
   def decoder_inputs(self, batch: dict, ctx: Ctx) -> tuple[jax.Array, jax.Array]:
-    """-> values [1, B, label_len + S, D] (known steps, then zeros) and marks [K, B, label_len + S, F]: the same
-    history for every segment, segment k's own time features for its S steps."""
-    x, x_mark, y_mark = batch["x"], batch["x_mark"], batch["y_mark"]
-    b, s, known = x.shape[0], self.pred_len, self.label_len
-    k = y_mark.shape[1] // s
-    values = jnp.concatenate([x[:, -known:], jnp.zeros((b, s, x.shape[-1]), x.dtype)], axis=1)[None]
-    future = y_mark.reshape(b, k, s, -1).swapaxes(0, 1)  # [K, B, S, F]: segment k's steps
-    if ctx.segment_ids is not None:  # training may compute a subset of the segments
-      future = future[jnp.asarray(ctx.segment_ids)]
-      k = future.shape[0]
-    history = jnp.broadcast_to(x_mark[None, :, -known:], (k, b, known, x_mark.shape[-1]))
-    return values, jnp.concatenate([history, future], axis=2)
+    return decoder_inputs(batch, ctx, self.label_len, self.pred_len)
 
   def __call__(self, batch: dict, ctx: Ctx) -> jax.Array:
     p = self.dropout_rate
