@@ -41,6 +41,11 @@ def default() -> ml_collections.ConfigDict:
   cfg.data.features = "M"  # all channels in and out; the only mode implemented
   cfg.data.parity_quirk = False  # reproduce the MoLA fork's odd-row train start on 7:1:2 datasets
   cfg.data.eval_batch_size = 256  # padded and masked, so it changes speed only, never the score
+  # The validation score that early stopping and model selection read (mola_jax/metrics.py `validate`): "full",
+  # every window in order as one global mean; or "official", the official code's shuffled loader (the epoch's
+  # seed, the training batch size) with the last partial batch dropped and the mean of per-batch means. The test
+  # pass is the same under both.
+  cfg.data.val_protocol = "full"
   cfg.data.synthetic_rows = 4000  # synthetic data only
   cfg.data.synthetic_channels = 7
 
@@ -247,6 +252,8 @@ def validate(cfg) -> None:
   s = segment_len(cfg)
   if s <= 0 or cfg.horizon % s:
     raise ConfigError(f"horizon {cfg.horizon} is not divisible by segment_len {s}; pick S with horizon % S == 0")
+  if cfg.data.get("val_protocol", "full") not in ("full", "official"):
+    raise ConfigError(f"unknown data.val_protocol {cfg.data.val_protocol!r}; use full or official")
   if cfg.data.features != "M":
     raise ConfigError(f"features mode {cfg.data.features!r} is not implemented; use 'M'")
   if cfg.data.seq_len <= 0:

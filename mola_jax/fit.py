@@ -125,13 +125,16 @@ class StageLoop:
       adapters.bake(model, bake)
     return nnx.state(model)
 
-  def validate(self) -> dict:
-    return metrics.evaluate(
+  def validate(self, epoch: int) -> dict:
+    """The validation score after `epoch` (0: before training), under cfg.data.val_protocol."""
+    return metrics.validate(
       self.eval_step,
       self._eval_states(self.state),
       self.val_windows,
-      self.cfg.data.eval_batch_size,
+      self.cfg,
       self.stage.segments,
+      batch_size=self.recipe.batch_size,
+      epoch=epoch,
     )
 
   def begin(self) -> Progress:
@@ -156,7 +159,7 @@ class StageLoop:
     so this is the bypassed-adapter baseline, and the state to fall back to if no segment ever improves."""
     if self.stage.name != plan.ADAPT:
       return Progress(stopper=SegmentStopper(np.full(self.stage.segments, np.inf), self.recipe.patience).to_dict())
-    val0 = self.validate()
+    val0 = self.validate(0)
     self.selection.baseline(self._model_state(), val0)
     self.log.write(stage=plan.ADAPT, epoch=0, val_mse=val0["mse"], val_mse_per_segment=val0["per_segment_mse"])
     tqdm.write(
@@ -205,7 +208,7 @@ class StageLoop:
     epoch, name, segments = progress.epoch, self.stage.name, self.stage.segments
     lr = float(self.schedule((epoch - 1) * self.steps_per_epoch))  # what the epoch's steps trained with
     train_loss = progress.loss_sum / max(progress.loss_count, 1)
-    val = self.validate()
+    val = self.validate(epoch)
     active = int(self.stopper.active.sum())  # during this epoch
     improved = self.stopper.update(np.asarray(val["per_segment_mse"]))
     self.selection.update(epoch, self.stopper, val, progress, self.state, self._model_state)

@@ -11,6 +11,7 @@ from mola_jax.data.pipeline import (
   pad_with_mask,
   train_batches,
   train_order,
+  val_order,
 )
 from mola_jax.data.sources import (
   DATASETS,
@@ -54,5 +55,6 @@ __all__ = [
   "time_features",
   "train_batches",
   "train_order",
+  "val_order",
   "window_source",
 ]

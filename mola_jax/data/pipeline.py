@@ -62,6 +62,21 @@ def train_order(src: WindowSource, batch_size: int, *, seed: int, epoch: int) ->
   return order[: n * batch_size].astype(np.int32).reshape(n, batch_size)
 
 
+def val_order(src, batch_size: int, *, seed: int, epoch: int) -> np.ndarray:
+  """int32 [batches, B]: the validation batches of the official protocol (data.val_protocol="official"): the
+  windows shuffled by (seed, epoch) on a stream of their own (not the training order's), the incomplete last
+  batch dropped, as the official code's shuffled, drop_last validation loader."""
+  size = len(src) if isinstance(src, WindowSource) else src.size  # or a data.DeviceWindows
+  n = size // batch_size
+  if n == 0:
+    raise DataError(
+      f"the val split has {size} windows, fewer than batch_size {batch_size}; the official validation protocol "
+      "drops incomplete batches: lower the batch size or use --config.data.val_protocol=full"
+    )
+  order = np.random.default_rng([epoch_seed(seed, epoch), 1]).permutation(size)
+  return order[: n * batch_size].astype(np.int32).reshape(n, batch_size)
+
+
 def eval_order(src, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
   """-> (int32 [batches, B] window indices, bool [batches, B] mask): every window once, in order, as
   `eval_batches`; the last batch is padded with window 0 and masked out."""
