@@ -150,8 +150,13 @@ def default() -> ml_collections.ConfigDict:
   cfg.reproduce.horizons = (96, 192, 336, 720)
   cfg.reproduce.methods = ("mtf", "lora", "mola")
   cfg.reproduce.num_seeds = 3  # seeds cfg.seed, cfg.seed + 1, ...
-  # Another study's workdir whose finished stage-1 and mtf runs are reused when they are the same runs.
+  # Another study's workdir whose finished runs (stage 1, mtf, stage 2) are reused when they are the same runs.
   cfg.reproduce.reuse_from = config_dict.placeholder(str)
+  # The segment lengths each horizon tries (chosen on validation): "config", the config's segment_options (the
+  # paper's); "auto", those plus up to two whole multiples of the series' dominant period found on the training
+  # split (mola_jax/periods.py), with at most max_segments segments.
+  cfg.reproduce.segment_options = "config"
+  cfg.reproduce.max_segments = 8
 
   # `python -m mola_jax.sweep` (mola_jax/sweep.py): KEY=V1,V2,... items separated by ';'; one key at a time or
   # every combination ("grid"); seeds as reproduce.num_seeds.

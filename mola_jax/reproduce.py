@@ -11,10 +11,13 @@ Layout of DIR (every cell is an ordinary training workdir, so every tool that re
   table.csv, table.md              the result table; per_step_T{T}.png, windows_T{T}.png
 
 Runs of stage 1 and mtf do not depend on the stage-2 recipe: with --config.reproduce.reuse_from=OTHER_STUDY
-those that OTHER_STUDY finished with the same data, model, pretrain recipe and seed are used from there.
+those that OTHER_STUDY finished with the same data, model, pretrain recipe and seed are used from there, and so
+is any stage-2 run it finished with the very same config.
 
 Segment length: for each (method, horizon) every option is trained with the first seed and the one with the
-lower validation MSE is kept; the other seeds run the chosen S only. The test split never influences it.
+lower validation MSE is kept; the other seeds run the chosen S only. The test split never influences it. The
+options are the config's segment_options, and with --config.reproduce.segment_options=auto also whole
+multiples of the series' dominant period, detected on the training split (mola_jax/periods.py; periods.json).
 Rerunning the command skips finished cells and redoes unfinished ones from scratch.
 """
 
@@ -30,7 +33,7 @@ import time
 import numpy as np
 from scipy import stats
 
-from mola_jax import cli, config_lib, data, plan
+from mola_jax import cli, config_lib, data, periods, plan
 from mola_jax import workdir as workdir_lib
 from mola_jax.train import train_and_evaluate
 
@@ -69,6 +72,13 @@ def pretrain_identity(cfg_json: dict) -> dict:
   return {k: v for k, v in flat.items() if k.startswith(_PRETRAIN_IDENTITY + (own_model,))}
 
 
+def run_identity(cfg_json: dict) -> dict:
+  """All a run depends on: every key but those that change speed only (workdir.SPEED_ONLY, the study's own among
+  them) and the S options, which a run with its segment_len set never reads."""
+  skip = workdir_lib.SPEED_ONLY + ("segment_options.",)
+  return {k: v for k, v in _flat(cfg_json).items() if not k.startswith(skip)}
+
+
 def _flat(tree, prefix="") -> dict:
   out = {}
   for key, value in tree.items():
@@ -76,17 +86,17 @@ def _flat(tree, prefix="") -> dict:
   return out
 
 
-def locate(cfg, cell, workdir: pathlib.Path, rel: str) -> pathlib.Path:
-  """Where the stage-1 or mtf run `rel` lives: in `reproduce.reuse_from` if that study finished the very same
-  run (same data, model, pretrain recipe, seed, S or T), else in this study's own workdir. Studies made before the
-  stages had one name keep their stage-1 runs under stage1/ instead of pretrain/; those are found too."""
+def locate(cfg, cell, workdir: pathlib.Path, rel: str, identity=pretrain_identity) -> pathlib.Path:
+  """Where the run `rel` lives: in `reproduce.reuse_from` if that study finished the very same run (`identity`:
+  for stage 1 and mtf the same data, model, pretrain recipe, seed, S or T; `run_identity` for stage 2), else in
+  this study's own workdir. Studies made before the stages had one name keep their stage-1 runs under stage1/
+  instead of pretrain/; those are found too."""
   names = [rel, rel.replace("pretrain/", "stage1/", 1)]
   if cfg.reproduce.reuse_from:
     for name in names:
       other = pathlib.Path(cfg.reproduce.reuse_from) / name
-      if (other / "results.json").is_file() and pretrain_identity(
-        json.loads((other / "config.json").read_text())
-      ) == pretrain_identity(json.loads(cell.to_json_best_effort())):
+      mine = identity(json.loads(cell.to_json_best_effort()))
+      if (other / "results.json").is_file() and identity(json.loads((other / "config.json").read_text())) == mine:
         return other
   return next((workdir / name for name in names if (workdir / name / "results.json").is_file()), workdir / rel)
 
@@ -107,7 +117,9 @@ def ci95(values) -> float:
   return float(stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size))
 
 
-def segment_options(cfg, method: str, horizon: int) -> tuple[int, ...]:
+def segment_options(cfg, method: str, horizon: int, found: list[int] | None = None) -> tuple[int, ...]:
+  """The S options of a cell: T for mtf; cfg.segment_len if set; else the config's options for T, and with
+  detected periods `found` (segment_options="auto") whole multiples of them (periods.candidates)."""
   if method == "mtf":
     return (horizon,)
   if cfg.segment_len is not None:
@@ -115,7 +127,24 @@ def segment_options(cfg, method: str, horizon: int) -> tuple[int, ...]:
   options = tuple(cfg.segment_options.get(str(horizon), ()))
   if not options:
     raise config_lib.ConfigError(f"no segment_options for horizon {horizon}; add them to the config")
-  return options
+  if found is None:
+    return options
+  return periods.candidates(horizon, found, paper=options, max_segments=cfg.reproduce.max_segments)
+
+
+def detect_periods(cfg, horizons: list[int], workdir: pathlib.Path) -> list[int] | None:
+  """segment_options="auto": the dominant periods of the training split (written to periods.json); else None."""
+  mode = cfg.reproduce.get("segment_options", "config")
+  if mode not in ("config", "auto"):
+    raise config_lib.ConfigError(f"unknown reproduce.segment_options {mode!r}; use config or auto")
+  if mode == "config":
+    return None
+  series = data.load_series(cfg.data)
+  train = series.values[slice(*series.borders["train"])]  # the training split only: nothing of val or test
+  found = periods.dominant_periods(train, max_period=max(horizons) // 2)
+  workdir_lib.write_json(workdir / "periods.json", {"periods": found, "rows": len(train)})
+  print(f"[reproduce] periods of the training split: {found or 'none'}", flush=True)
+  return found
 
 
 def run(cfg, workdir) -> list[dict]:
@@ -129,6 +158,7 @@ def run(cfg, workdir) -> list[dict]:
   cells = [(seed, h, m) for seed in seeds for h in horizons for m in methods]
   workdir.mkdir(parents=True, exist_ok=True)
   workdir_lib.write_text(workdir / "config.json", cfg.to_json_best_effort(indent=2))
+  found = detect_periods(cfg, horizons, workdir)
 
   results: dict[tuple, dict] = {}  # (method, horizon, S, seed) -> results.json
   cell_dirs: dict[tuple, pathlib.Path] = {}
@@ -136,7 +166,7 @@ def run(cfg, workdir) -> list[dict]:
   selection_rows = []
   t0 = time.perf_counter()
   for i, (seed, horizon, method) in enumerate(cells, 1):
-    options = segment_options(cfg, method, horizon)
+    options = segment_options(cfg, method, horizon, found)
     if seed != seeds[0] and (method, horizon) in chosen:
       options = (chosen[(method, horizon)],)
     for s in options:
@@ -156,7 +186,7 @@ def run(cfg, workdir) -> list[dict]:
         cell = cell_cfg(
           cfg, method=method, horizon=horizon, segment_len=s, seed=seed, stage="adapt", init_from=str(stage1)
         )
-        cell_dir = workdir / rel
+        cell_dir = locate(cfg, cell, workdir, rel, identity=run_identity)
       results[(method, horizon, s, seed)] = run_once(cell, cell_dir)
       cell_dirs[(method, horizon, s, seed)] = cell_dir
     if seed == seeds[0]:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 
 import numpy as np
 import pytest
 from conftest import REPO, tiny
 
 from mola_jax import config_lib, reproduce
+from mola_jax.errors import ConfigError
 
 
 def test_every_dataset_config_loads_and_validates():
@@ -98,3 +100,29 @@ def test_a_second_recipe_reuses_the_first_studys_stage1_and_mtf_runs(tmp_path, m
   trained.clear()
   reproduce.run(improved, tmp_path / "changed")
   assert ("mtf", "all") in trained and ("mola", "pretrain") in trained
+
+
+def test_auto_segments_add_whole_periods_and_reuse_the_config_options_runs(tmp_path, monkeypatch):
+  """segment_options="auto" on the synthetic series (a 24- and a 168-step cycle): the training split's periods
+  give S = 24 for T = 48 (K = 2) beside the config's 16; a study of the config's options lends its runs."""
+  cfg = tiny()
+  cfg.data.name, cfg.data.synthetic_rows = "synthetic", 1200
+  cfg.segment_options = {"48": (16,)}
+  cfg.reproduce.horizons, cfg.reproduce.methods, cfg.reproduce.num_seeds = (48,), ("mtf", "mola"), 1
+  reproduce.run(cfg, tmp_path / "paper")
+
+  cfg.reproduce.segment_options, cfg.reproduce.reuse_from = "auto", str(tmp_path / "paper")
+  trained = []
+  real = reproduce.train_and_evaluate
+  monkeypatch.setattr(
+    reproduce, "train_and_evaluate", lambda c, w: trained.append((c.stage, c.segment_len)) or real(c, w)
+  )
+  reproduce.run(cfg, tmp_path / "auto")
+  assert 24 in json.loads((tmp_path / "auto" / "periods.json").read_text())["periods"]
+  with (tmp_path / "auto" / "selection.csv").open() as f:
+    assert sorted(int(r["segment_len"]) for r in csv.DictReader(f) if r["method"] == "mola") == [16, 24]
+  assert trained == [("pretrain", 24), ("adapt", 24)]  # S = 16's stage 1 and 2 and mtf came from the first study
+
+  cfg.reproduce.segment_options = "weekly"
+  with pytest.raises(ConfigError, match="segment_options"):
+    reproduce.run(cfg, tmp_path / "bad")

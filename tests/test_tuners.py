@@ -14,6 +14,7 @@ from conftest import tiny
 from flax import nnx
 
 from mola_jax import config_lib, plan
+from mola_jax.errors import ConfigError
 from mola_jax.models import Ctx, build, predict, tuners
 from mola_jax.train import train_and_evaluate
 
@@ -176,3 +177,23 @@ def test_each_technique_trains_in_stage2_from_one_stage1_model(method, stage1, t
   val = [r["val_mse"] for r in records if r["stage"] == "adapt"]  # epoch 0 (the frozen model) and epoch 1
   assert len(val) == 2 and val[1] != val[0]  # the adapters moved the forecast
   assert np.isfinite(results["test_mse"]) and results["segments"] == 3
+
+
+@pytest.mark.parametrize("backbone", ["itransformer", "patchtst"])
+def test_the_head_can_be_adapted_as_one_more_dense_layer(backbone):
+  """--config.mola.targets=('ffn', 'head'): the head gets the method's bank too, starting at the frozen model."""
+  cfg = tiny()
+  cfg.backbone, cfg.mola.targets = backbone, ("ffn", "head")
+  cfg.model.patchtst.update(d_model=16, d_ff=32, n_heads=2, e_layers=1)
+  plan.make(cfg)  # a valid config
+  base = build(cfg, channels=7, marks=4, pred_len=8, segments=0, rngs=nnx.Rngs(0))
+  model = build(cfg, channels=7, marks=4, pred_len=8, segments=3, rngs=nnx.Rngs(1))
+  nnx.update(model, nnx.state(base))
+  assert model.head.adapter is not None and sum(v.size for v in jax.tree.leaves(nnx.state(model.head, nnx.LoRAParam)))
+  x = batch()
+  got = np.asarray(forward(model, x, segments=3))
+  for k in range(3):
+    np.testing.assert_allclose(got[:, k], frozen(base, x, k), rtol=1e-5, atol=1e-5)
+  cfg.backbone = "dlinear"
+  with pytest.raises(ConfigError, match="head"):
+    plan.make(cfg)

@@ -34,9 +34,10 @@ BACKBONES = {
 
 
 def layer_groups(backbone: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-  """-> (groups the backbone offers, groups adapted by default)."""
+  """-> (groups the backbone offers, groups adapted by default). A backbone with a separate head (HEAD) also
+  offers "head": the dense methods then adapt it as well (e.g. --config.mola.targets="('ffn','head')")."""
   cls = BACKBONES[backbone]
-  return cls.GROUPS, cls.ADAPTED_GROUPS
+  return cls.GROUPS + (("head",) if getattr(cls, "HEAD", False) else ()), cls.ADAPTED_GROUPS
 
 
 def adapted_groups(cfg) -> tuple[str, ...]:

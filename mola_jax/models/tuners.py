@@ -210,12 +210,10 @@ def factory(method: str, segments: int, cfg, targets: tuple, dropout_rate: float
   kind, experts = TUNERS[method], cfg.num_experts if method.startswith("mo") else 0
 
   def make(group: str, role: str, d_in: int, d_out: int, rngs: nnx.Rngs, heads: int | None = None):
-    if role == "head":
-      return (
-        HeadBank(d_in, d_out, segments=segments, official_init=cfg.get("official_init", False), rngs=rngs)
-        if method == "lora_heads"
-        else None
-      )
+    if role == "head":  # a per-segment head (lora_heads), or the head as one more adapted dense layer
+      if method == "lora_heads":
+        return HeadBank(d_in, d_out, segments=segments, official_init=cfg.get("official_init", False), rngs=rngs)
+      return _dense(method, segments, cfg, d_in, d_out, rngs) if kind == "dense" and "head" in targets else None
     if group not in targets:
       return None
     if kind == "dense" and role in DENSE_ROLES:

@@ -1,0 +1,85 @@
+"""The multi-dataset table and its summary (docs/datasets_study.sh): per dataset and horizon, mtf, MoLA with the
+paper's segment options and MoLA with data-driven ones (auto), each the mean test MSE over seeds with its
+Student-t 95% interval, the published iTransformer figure beside them, and whether MoLA (auto) beats mtf outside
+the seed spread (the paired 95% interval of the per-seed differences excludes 0), inside it, or loses.
+
+    python tools/segments_summary.py runs/datasets     # reads <dataset>/paper and <dataset>/auto in it
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+import numpy as np
+from scipy import stats
+
+# Published iTransformer test MSE at look-back 96 (Liu et al., ICLR 2024, full-results table). Not produced here.
+PUBLISHED = {
+  "ETTh1": {96: 0.386, 192: 0.441, 336: 0.487, 720: 0.503},
+  "ETTm2": {96: 0.180, 192: 0.250, 336: 0.311, 720: 0.412},
+  "exchange_rate": {96: 0.086, 192: 0.177, 336: 0.331, 720: 0.847},
+}
+
+
+def chosen_cells(study: pathlib.Path, method: str, horizon: int) -> dict[int, dict]:
+  """{seed: results} of the S the study kept for (method, horizon): the S its table reports."""
+  table = {(r["method"], r["horizon"]): r for r in _table(study)}
+  s = table[(method, horizon)]["segment_len"]
+  out = {}
+  for path in study.glob(f"cells/{method}-T{horizon}-S{s}-seed*/results.json"):
+    r = json.loads(path.read_text())
+    out[r["seed"]] = r
+  return out
+
+
+def _table(study: pathlib.Path) -> list[dict]:
+  import csv
+
+  with open(study / "table.csv") as f:
+    return [dict(r, horizon=int(r["horizon"]), segment_len=int(r["segment_len"])) for r in csv.DictReader(f)]
+
+
+def ci(values) -> float:
+  v = np.asarray(values, np.float64)
+  return float(stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size)) if v.size > 1 else 0.0
+
+
+def verdict(mtf: dict, mola: dict) -> str:
+  seeds = sorted(set(mtf) & set(mola))
+  diff = np.array([mtf[s]["test_mse"] - mola[s]["test_mse"] for s in seeds])  # > 0: MoLA better
+  half = ci(diff)
+  if diff.mean() > 0:
+    return "wins, outside the spread" if diff.mean() - half > 0 else "wins, inside the spread"
+  return "loses, outside the spread" if diff.mean() + half < 0 else "loses, inside the spread"
+
+
+def main(root: pathlib.Path) -> None:
+  print("| dataset | T | mtf | MoLA, paper S | MoLA, auto S | published iTransformer | MoLA (auto) vs mtf |")
+  print("|---|---|---|---|---|---|---|")
+  for folder in sorted(p for p in root.iterdir() if (p / "auto" / "table.csv").is_file()):
+    paper, auto = folder / "paper", folder / "auto"
+    rows = _table(paper)
+    name = rows[0]["dataset"]
+    means = {"mtf": [], "paper": [], "auto": []}
+    for h in sorted({r["horizon"] for r in rows}):
+      cells = {"mtf": chosen_cells(paper, "mtf", h), "paper": chosen_cells(paper, "mola", h),
+               "auto": chosen_cells(auto, "mola", h)}  # fmt: skip
+      text = {}
+      for key, c in cells.items():
+        mse = [r["test_mse"] for r in c.values()]
+        means[key].append(np.mean(mse))
+        s = next(iter(c.values()))["segment_len"]
+        text[key] = f"{np.mean(mse):.4f} ± {ci(mse):.4f}" + (f" (S={s})" if key != "mtf" else "")
+      pub = PUBLISHED.get(name, {}).get(h)
+      print(f"| {name} | {h} | {text['mtf']} | {text['paper']} | {text['auto']} | "
+            f"{f'{pub:.3f} (published)' if pub else '—'} | {verdict(cells['mtf'], cells['auto'])} |")  # fmt: skip
+    avg = {k: float(np.mean(v)) for k, v in means.items()}
+    print(f"| {name} | average | {avg['mtf']:.4f} | {avg['paper']:.4f} | {avg['auto']:.4f} | | |")
+  periods = {p.parent.parent.name: json.loads(p.read_text())["periods"] for p in root.glob("*/auto/periods.json")}
+  print(f"\nPeriods detected on the training splits: {periods}")
+
+
+if __name__ == "__main__":
+  main(pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "runs/datasets"))
