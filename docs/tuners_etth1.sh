@@ -4,7 +4,8 @@
 # (`configs/etth1.py:fixed_s`: T=96 -> S=24, T=336 -> S=84), 3 seeds. One stage-1 model per (S, seed) serves
 # every technique; mtf is the direct baseline. Then adapter, moadapter, fourier and mofourier again with the
 # official initialisation (`mola.official_init`), reusing the first study's stage-1 and mtf runs.
-# Usage: [HORIZONS="96 336"] [SEEDS=3] [REUSE_FROM=STUDY] bash docs/tuners_etth1.sh [RUNS_DIR]
+# Usage: [HORIZONS="96 336"] [SEEDS=3] [REUSE_FROM=STUDY] [OFFICIAL_METHODS='("adapter","fourier")'] \
+#        bash docs/tuners_etth1.sh [RUNS_DIR]
 # (default runs/tuners_etth1). REUSE_FROM: a study whose identical runs (stage 1, mtf, lora, mola) are taken.
 # Finished cells are skipped, so a killed study picks up where it stopped.
 set -euo pipefail
@@ -15,5 +16,6 @@ python -m mola_jax.reproduce --config configs/etth1.py:fixed_s --workdir "$out/z
   --config.reproduce.methods='("mtf","lora","mola","ia3","moia3","adapter","moadapter","fourier","mofourier","lora_heads")' \
   ${REUSE_FROM:+--config.reproduce.reuse_from="$REUSE_FROM"}
 python -m mola_jax.reproduce --config configs/etth1.py:fixed_s --workdir "$out/official_init" "${common[@]}" \
-  --config.reproduce.methods='("adapter","moadapter","fourier","mofourier")' --config.mola.official_init=True \
+  --config.reproduce.methods="${OFFICIAL_METHODS:-(\"adapter\",\"moadapter\",\"fourier\",\"mofourier\")}" \
+  --config.mola.official_init=True \
   --config.reproduce.reuse_from="$out/zero_init"
