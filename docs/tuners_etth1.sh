@@ -18,4 +18,4 @@ python -m mola_jax.reproduce --config configs/etth1.py:fixed_s --workdir "$out/z
 python -m mola_jax.reproduce --config configs/etth1.py:fixed_s --workdir "$out/official_init" "${common[@]}" \
   --config.reproduce.methods="${OFFICIAL_METHODS:-(\"adapter\",\"moadapter\",\"fourier\",\"mofourier\")}" \
   --config.mola.official_init=True \
-  --config.reproduce.reuse_from="$out/zero_init"
+  --config.reproduce.reuse_from="${REUSE_FROM:-$out/zero_init}"  # where the stage-1 runs are
