@@ -3,7 +3,8 @@
 # mixture, on ETTh1 with iTransformer, the official recipe with S fixed to its default option
 # (`configs/etth1.py:fixed_s`: T=96 -> S=24, T=336 -> S=84), 3 seeds. One stage-1 model per (S, seed) serves
 # every technique; mtf is the direct baseline. Then adapter, moadapter, fourier and mofourier again with the
-# official initialisation (`mola.official_init`), reusing the first study's stage-1 and mtf runs.
+# official initialisation (`mola.official_init`; FourierFT also without scaling, `mola.fourier_scale=1`: the
+# official code exactly), and fourier and mofourier with zero init but no scaling, reusing the stage-1 runs.
 # Usage: [HORIZONS="96 336"] [SEEDS=3] [REUSE_FROM=STUDY] [OFFICIAL_METHODS='("adapter","fourier")'] \
 #        bash docs/tuners_etth1.sh [RUNS_DIR]
 # (default runs/tuners_etth1). REUSE_FROM: a study whose identical runs (stage 1, mtf, lora, mola) are taken.
@@ -17,5 +18,8 @@ python -m mola_jax.reproduce --config configs/etth1.py:fixed_s --workdir "$out/z
   ${REUSE_FROM:+--config.reproduce.reuse_from="$REUSE_FROM"}
 python -m mola_jax.reproduce --config configs/etth1.py:fixed_s --workdir "$out/official_init" "${common[@]}" \
   --config.reproduce.methods="${OFFICIAL_METHODS:-(\"adapter\",\"moadapter\",\"fourier\",\"mofourier\")}" \
-  --config.mola.official_init=True \
+  --config.mola.official_init=True --config.mola.fourier_scale=1.0 \
   --config.reproduce.reuse_from="${REUSE_FROM:-$out/zero_init}"  # where the stage-1 runs are
+python -m mola_jax.reproduce --config configs/etth1.py:fixed_s --workdir "$out/fourier_unscaled" "${common[@]}" \
+  --config.reproduce.methods='("fourier","mofourier")' --config.mola.fourier_scale=1.0 \
+  --config.reproduce.reuse_from="${REUSE_FROM:-$out/zero_init}"

@@ -143,6 +143,8 @@ def default() -> ml_collections.ConfigDict:
   # code's initialisation (random adapter up-projections, N(0, 1) Fourier coefficients, fresh per-segment heads).
   cfg.mola.official_init = False
   cfg.mola.fourier_n = 100  # FourierFT: learnable spectral coefficients per spectrum (the official default)
+  # FourierFT's scaling of the weight change (its paper's and PEFT's 150); the official MoLA code has none: 1.0.
+  cfg.mola.fourier_scale = 150.0
   cfg.mola.adapter_dim = config_dict.placeholder(int)  # bottleneck width r; unset -> d_model / 4 (the official)
 
   # The study of `python -m mola_jax.reproduce`.

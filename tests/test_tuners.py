@@ -123,6 +123,8 @@ def test_fourier_delta_is_the_real_inverse_fft_of_the_sparse_spectrum():
   w = np.asarray(jax.nn.softmax(mixed.logits[...], axis=-1))  # [K, P]
   per_expert = np.asarray(bank.delta())  # same seed: same positions and spectra, one per expert
   np.testing.assert_allclose(np.asarray(mixed.delta()), np.einsum("kp,pio->kio", w, per_expert), rtol=1e-5, atol=1e-6)
+  scaled = tuners.FourierBank(6, 10, segments=2, experts=0, n=7, official_init=True, rngs=nnx.Rngs(3), scale=150.0)
+  np.testing.assert_allclose(np.asarray(scaled.delta()), 150.0 * np.asarray(bank.delta()), rtol=1e-5, atol=1e-6)
 
 
 def test_a_bottleneck_adapter_adds_its_term_to_the_ffn_output():
