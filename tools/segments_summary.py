@@ -50,6 +50,8 @@ def verdict(mtf: dict, mola: dict) -> str:
   seeds = sorted(set(mtf) & set(mola))
   diff = np.array([mtf[s]["test_mse"] - mola[s]["test_mse"] for s in seeds])  # > 0: MoLA better
   half = ci(diff)
+  if diff.size < 2:
+    return f"{'wins' if diff.mean() > 0 else 'loses'} ({diff.size} seed: no spread)"
   if diff.mean() > 0:
     return "wins, outside the spread" if diff.mean() - half > 0 else "wins, inside the spread"
   return "loses, outside the spread" if diff.mean() + half < 0 else "loses, inside the spread"
