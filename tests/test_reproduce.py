@@ -126,3 +126,15 @@ def test_auto_segments_add_whole_periods_and_reuse_the_config_options_runs(tmp_p
   cfg.reproduce.segment_options = "weekly"
   with pytest.raises(ConfigError, match="segment_options"):
     reproduce.run(cfg, tmp_path / "bad")
+
+
+def test_a_run_made_before_a_config_key_existed_is_the_same_run():
+  """A key added after a run counts as its default, so reuse_from still finds the run."""
+  cfg = config_lib.default()
+  new = json.loads(cfg.to_json_best_effort())
+  old = json.loads(cfg.to_json_best_effort())
+  del old["mola"]["fourier_scale"], old["data"]["val_protocol"]
+  assert reproduce.run_identity(old) == reproduce.run_identity(new)
+  assert reproduce.pretrain_identity(old) == reproduce.pretrain_identity(new)
+  old["mola"]["rank"] = 4
+  assert reproduce.run_identity(old) != reproduce.run_identity(new)
