@@ -20,46 +20,62 @@ def table(study: pathlib.Path) -> dict:
     return {(r["method"], int(r["horizon"])): r for r in csv.DictReader(f)}
 
 
-def runs(study: pathlib.Path) -> dict:
-  """{relative run dir: results.json} of every finished stage-1, mtf and stage-2 run."""
-  return {str(p.parent.relative_to(study)): json.loads(p.read_text()) for p in study.glob("*/*/results.json")}
+def result(study: pathlib.Path, name: str) -> dict | None:
+  """results.json of run `name` as the study used it: its own, or the identical one it took from its
+  reproduce.reuse_from study."""
+  for root in (study, json.loads((study / "config.json").read_text())["reproduce"].get("reuse_from")):
+    if root and (pathlib.Path(root) / name / "results.json").is_file():
+      return json.loads((pathlib.Path(root) / name / "results.json").read_text())
+  return None
 
 
-def margin(study: pathlib.Path, horizon: int) -> tuple[float, float]:
+def used_runs(study: pathlib.Path) -> dict[str, dict]:
+  """{name: results} of the runs behind the study's table: every seed's mtf and MoLA cell at the kept S, and the
+  stage-1 run each MoLA cell started from."""
+  out = {}
+  for (method, h), row in table(study).items():
+    s, seeds = int(row["segment_len"]), json.loads((study / "config.json").read_text())["seed"]
+    for seed in range(seeds, seeds + int(row["seeds"])):
+      names = [f"cells/{method}-T{h}-S{s}-seed{seed}"] + ([f"pretrain/S{s}-seed{seed}"] if method != "mtf" else [])
+      out |= {name: result(study, name) for name in names}
+  return out
+
+
+def margin(runs: dict, horizon: int) -> tuple[float, float]:
   """MoLA's mean test-MSE margin over mtf (mtf - mola, > 0: MoLA better) and its paired 95% half-width."""
-  res = runs(study)
-  diffs = []
-  for name, r in res.items():
-    if name.startswith("cells/mola-") and r["horizon"] == horizon:
-      mtf = res.get(f"cells/mtf-T{horizon}-S{horizon}-seed{r['seed']}")
-      if mtf:
-        diffs.append(mtf["test_mse"] - r["test_mse"])
-  d = np.asarray(diffs)
+  mola = {r["seed"]: r for n, r in runs.items() if n.startswith("cells/mola-") and r["horizon"] == horizon}
+  mtf = {r["seed"]: r for n, r in runs.items() if n.startswith("cells/mtf-") and r["horizon"] == horizon}
+  d = np.asarray([mtf[s]["test_mse"] - mola[s]["test_mse"] for s in sorted(mola)])
   half = float(stats.t.ppf(0.975, d.size - 1) * d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else 0.0
   return float(d.mean()), half
+
+
+def kept_epoch(r: dict) -> int:
+  return next(iter(r["stages"].values()))["best_epoch"]
 
 
 def main(root: pathlib.Path) -> None:
   full, official = root / "full", root / "official"
   tf, to = table(full), table(official)
+  rf, ro = used_runs(full), used_runs(official)
   print("| T | mtf (full) | mola (full) | margin (full) | mtf (official) | mola (official) | margin (official) |")
   print("|---|---|---|---|---|---|---|")
   for h in sorted({h for _, h in tf} & {h for _, h in to}):
     cells = [f"{float(t[(m, h)]['test_mse_mean']):.4f} ± {float(t[(m, h)]['test_mse_ci95']):.4f}" for t in (tf, to)
              for m in ("mtf", "mola")]  # fmt: skip
-    (mf, hf), (mo, ho) = margin(full, h), margin(official, h)
+    (mf, hf), (mo, ho) = margin(rf, h), margin(ro, h)
     print(f"| {h} | {cells[0]} | {cells[1]} | {mf:+.4f} ± {hf:.4f} | {cells[2]} | {cells[3]} | {mo:+.4f} ± {ho:.4f} |")
-  rf, ro = runs(full), runs(official)
-  print("\nKept epoch, full vs official protocol (same run otherwise):\n")
-  print("| runs | same epoch | different epoch |")
-  print("|---|---|---|")
+  print("\nKept epoch, full vs official protocol (the same run otherwise):\n")
+  print("| runs | same epoch | different epoch | largest test-MSE change |")
+  print("|---|---|---|---|")
   for kind in ("pretrain/", "cells/mtf-", "cells/mola-"):
-    same = diff = 0
-    for name in sorted(set(rf) & set(ro)):
-      if name.startswith(kind):
-        a, b = (next(iter(r["stages"].values()))["best_epoch"] for r in (rf[name], ro[name]))
-        same, diff = same + (a == b), diff + (a != b)
-    print(f"| {kind.rstrip('/-')} | {same} | {diff} |")
+    names = sorted(n for n in set(rf) & set(ro) if n.startswith(kind))
+    diff = [n for n in names if kept_epoch(rf[n]) != kept_epoch(ro[n])]
+    change = max((abs(rf[n]["test_mse"] - ro[n]["test_mse"]) for n in names), default=0.0)
+    print(f"| {kind.rstrip('/-')} | {len(names) - len(diff)} | {len(diff)} | {change:.2e} |")
+    for n in diff:
+      print(f"|  {n} | epoch {kept_epoch(rf[n])} (full) | epoch {kept_epoch(ro[n])} (official) | "
+            f"{rf[n]['test_mse']:.4f} → {ro[n]['test_mse']:.4f} |")  # fmt: skip
 
 
 if __name__ == "__main__":
