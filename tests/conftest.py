@@ -14,7 +14,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def data_dir() -> pathlib.Path:
-  path = pathlib.Path(os.environ.get("MOLA_DATA_DIR", REPO.parent / "shared" / "data"))
+  # Absolute: tests start subprocesses in other directories (CI passes the relative ../shared/data).
+  path = pathlib.Path(os.environ.get("MOLA_DATA_DIR", REPO.parent / "shared" / "data")).resolve()
   if not (path / "ETTh1.csv").is_file():
     pytest.fail(f"ETTh1.csv not found in {path}; set MOLA_DATA_DIR to the folder of the benchmark CSVs")
   os.environ["MOLA_DATA_DIR"] = str(path)
