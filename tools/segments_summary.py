@@ -27,10 +27,12 @@ def chosen_cells(study: pathlib.Path, method: str, horizon: int) -> dict[int, di
   """{seed: results} of the S the study kept for (method, horizon): the S its table reports."""
   table = {(r["method"], r["horizon"]): r for r in _table(study)}
   s = table[(method, horizon)]["segment_len"]
+  other = json.loads((study / "config.json").read_text())["reproduce"].get("reuse_from")
   out = {}
-  for path in study.glob(f"cells/{method}-T{horizon}-S{s}-seed*/results.json"):
-    r = json.loads(path.read_text())
-    out[r["seed"]] = r
+  for root in filter(None, (other, study)):  # runs taken from reuse_from, then the study's own
+    for path in pathlib.Path(root).glob(f"cells/{method}-T{horizon}-S{s}-seed*/results.json"):
+      r = json.loads(path.read_text())
+      out[r["seed"]] = r
   return out
 
 
