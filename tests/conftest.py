@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -36,3 +38,10 @@ def tiny(cfg=None):
 @pytest.fixture
 def tiny_cfg():
   return tiny()
+
+
+def forecast_cli(*args: str) -> subprocess.CompletedProcess:
+  """`python -m mola_jax.forecast ARGS` from the repository root, output captured."""
+  return subprocess.run(
+    [sys.executable, "-m", "mola_jax.forecast", *args], capture_output=True, text=True, cwd=REPO, timeout=300
+  )

@@ -3,12 +3,9 @@ training scaler; on a series with a known pattern the forecast matches the truth
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pandas as pd
-from conftest import REPO, tiny
+from conftest import forecast_cli, tiny
 
 from mola_jax.forecast import forecast_csv
 from mola_jax.inference import load_run
@@ -56,23 +53,14 @@ def test_forecast_cli_on_etth1(data_dir, tmp_path):
   train_and_evaluate(cfg, tmp_path / "run")
   raw = pd.read_csv(data_dir / "ETTh1.csv")
   raw.iloc[:500].to_csv(tmp_path / "new.csv", index=False)
-  proc = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "mola_jax.forecast",
-      "--workdir",
-      str(tmp_path / "run"),
-      "--csv",
-      str(tmp_path / "new.csv"),
-      "--out",
-      str(tmp_path / "out" / "fc.csv"),
-      "--roll",
-    ],
-    capture_output=True,
-    text=True,
-    cwd=REPO,
-    timeout=300,
+  proc = forecast_cli(
+    "--workdir",
+    str(tmp_path / "run"),
+    "--csv",
+    str(tmp_path / "new.csv"),
+    "--out",
+    str(tmp_path / "out" / "fc.csv"),
+    "--roll",
   )
   assert proc.returncode == 0, proc.stderr[-2000:]
   out = pd.read_csv(tmp_path / "out" / "fc.csv", parse_dates=["origin", "date"])
@@ -87,44 +75,16 @@ def test_forecast_cli_on_etth1(data_dir, tmp_path):
   assert len(list((tmp_path / "out").glob("forecast_*.png"))) == 7
 
   raw.iloc[:500, :-1].to_csv(tmp_path / "fewer.csv", index=False)
-  proc = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "mola_jax.forecast",
-      "--workdir",
-      str(tmp_path / "run"),
-      "--csv",
-      str(tmp_path / "fewer.csv"),
-      "--out",
-      str(tmp_path / "bad.csv"),
-    ],
-    capture_output=True,
-    text=True,
-    cwd=REPO,
-    timeout=300,
+  proc = forecast_cli(
+    "--workdir", str(tmp_path / "run"), "--csv", str(tmp_path / "fewer.csv"), "--out", str(tmp_path / "bad.csv")
   )
   assert proc.returncode == 2 and "same columns" in proc.stderr and not (tmp_path / "bad.csv").exists()
   # The training data's checks apply to the forecast CSV too: one line, exit 2, no output.
   bad = {"inf.csv": raw.iloc[:500].replace({raw["OT"].iloc[300]: np.inf}), "back.csv": raw.iloc[:500].iloc[::-1]}
   for name, frame in bad.items():
     frame.to_csv(tmp_path / name, index=False)
-    proc = subprocess.run(
-      [
-        sys.executable,
-        "-m",
-        "mola_jax.forecast",
-        "--workdir",
-        str(tmp_path / "run"),
-        "--csv",
-        str(tmp_path / name),
-        "--out",
-        str(tmp_path / f"{name}.out"),
-      ],
-      capture_output=True,
-      text=True,
-      cwd=REPO,
-      timeout=300,
+    proc = forecast_cli(
+      "--workdir", str(tmp_path / "run"), "--csv", str(tmp_path / name), "--out", str(tmp_path / f"{name}.out")
     )
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), (name, proc.stderr[-500:])

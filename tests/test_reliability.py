@@ -12,7 +12,7 @@ import types
 
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, forecast_cli
 
 SYNTHETIC = ["--config", str(REPO / "configs" / "synthetic.py"), "--config.checkpoint_every_steps=7"]
 
@@ -214,22 +214,8 @@ def test_the_forecast_cli_falls_back_from_a_damaged_checkpoint(tmp_path):
   frame = pd.DataFrame(values, columns=list(columns))
   frame.insert(0, "date", dates)
   frame.to_csv(tmp_path / "new.csv", index=False)
-  proc = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "mola_jax.forecast",
-      "--workdir",
-      str(tmp_path / "run"),
-      "--csv",
-      str(tmp_path / "new.csv"),
-      "--out",
-      str(tmp_path / "f.csv"),
-    ],
-    capture_output=True,
-    text=True,
-    cwd=REPO,
-    timeout=300,
+  proc = forecast_cli(
+    "--workdir", str(tmp_path / "run"), "--csv", str(tmp_path / "new.csv"), "--out", str(tmp_path / "f.csv")
   )
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "falling back to an earlier one" in proc.stderr and (tmp_path / "f.csv").is_file()
