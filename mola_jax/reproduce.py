@@ -67,7 +67,7 @@ _PRETRAIN_IDENTITY = ("data.", "pretrain.", "backbone", "seed", "horizon", "segm
 
 
 def pretrain_identity(cfg_json: dict) -> dict:
-  flat = _with_defaults(cfg_json)
+  flat = workdir_lib.flat_config(cfg_json)
   own_model = f"model.{cfg_json['backbone']}."  # the other backbones' sizes do not matter
   return {k: v for k, v in flat.items() if k.startswith(_PRETRAIN_IDENTITY + (own_model,))}
 
@@ -76,20 +76,7 @@ def run_identity(cfg_json: dict) -> dict:
   """All a run depends on: every key but those that change speed only (workdir.SPEED_ONLY, the study's own among
   them) and the S options, which a run with its segment_len set never reads."""
   skip = workdir_lib.SPEED_ONLY + ("segment_options.",)
-  return {k: v for k, v in _with_defaults(cfg_json).items() if not k.startswith(skip)}
-
-
-def _with_defaults(cfg_json: dict) -> dict:
-  """The flat config, a key it predates counted as its default (a run made before a key existed is the same run
-  as one with the key at its default)."""
-  return _flat(json.loads(config_lib.default().to_json_best_effort())) | _flat(cfg_json)
-
-
-def _flat(tree, prefix="") -> dict:
-  out = {}
-  for key, value in tree.items():
-    out |= _flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value}
-  return out
+  return {k: v for k, v in workdir_lib.flat_config(cfg_json).items() if not k.startswith(skip)}
 
 
 def locate(cfg, cell, workdir: pathlib.Path, rel: str, identity=pretrain_identity) -> pathlib.Path:

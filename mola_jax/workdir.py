@@ -41,13 +41,16 @@ def _flat(tree, prefix="") -> dict:
   return out
 
 
+def flat_config(cfg_json: dict) -> dict:
+  """The config as JSON, flat (dotted keys), a key it predates counted as its default: a run made before a key
+  existed is the same run as one with the key at its default."""
+  return _flat(json.loads(config_lib.default().to_json_best_effort())) | _flat(cfg_json)
+
+
 def config_diff(old: dict, new: dict) -> list[str]:
-  """Keys (dotted) whose values differ between two configs as JSON, speed-only keys aside. A key the old run
-  predates counts as its default."""
-  defaults, old, new = _flat(json.loads(config_lib.default().to_json_best_effort())), _flat(old), _flat(new)
-  return sorted(
-    k for k in set(old) | set(new) if old.get(k, defaults.get(k)) != new.get(k) and not k.startswith(SPEED_ONLY)
-  )
+  """Keys (dotted) whose values differ between two configs as JSON, speed-only keys aside."""
+  old, new = flat_config(old), flat_config(new)
+  return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and not k.startswith(SPEED_ONLY))
 
 
 def claim(cfg, workdir: pathlib.Path, overwrite: bool) -> None:
