@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Single-seed (2023) lever ablations behind docs/results.md, ETTh1, iTransformer. Each line is one training
 # run; stage 2 starts from the official study's stage-1 checkpoints, so run that study first:
-#   python -m mola_jax.reproduce --config configs/etth1.py --workdir runs/repro_etth1
+#   python -m mola_jax.reproduce --config configs/etth1.py --workdir runs/repro_etth1 \
+#       --config.reproduce.segment_options=config
 # Usage: bash docs/ablations_etth1.sh [RUNS_DIR]   (default runs/ablations); prints a summary table at the end.
 set -euo pipefail
 out=${1:-runs/ablations}

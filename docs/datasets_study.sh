@@ -9,7 +9,7 @@ set -euo pipefail
 out=${1:-runs/datasets}
 for name in ${DATASETS:-etth1 ettm2 exchange_rate national_illness}; do
   common=(--config "$name" --config.reproduce.methods='("mtf","mola")' --config.reproduce.num_seeds="${SEEDS:-3}")
-  python -m mola_jax.reproduce "${common[@]}" --workdir "$out/$name/paper"
+  python -m mola_jax.reproduce "${common[@]}" --workdir "$out/$name/paper" --config.reproduce.segment_options=config
   python -m mola_jax.reproduce "${common[@]}" --workdir "$out/$name/auto" \
     --config.reproduce.segment_options=auto --config.reproduce.reuse_from="$out/$name/paper"
 done

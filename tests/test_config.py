@@ -115,3 +115,4 @@ def test_fixed_s_variant_keeps_only_the_default_segment_length():
     "720": (180,),
   }
   assert config_lib.segment_len(fixed) == 24 and fixed.backbone == "itransformer"
+  assert fixed.reproduce.segment_options == "config"  # one S per horizon: a study adds none found in the data

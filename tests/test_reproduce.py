@@ -109,7 +109,9 @@ def test_auto_segments_add_whole_periods_and_reuse_the_config_options_runs(tmp_p
   cfg.data.name, cfg.data.synthetic_rows = "synthetic", 1200
   cfg.segment_options = {"48": (16,)}
   cfg.reproduce.horizons, cfg.reproduce.methods, cfg.reproduce.num_seeds = (48,), ("mtf", "mola"), 1
+  cfg.reproduce.segment_options = "config"
   reproduce.run(cfg, tmp_path / "paper")
+  assert not (tmp_path / "paper" / "periods.json").exists()  # config: the options alone, nothing detected
 
   cfg.reproduce.segment_options, cfg.reproduce.reuse_from = "auto", str(tmp_path / "paper")
   trained = []
