@@ -4,6 +4,9 @@ Student-t 95% interval, the published iTransformer figure beside them, and wheth
 the seed spread (the paired 95% interval of the per-seed differences excludes 0), inside it, or loses.
 
     python tools/segments_summary.py runs/datasets     # reads <dataset>/paper and <dataset>/auto in it
+    python tools/segments_summary.py runs/datasets per_segment   # adds MoLA of <dataset>/per_segment, where run
+
+With further study names, each adds a column of MoLA from <dataset>/<name> and its own verdict against mtf.
 """
 
 from __future__ import annotations
@@ -59,17 +62,20 @@ def verdict(mtf: dict, mola: dict) -> str:
   return "loses, outside the spread" if diff.mean() + half < 0 else "loses, inside the spread"
 
 
-def main(root: pathlib.Path) -> None:
-  print("| dataset | T | mtf | MoLA, paper S | MoLA, auto S | published iTransformer | MoLA (auto) vs mtf |")
-  print("|---|---|---|---|---|---|---|")
+def main(root: pathlib.Path, extra: list[str]) -> None:
+  names = ["paper", "auto"] + extra
+  heads = [f"MoLA, {n} S" if n in ("paper", "auto") else f"MoLA, {n}" for n in names] + ["published iTransformer"]
+  heads += [f"MoLA ({n}) vs mtf" for n in ["auto"] + extra]
+  print("| dataset | T | mtf | " + " | ".join(heads) + " |")
+  print("|---" * (4 + 2 * len(names) - 1) + "|")
   for folder in sorted(p for p in root.iterdir() if (p / "auto" / "table.csv").is_file()):
-    paper, auto = folder / "paper", folder / "auto"
-    rows = _table(paper)
+    studies = {n: folder / n for n in names if (folder / n / "table.csv").is_file()}
+    rows = _table(studies["paper"])
     name = rows[0]["dataset"]
-    means = {"mtf": [], "paper": [], "auto": []}
+    means = {k: [] for k in ["mtf"] + names}
     for h in sorted({r["horizon"] for r in rows}):
-      cells = {"mtf": chosen_cells(paper, "mtf", h), "paper": chosen_cells(paper, "mola", h),
-               "auto": chosen_cells(auto, "mola", h)}  # fmt: skip
+      cells = {"mtf": chosen_cells(studies["paper"], "mtf", h)}
+      cells |= {n: chosen_cells(study, "mola", h) for n, study in studies.items()}
       text = {}
       for key, c in cells.items():
         mse = [r["test_mse"] for r in c.values()]
@@ -77,13 +83,14 @@ def main(root: pathlib.Path) -> None:
         s = next(iter(c.values()))["segment_len"]
         text[key] = f"{np.mean(mse):.4f} ± {ci(mse):.4f}" + (f" (S={s})" if key != "mtf" else "")
       pub = PUBLISHED.get(name, {}).get(h)
-      print(f"| {name} | {h} | {text['mtf']} | {text['paper']} | {text['auto']} | "
-            f"{f'{pub:.3f} (published)' if pub else '—'} | {verdict(cells['mtf'], cells['auto'])} |")  # fmt: skip
-    avg = {k: float(np.mean(v)) for k, v in means.items()}
-    print(f"| {name} | average | {avg['mtf']:.4f} | {avg['paper']:.4f} | {avg['auto']:.4f} | | |")
+      cols = [text.get(n, "—") for n in names] + [f"{pub:.3f} (published)" if pub else "—"]
+      cols += [verdict(cells["mtf"], cells[n]) if n in cells else "—" for n in ["auto"] + extra]
+      print(f"| {name} | {h} | {text['mtf']} | " + " | ".join(cols) + " |")
+    avg = [f"{np.mean(means[k]):.4f}" if means[k] else "—" for k in ["mtf"] + names]
+    print(f"| {name} | average | " + " | ".join(avg) + " |" + " |" * (1 + len(extra) + 1))
   periods = {p.parent.parent.name: json.loads(p.read_text())["periods"] for p in root.glob("*/auto/periods.json")}
   print(f"\nPeriods detected on the training splits: {periods}")
 
 
 if __name__ == "__main__":
-  main(pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "runs/datasets"))
+  main(pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "runs/datasets"), sys.argv[2:])
