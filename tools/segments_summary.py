@@ -3,7 +3,7 @@ paper's segment options and MoLA with data-driven ones (auto), each the mean tes
 Student-t 95% interval, the published iTransformer figure beside them, and whether MoLA (auto) beats mtf outside
 the seed spread (the paired 95% interval of the per-seed differences excludes 0), inside it, or loses.
 
-    python tools/segments_summary.py runs/datasets     # reads <dataset>/paper and <dataset>/auto in it
+    python tools/segments_summary.py runs/datasets     # reads <dataset>/paper and, where run, <dataset>/auto
     python tools/segments_summary.py runs/datasets per_segment   # adds MoLA of <dataset>/per_segment, where run
 
 With further study names, each adds a column of MoLA from <dataset>/<name> and its own verdict against mtf.
@@ -68,7 +68,7 @@ def main(root: pathlib.Path, extra: list[str]) -> None:
   heads += [f"MoLA ({n}) vs mtf" for n in ["auto"] + extra]
   print("| dataset | T | mtf | " + " | ".join(heads) + " |")
   print("|---" * (4 + 2 * len(names) - 1) + "|")
-  for folder in sorted(p for p in root.iterdir() if (p / "auto" / "table.csv").is_file()):
+  for folder in sorted(p for p in root.iterdir() if (p / "paper" / "table.csv").is_file()):
     studies = {n: folder / n for n in names if (folder / n / "table.csv").is_file()}
     rows = _table(studies["paper"])
     name = rows[0]["dataset"]
