@@ -20,11 +20,11 @@ def table(study: pathlib.Path) -> dict:
     return {(r["method"], int(r["horizon"])): r for r in csv.DictReader(f)}
 
 
-def result(study: pathlib.Path, name: str) -> dict | None:
-  """results.json of run `name` as the study used it: its own, or the identical one it took from its
-  reproduce.reuse_from study."""
-  for root in (study, json.loads((study / "config.json").read_text())["reproduce"].get("reuse_from")):
-    if root and (pathlib.Path(root) / name / "results.json").is_file():
+def result(roots: tuple, name: str) -> dict | None:
+  """results.json of run `name` as the study used it: from the first of `roots` (the study, then its
+  reproduce.reuse_from study) that holds it."""
+  for root in filter(None, roots):
+    if (pathlib.Path(root) / name / "results.json").is_file():
       return json.loads((pathlib.Path(root) / name / "results.json").read_text())
   return None
 
@@ -32,12 +32,14 @@ def result(study: pathlib.Path, name: str) -> dict | None:
 def used_runs(study: pathlib.Path) -> dict[str, dict]:
   """{name: results} of the runs behind the study's table: every seed's mtf and MoLA cell at the kept S, and the
   stage-1 run each MoLA cell started from."""
+  config = json.loads((study / "config.json").read_text())  # read once: the first seed and reuse_from
+  roots, first = (study, config["reproduce"].get("reuse_from")), config["seed"]
   out = {}
   for (method, h), row in table(study).items():
-    s, seeds = int(row["segment_len"]), json.loads((study / "config.json").read_text())["seed"]
-    for seed in range(seeds, seeds + int(row["seeds"])):
+    s = int(row["segment_len"])
+    for seed in range(first, first + int(row["seeds"])):
       names = [f"cells/{method}-T{h}-S{s}-seed{seed}"] + ([f"pretrain/S{s}-seed{seed}"] if method != "mtf" else [])
-      out |= {name: result(study, name) for name in names}
+      out |= {name: result(roots, name) for name in names}
   return out
 
 
