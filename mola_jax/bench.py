@@ -242,7 +242,7 @@ def train_setup(
     if key not in _MODELS:
       _MODELS[key] = new_model(prob, stage, seed)
     model = _MODELS[key]
-  tx = steps.make_tx(steps.lr_schedule(recipe.lr, data.num_train_batches(src, recipe.batch_size)))
+  tx = steps.make_tx(steps.lr_schedule(recipe.lr, data.num_train_batches(src, recipe.batch_size), recipe.lr_decay))
   graphdef, state, frozen = steps.init_state(model, stage, tx, jax.random.key_data(jax.random.key(seed)))
   state = jax.tree.map(jnp.copy, state)  # the step donates it; the model keeps its own arrays
   share = cfg.mola.share_prefix_dropout if share_dropout is None else share_dropout

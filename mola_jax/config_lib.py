@@ -107,6 +107,7 @@ def default() -> ml_collections.ConfigDict:
   # Stage 1 (and mtf): an ordinary direct forecaster (docs/method.md §8).
   cfg.pretrain = ml_collections.ConfigDict()
   cfg.pretrain.lr = 5e-4
+  cfg.pretrain.lr_decay = 0.5  # per epoch from epoch 3 (TSLib's type1); 1.0 = constant
   cfg.pretrain.epochs = 5
   cfg.pretrain.patience = 2
   cfg.pretrain.batch_size = 32
@@ -114,6 +115,7 @@ def default() -> ml_collections.ConfigDict:
   # Stage 2: adapters on the frozen backbone.
   cfg.adapt = ml_collections.ConfigDict()
   cfg.adapt.lr = 1e-3
+  cfg.adapt.lr_decay = 0.5  # the stage-2 schedule; 1.0 = constant (a per-dataset choice, docs/results.md §11)
   cfg.adapt.epochs = 10
   cfg.adapt.patience = 3  # per segment (docs/method.md §7)
   # any_improved: keep the whole state of the last epoch in which any segment improved (the official rule);
@@ -271,6 +273,8 @@ def validate(cfg) -> None:
     sub = cfg[key]
     if sub.batch_size <= 0 or sub.epochs <= 0 or sub.lr <= 0:
       raise ConfigError(f"{key}.batch_size, {key}.epochs and {key}.lr must be positive")
+    if not 0.0 < sub.lr_decay <= 1.0:
+      raise ConfigError(f"{key}.lr_decay must lie in (0, 1] (0.5 halves the lr each epoch, 1 keeps it): {sub.lr_decay}")
   if cfg.get("compute_dtype", "float32") not in ("float32", "bfloat16"):
     raise ConfigError(f"unknown compute_dtype {cfg.compute_dtype!r}; use 'float32' or 'bfloat16'")
   if any(not 0.0 < level < 1.0 for level in cfg.get("intervals", ())):

@@ -83,7 +83,7 @@ class StageLoop:
         f"{len(self.train_src)} training windows are fewer than one batch of {self.recipe.batch_size}; "
         f"lower --config.{stage.name}.batch_size or use a longer series"
       )
-    self.schedule = steps.lr_schedule(self.recipe.lr, self.steps_per_epoch)
+    self.schedule = steps.lr_schedule(self.recipe.lr, self.steps_per_epoch, self.recipe.lr_decay)
     tx = steps.make_tx(self.schedule)
     # Raw key data (not a typed key) so that the rng is an ordinary array in the resume checkpoint.
     key = jax.random.key_data(jax.random.fold_in(jax.random.key(cfg.seed), 1 if stage.name == plan.PRETRAIN else 2))

@@ -99,7 +99,7 @@ def measure(layout, graphdef, host_state, batch, *, stage: str, segments: int, c
   with sharding.use(layout.mesh, layout.rules):
     model = nnx.merge(graphdef, jax.tree.map(np.asarray, host_state))  # new Variables: the step donates them
     sharding.place_model(model)
-    tx = steps.make_tx(steps.lr_schedule(cfg[stage].lr, 1000))
+    tx = steps.make_tx(steps.lr_schedule(cfg[stage].lr, 1000, cfg[stage].lr_decay))
     graphdef, state, frozen = steps.init_state(model, stage, tx, jax.random.key_data(jax.random.key(cfg.seed)))
     step = steps.make_train_step(graphdef, tx, segments=segments, share_prefix_dropout=cfg.mola.share_prefix_dropout)
     args = step.place(state, frozen, batch, steps.training_segments([True] * segments))

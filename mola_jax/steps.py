@@ -37,10 +37,11 @@ def init_state(model: nnx.Module, stage: str, tx: optax.GradientTransformation, 
   return graphdef, {"params": params, "opt": tx.init(params), "stats": stats, "key": key}, frozen
 
 
-def lr_schedule(lr: float, steps_per_epoch: int) -> optax.Schedule:
-  """TSLib's `type1` rule: full lr for epochs 1-2, then halved every epoch (docs/method.md §8): step -> lr."""
+def lr_schedule(lr: float, steps_per_epoch: int, decay: float = 0.5) -> optax.Schedule:
+  """TSLib's `type1` rule at decay 0.5: full lr for epochs 1-2, then multiplied by `decay` every epoch
+  (docs/method.md §8); decay 1.0 keeps the lr constant: step -> lr."""
   return optax.exponential_decay(
-    lr, transition_steps=steps_per_epoch, decay_rate=0.5, transition_begin=steps_per_epoch, staircase=True
+    lr, transition_steps=steps_per_epoch, decay_rate=decay, transition_begin=steps_per_epoch, staircase=True
   )
 
 

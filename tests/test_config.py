@@ -69,6 +69,7 @@ def test_a_typo_in_a_key_is_rejected():
     ("--config.method=moe", "unknown method"),
     ("--config.backbone=resnet", "unknown backbone"),
     ("--config.stage=finetune", "unknown stage"),
+    ("--config.adapt.lr_decay=0", "lr_decay must lie in"),
   ],
 )
 def test_validate_names_the_problem(override, message):
@@ -116,3 +117,13 @@ def test_fixed_s_variant_keeps_only_the_default_segment_length():
   }
   assert config_lib.segment_len(fixed) == 24 and fixed.backbone == "itransformer"
   assert fixed.reproduce.segment_options == "config"  # one S per horizon: a study adds none found in the data
+
+
+@pytest.mark.parametrize("decay,per_epoch", [(0.5, [1.0, 1.0, 0.5, 0.25]), (1.0, [1.0, 1.0, 1.0, 1.0])])
+def test_lr_schedule_per_epoch(decay, per_epoch):
+  """TSLib's type1 at 0.5 (full lr for two epochs, then halved each epoch); 1.0 keeps the lr constant."""
+  from mola_jax import steps
+
+  schedule = steps.lr_schedule(1e-3, steps_per_epoch=5, decay=decay)
+  got = [float(schedule(epoch * 5 + offset)) / 1e-3 for epoch in range(4) for offset in (0, 4)]
+  assert got == pytest.approx([f for f in per_epoch for _ in (0, 4)])
