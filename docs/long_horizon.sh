@@ -15,9 +15,11 @@ out=$root/$name/long_horizon
 # (the auto study's own folder, or the paper study it reused).
 python - "$root/$name" > "$out.plan" <<'PY'
 import csv, pathlib, sys
+sys.path.insert(0, "tools")
+from segments_summary import run_dir
 root = pathlib.Path(sys.argv[1])
 rows = {int(r["horizon"]): int(r["segment_len"]) for r in csv.DictReader(open(root / "auto/table.csv")) if r["method"] == "mola"}
-find = lambda rel: next(str(root / s / rel) for s in ("auto", "paper") if (root / s / rel / "results.json").is_file())
+find = lambda rel: run_dir((root / "auto", root / "paper"), rel)
 for t in sorted(rows)[2:]:
     s = rows[t]
     print(t, s, find(f"pretrain/S{s}-seed2023"), find(f"cells/mola-T{t}-S{s}-seed2023"))

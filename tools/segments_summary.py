@@ -26,17 +26,33 @@ PUBLISHED = {
 }
 
 
+def run_dir(roots, name: str) -> pathlib.Path | None:
+  """Where run `name` (e.g. "cells/mola-T96-S24-seed2023") lives as a study used it: the first of `roots` (the
+  study, then the study it reused, `reproduce.reuse_from`) that finished it; None if none did."""
+  for root in filter(None, roots):
+    if (pathlib.Path(root) / name / "results.json").is_file():
+      return pathlib.Path(root) / name
+  return None
+
+
+def run_result(roots, name: str) -> dict | None:
+  """results.json of run `name` as the study used it (see run_dir)."""
+  path = run_dir(roots, name)
+  return json.loads((path / "results.json").read_text()) if path else None
+
+
 def chosen_cells(study: pathlib.Path, method: str, horizon: int) -> dict[int, dict]:
   """{seed: results} of the S the study kept for (method, horizon): the S its table reports."""
   table = {(r["method"], r["horizon"]): r for r in _table(study)}
   s = table[(method, horizon)]["segment_len"]
-  other = json.loads((study / "config.json").read_text())["reproduce"].get("reuse_from")
-  out = {}
-  for root in filter(None, (other, study)):  # runs taken from reuse_from, then the study's own
-    for path in pathlib.Path(root).glob(f"cells/{method}-T{horizon}-S{s}-seed*/results.json"):
-      r = json.loads(path.read_text())
-      out[r["seed"]] = r
-  return out
+  roots = (study, json.loads((study / "config.json").read_text())["reproduce"].get("reuse_from"))
+  found = {
+    p.parent.name
+    for root in filter(None, roots)
+    for p in pathlib.Path(root).glob(f"cells/{method}-T{horizon}-S{s}-seed*/results.json")
+  }
+  results = (run_result(roots, f"cells/{name}") for name in sorted(found))
+  return {r["seed"]: r for r in results}
 
 
 def _table(study: pathlib.Path) -> list[dict]:
@@ -47,6 +63,7 @@ def _table(study: pathlib.Path) -> list[dict]:
 
 
 def ci(values) -> float:
+  """Half-width of the Student-t 95% interval of the mean of `values` (0 for a single value)."""
   v = np.asarray(values, np.float64)
   return float(stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size)) if v.size > 1 else 0.0
 

@@ -12,21 +12,14 @@ import pathlib
 import sys
 
 import numpy as np
-from scipy import stats
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from segments_summary import ci, run_result  # noqa: E402
 
 
 def table(study: pathlib.Path) -> dict:
   with open(study / "table.csv") as f:
     return {(r["method"], int(r["horizon"])): r for r in csv.DictReader(f)}
-
-
-def result(roots: tuple, name: str) -> dict | None:
-  """results.json of run `name` as the study used it: from the first of `roots` (the study, then its
-  reproduce.reuse_from study) that holds it."""
-  for root in filter(None, roots):
-    if (pathlib.Path(root) / name / "results.json").is_file():
-      return json.loads((pathlib.Path(root) / name / "results.json").read_text())
-  return None
 
 
 def used_runs(study: pathlib.Path) -> dict[str, dict]:
@@ -39,7 +32,7 @@ def used_runs(study: pathlib.Path) -> dict[str, dict]:
     s = int(row["segment_len"])
     for seed in range(first, first + int(row["seeds"])):
       names = [f"cells/{method}-T{h}-S{s}-seed{seed}"] + ([f"pretrain/S{s}-seed{seed}"] if method != "mtf" else [])
-      out |= {name: result(roots, name) for name in names}
+      out |= {name: run_result(roots, name) for name in names}
   return out
 
 
@@ -48,8 +41,7 @@ def margin(runs: dict, horizon: int) -> tuple[float, float]:
   mola = {r["seed"]: r for n, r in runs.items() if n.startswith("cells/mola-") and r["horizon"] == horizon}
   mtf = {r["seed"]: r for n, r in runs.items() if n.startswith("cells/mtf-") and r["horizon"] == horizon}
   d = np.asarray([mtf[s]["test_mse"] - mola[s]["test_mse"] for s in sorted(mola)])
-  half = float(stats.t.ppf(0.975, d.size - 1) * d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else 0.0
-  return float(d.mean()), half
+  return float(d.mean()), ci(d)
 
 
 def kept_epoch(r: dict) -> int:
