@@ -6,8 +6,8 @@
 #   constant_lr   --config.adapt.lr_decay=1.0 (the stage-2 lr stays at 1e-3 instead of halving every epoch)
 #   both          the two together Stage 1 and mtf are the datasets study's very runs (reuse_from its paper study; segment lengths only the
 # auto study proposed train their stage 1 again). Prints the multi-dataset table with this column added.
-# Usage: [OPTION=per_segment] [DATASETS="national_illness exchange_rate etth1"] [SEEDS=3] \
-#          bash docs/selection_study.sh [RUNS_DIR]
+# Usage: [OPTION=per_segment] [DATASETS="national_illness exchange_rate etth1"] [SEEDS=3] [HORIZONS="(720,)"] \
+#          bash docs/selection_study.sh [RUNS_DIR]      (HORIZONS: a subset of the dataset's horizons; default all)
 # (after docs/datasets_study.sh; default runs/datasets). Finished cells are skipped.
 set -euo pipefail
 out=${1:-runs/datasets} option=${OPTION:-per_segment}
@@ -17,6 +17,7 @@ case $option in
   both) flags=(--config.adapt.selection=per_segment --config.adapt.lr_decay=1.0) ;;
   *) echo "unknown OPTION=$option; use per_segment, constant_lr or both" >&2; exit 2 ;;
 esac
+[ -n "${HORIZONS:-}" ] && flags+=(--config.reproduce.horizons="$HORIZONS")
 for name in ${DATASETS:-national_illness exchange_rate etth1}; do
   python -m mola_jax.reproduce --config "$name" --config.reproduce.methods='("mtf","mola")' \
     --config.reproduce.num_seeds="${SEEDS:-3}" "${flags[@]}" \
