@@ -88,11 +88,12 @@ def main(root: pathlib.Path, extra: list[str]) -> None:
   for folder in sorted(p for p in root.iterdir() if (p / "paper" / "table.csv").is_file()):
     studies = {n: folder / n for n in names if (folder / n / "table.csv").is_file()}
     rows = _table(studies["paper"])
-    name = rows[0]["dataset"]
+    name, horizons = rows[0]["dataset"], sorted({r["horizon"] for r in rows})
+    ran = {n: {r["horizon"] for r in _table(study) if r["method"] == "mola"} for n, study in studies.items()}
     means = {k: [] for k in ["mtf"] + names}
-    for h in sorted({r["horizon"] for r in rows}):
+    for h in horizons:  # a study run at some horizons only (selection_study.sh HORIZONS=...) shows "—" elsewhere
       cells = {"mtf": chosen_cells(studies["paper"], "mtf", h)}
-      cells |= {n: chosen_cells(study, "mola", h) for n, study in studies.items()}
+      cells |= {n: chosen_cells(study, "mola", h) for n, study in studies.items() if h in ran[n]}
       text = {}
       for key, c in cells.items():
         mse = [r["test_mse"] for r in c.values()]
@@ -103,7 +104,7 @@ def main(root: pathlib.Path, extra: list[str]) -> None:
       cols = [text.get(n, "—") for n in names] + [f"{pub:.3f} (published)" if pub else "—"]
       cols += [verdict(cells["mtf"], cells[n]) if n in cells else "—" for n in ["auto"] + extra]
       print(f"| {name} | {h} | {text['mtf']} | " + " | ".join(cols) + " |")
-    avg = [f"{np.mean(means[k]):.4f}" if means[k] else "—" for k in ["mtf"] + names]
+    avg = [f"{np.mean(means[k]):.4f}" if len(means[k]) == len(horizons) else "—" for k in ["mtf"] + names]
     print(f"| {name} | average | " + " | ".join(avg) + " |" + " |" * (1 + len(extra) + 1))
   periods = {p.parent.parent.name: json.loads(p.read_text())["periods"] for p in root.glob("*/auto/periods.json")}
   print(f"\nPeriods detected on the training splits: {periods}")
