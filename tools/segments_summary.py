@@ -79,12 +79,17 @@ def verdict(mtf: dict, mola: dict) -> str:
   return "loses, outside the spread" if diff.mean() + half < 0 else "loses, inside the spread"
 
 
+def val_text(cells: dict | None) -> str:
+  return f"{np.mean([r['val_mse'] for r in cells.values()]):.4f}" if cells else "—"
+
+
 def main(root: pathlib.Path, extra: list[str]) -> None:
   names = ["paper", "auto"] + extra
   heads = [f"MoLA, {n} S" if n in ("paper", "auto") else f"MoLA, {n}" for n in names] + ["published iTransformer"]
   heads += [f"MoLA ({n}) vs mtf" for n in ["auto"] + extra]
   print("| dataset | T | mtf | " + " | ".join(heads) + " |")
   print("|---" * (4 + 2 * len(names) - 1) + "|")
+  val_rows = []
   for folder in sorted(p for p in root.iterdir() if (p / "paper" / "table.csv").is_file()):
     studies = {n: folder / n for n in names if (folder / n / "table.csv").is_file()}
     rows = _table(studies["paper"])
@@ -104,8 +109,14 @@ def main(root: pathlib.Path, extra: list[str]) -> None:
       cols = [text.get(n, "—") for n in names] + [f"{pub:.3f} (published)" if pub else "—"]
       cols += [verdict(cells["mtf"], cells[n]) if n in cells else "—" for n in ["auto"] + extra]
       print(f"| {name} | {h} | {text['mtf']} | " + " | ".join(cols) + " |")
+      val_rows.append(f"| {name} | {h} | " + " | ".join(val_text(cells.get(k)) for k in ["mtf"] + names) + " |")
     avg = [f"{np.mean(means[k]):.4f}" if len(means[k]) == len(horizons) else "—" for k in ["mtf"] + names]
     print(f"| {name} | average | " + " | ".join(avg) + " |" + " |" * (1 + len(extra) + 1))
+  if extra:  # the options are judged on validation: the same cells' mean validation MSE
+    print("\nValidation MSE, mean over seeds (what the options are judged on)\n")
+    print("| dataset | T | mtf | " + " | ".join(f"MoLA, {n}" for n in names) + " |")
+    print("|---" * (3 + len(names)) + "|")
+    print("\n".join(val_rows))
   periods = {p.parent.parent.name: json.loads(p.read_text())["periods"] for p in root.glob("*/auto/periods.json")}
   print(f"\nPeriods detected on the training splits: {periods}")
 
