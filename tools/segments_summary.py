@@ -83,40 +83,64 @@ def val_text(cells: dict | None) -> str:
   return f"{np.mean([r['val_mse'] for r in cells.values()]):.4f}" if cells else "—"
 
 
+def dataset_block(folder: pathlib.Path, names: list[str], extra: list[str]) -> tuple[list[str], list[str], str]:
+  """One dataset's rows: the test table, the validation table, and the line of the MoLA study (auto or an
+  extra one run at every horizon) with the lowest validation MSE averaged over the horizons."""
+  studies = {n: folder / n for n in names if (folder / n / "table.csv").is_file()}
+  rows = _table(studies["paper"])
+  name, horizons = rows[0]["dataset"], sorted({r["horizon"] for r in rows})
+  ran = {n: {r["horizon"] for r in _table(study) if r["method"] == "mola"} for n, study in studies.items()}
+  means, vals, verdicts, test_rows, val_rows = {}, {}, {}, [], []
+  for h in horizons:  # a study run at some horizons only (selection_study.sh HORIZONS=...) shows "—" elsewhere
+    cells = {"mtf": chosen_cells(studies["paper"], "mtf", h)}
+    cells |= {n: chosen_cells(study, "mola", h) for n, study in studies.items() if h in ran[n]}
+    text = {}
+    for key, c in cells.items():
+      mse = [r["test_mse"] for r in c.values()]
+      means.setdefault(key, []).append(np.mean(mse))
+      vals.setdefault(key, []).append(np.mean([r["val_mse"] for r in c.values()]))
+      s = next(iter(c.values()))["segment_len"]
+      text[key] = f"{np.mean(mse):.4f} ± {ci(mse):.4f}" + (f" (S={s})" if key != "mtf" else "")
+    for n in cells.keys() - {"mtf"}:
+      verdicts.setdefault(n, []).append(verdict(cells["mtf"], cells[n]))
+    pub = PUBLISHED.get(name, {}).get(h)
+    cols = [text.get(n, "—") for n in names] + [f"{pub:.3f} (published)" if pub else "—"]
+    cols += [verdicts[n][-1] if n in cells else "—" for n in ["auto"] + extra]
+    test_rows.append(f"| {name} | {h} | {text['mtf']} | " + " | ".join(cols) + " |")
+    val_rows.append(f"| {name} | {h} | " + " | ".join(val_text(cells.get(k)) for k in ["mtf"] + names) + " |")
+  avg = [f"{np.mean(means[k]):.4f}" if len(means.get(k, ())) == len(horizons) else "—" for k in ["mtf"] + names]
+  test_rows.append(f"| {name} | average | " + " | ".join(avg) + " |" + " |" * (1 + len(extra) + 1))
+  full = [n for n in ["auto"] + extra if len(vals.get(n, ())) == len(horizons)]
+  pick = min(full, key=lambda n: np.mean(vals[n]))
+  choice = (
+    f"| {name} | {pick} | "
+    + " | ".join(verdicts[pick])
+    + f" | {np.mean(means['mtf']):.4f} / {np.mean(means[pick]):.4f} |"
+  )
+  return test_rows, val_rows, choice
+
+
 def main(root: pathlib.Path, extra: list[str]) -> None:
   names = ["paper", "auto"] + extra
   heads = [f"MoLA, {n} S" if n in ("paper", "auto") else f"MoLA, {n}" for n in names] + ["published iTransformer"]
   heads += [f"MoLA ({n}) vs mtf" for n in ["auto"] + extra]
   print("| dataset | T | mtf | " + " | ".join(heads) + " |")
   print("|---" * (4 + 2 * len(names) - 1) + "|")
-  val_rows = []
+  val_rows, choices = [], []
   for folder in sorted(p for p in root.iterdir() if (p / "paper" / "table.csv").is_file()):
-    studies = {n: folder / n for n in names if (folder / n / "table.csv").is_file()}
-    rows = _table(studies["paper"])
-    name, horizons = rows[0]["dataset"], sorted({r["horizon"] for r in rows})
-    ran = {n: {r["horizon"] for r in _table(study) if r["method"] == "mola"} for n, study in studies.items()}
-    means = {k: [] for k in ["mtf"] + names}
-    for h in horizons:  # a study run at some horizons only (selection_study.sh HORIZONS=...) shows "—" elsewhere
-      cells = {"mtf": chosen_cells(studies["paper"], "mtf", h)}
-      cells |= {n: chosen_cells(study, "mola", h) for n, study in studies.items() if h in ran[n]}
-      text = {}
-      for key, c in cells.items():
-        mse = [r["test_mse"] for r in c.values()]
-        means[key].append(np.mean(mse))
-        s = next(iter(c.values()))["segment_len"]
-        text[key] = f"{np.mean(mse):.4f} ± {ci(mse):.4f}" + (f" (S={s})" if key != "mtf" else "")
-      pub = PUBLISHED.get(name, {}).get(h)
-      cols = [text.get(n, "—") for n in names] + [f"{pub:.3f} (published)" if pub else "—"]
-      cols += [verdict(cells["mtf"], cells[n]) if n in cells else "—" for n in ["auto"] + extra]
-      print(f"| {name} | {h} | {text['mtf']} | " + " | ".join(cols) + " |")
-      val_rows.append(f"| {name} | {h} | " + " | ".join(val_text(cells.get(k)) for k in ["mtf"] + names) + " |")
-    avg = [f"{np.mean(means[k]):.4f}" if len(means[k]) == len(horizons) else "—" for k in ["mtf"] + names]
-    print(f"| {name} | average | " + " | ".join(avg) + " |" + " |" * (1 + len(extra) + 1))
-  if extra:  # the options are judged on validation: the same cells' mean validation MSE
+    test, val, choice = dataset_block(folder, names, extra)
+    print("\n".join(test))
+    val_rows += val
+    choices.append(choice)
+  if extra:  # the options are judged on validation: the same cells' mean validation MSE, and the choice it makes
     print("\nValidation MSE, mean over seeds (what the options are judged on)\n")
     print("| dataset | T | mtf | " + " | ".join(f"MoLA, {n}" for n in names) + " |")
     print("|---" * (3 + len(names)) + "|")
     print("\n".join(val_rows))
+    print("\nPer dataset, the MoLA study with the lowest validation MSE over the horizons, against mtf\n")
+    print("| dataset | chosen on validation | T = 96 (ILI 24) | 192 (36) | 336 (48) | 720 (60) | mean mtf / chosen |")
+    print("|---|---|---|---|---|---|---|")
+    print("\n".join(choices))
   periods = {p.parent.parent.name: json.loads(p.read_text())["periods"] for p in root.glob("*/auto/periods.json")}
   print(f"\nPeriods detected on the training splits: {periods}")
 
