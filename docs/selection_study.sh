@@ -4,8 +4,9 @@
 #   per_segment   --config.adapt.selection=per_segment (each segment keeps the adapter deltas of its own best
 #                 validation epoch instead of the official "any segment improved" rule)
 #   constant_lr   --config.adapt.lr_decay=1.0 (the stage-2 lr stays at 1e-3 instead of halving every epoch)
-#   both          the two together Stage 1 and mtf are the datasets study's very runs (reuse_from its paper study; segment lengths only the
-# auto study proposed train their stage 1 again). Prints the multi-dataset table with this column added.
+#   both          the two together
+# Stage 1 and mtf are the datasets study's very runs (reuse_from its paper study; segment lengths only the auto
+# study proposed train their stage 1 again). Prints the multi-dataset table with this column added.
 # Usage: [OPTION=per_segment] [DATASETS="national_illness exchange_rate etth1"] [SEEDS=3] [HORIZONS="(720,)"] \
 #          bash docs/selection_study.sh [RUNS_DIR]      (HORIZONS: a subset of the dataset's horizons; default all)
 # (after docs/datasets_study.sh; default runs/datasets). Finished cells are skipped.

@@ -79,10 +79,6 @@ def verdict(mtf: dict, mola: dict) -> str:
   return "loses, outside the spread" if diff.mean() + half < 0 else "loses, inside the spread"
 
 
-def val_text(cells: dict | None) -> str:
-  return f"{np.mean([r['val_mse'] for r in cells.values()]):.4f}" if cells else "—"
-
-
 def dataset_block(folder: pathlib.Path, names: list[str], extra: list[str]) -> tuple[list[str], list[str], str]:
   """One dataset's rows: the test table, the validation table, and the line of the MoLA study (auto or an
   extra one run at every horizon) with the lowest validation MSE averaged over the horizons."""
@@ -107,7 +103,9 @@ def dataset_block(folder: pathlib.Path, names: list[str], extra: list[str]) -> t
     cols = [text.get(n, "—") for n in names] + [f"{pub:.3f} (published)" if pub else "—"]
     cols += [verdicts[n][-1] if n in cells else "—" for n in ["auto"] + extra]
     test_rows.append(f"| {name} | {h} | {text['mtf']} | " + " | ".join(cols) + " |")
-    val_rows.append(f"| {name} | {h} | " + " | ".join(val_text(cells.get(k)) for k in ["mtf"] + names) + " |")
+    val_rows.append(
+      f"| {name} | {h} | " + " | ".join(f"{vals[k][-1]:.4f}" if k in cells else "—" for k in ["mtf"] + names) + " |"
+    )
   avg = [f"{np.mean(means[k]):.4f}" if len(means.get(k, ())) == len(horizons) else "—" for k in ["mtf"] + names]
   test_rows.append(f"| {name} | average | " + " | ".join(avg) + " |" + " |" * (1 + len(extra) + 1))
   full = [n for n in ["auto"] + extra if len(vals.get(n, ())) == len(horizons)]
