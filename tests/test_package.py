@@ -4,8 +4,10 @@ virtual environment and trains from any directory with a built-in config, consol
 from __future__ import annotations
 
 import os
+import pathlib
 import re
 import shutil
+import site
 import subprocess
 import sys
 import tomllib
@@ -36,11 +38,24 @@ def test_pyproject_dependencies_are_requirements_txt():
     assert callable(getattr(__import__(module, fromlist=[function]), function)), target
 
 
+def see_this_environment(python) -> None:
+  """Make the new environment see this one's packages, whatever this one is: a virtual environment (where
+  `venv --system-site-packages` would give the base interpreter's packages, not these) or a global interpreter. A
+  .pth file in the new environment's site-packages appends this environment's site directories to its path, after
+  its own, so what the wheel installs there comes first."""
+  mine = [p for p in (*site.getsitepackages(), site.getusersitepackages()) if os.path.isdir(p)]
+  proc = subprocess.run(
+    [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], capture_output=True, text=True
+  )
+  assert proc.returncode == 0, proc.stderr
+  pathlib.Path(proc.stdout.strip(), "parent_environment.pth").write_text("".join(p + "\n" for p in mine))
+
+
 @pytest.mark.package
 def test_a_wheel_installs_into_a_fresh_venv_and_trains_from_any_directory(tmp_path):
-  """Build the wheel, install it into a new virtual environment (it sees this environment's packages, so nothing
-  is downloaded; pip still checks that every dependency is satisfied), and train the built-in synthetic config from
-  a directory outside the checkout with the installed console script."""
+  """Build the wheel, install it into a new virtual environment (it sees the packages of the environment that
+  runs the suite, so nothing is downloaded; pip still checks that every dependency is satisfied), and train the
+  built-in synthetic config from a directory outside the checkout with the installed console script."""
   dist, venv, elsewhere = tmp_path / "dist", tmp_path / "venv", tmp_path / "elsewhere"
   run = lambda *cmd, **kw: subprocess.run(cmd, capture_output=True, text=True, timeout=900, **kw)
   # Built from a copy of the source: setuptools writes build/ and *.egg-info next to the sources it builds.
@@ -49,8 +64,9 @@ def test_a_wheel_installs_into_a_fresh_venv_and_trains_from_any_directory(tmp_pa
   proc = run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(dist), str(source))
   assert proc.returncode == 0, proc.stderr[-2000:]
   (wheel,) = dist.glob("mola_jax-*.whl")
-  assert run(sys.executable, "-m", "venv", "--system-site-packages", str(venv)).returncode == 0
+  assert run(sys.executable, "-m", "venv", str(venv)).returncode == 0
   bin_dir = venv / "bin"
+  see_this_environment(bin_dir / "python")
   proc = run(str(bin_dir / "python"), "-m", "pip", "install", "--no-index", str(wheel))
   assert proc.returncode == 0, proc.stderr[-2000:]
   elsewhere.mkdir()
