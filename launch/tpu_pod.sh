@@ -1,20 +1,28 @@
 #!/usr/bin/env bash
 # Cloud TPU pod slice: create it (or use an existing one), install the code and environment on every worker,
 # and run the same command on all workers at once. jax.distributed.initialize() (MOLA_DISTRIBUTED=1) finds the
-# other workers through the TPU metadata; each worker reads only its own rows of every batch; process 0 writes
-# the logs and results; every worker writes its shards of the checkpoints.
+# other workers through the TPU metadata. Every worker loads the whole series (a benchmark file is a few MB) onto
+# its chips, and each chip gathers its own rows of every global batch there; process 0 writes the logs and
+# results; every worker writes its shards of the checkpoints.
 #
 #   export TPU=mola-v5e-32 ZONE=us-west4-a TYPE=v5litepod-32 BUCKET=my-bucket   # BUCKET: a GCS bucket (no gs://)
 #   launch/tpu_pod.sh create                   # skip for an existing pod
 #   launch/tpu_pod.sh setup                    # code (this checkout's HEAD), environment, bucket mount: every worker
 #   launch/tpu_pod.sh train --config configs/etth1.py --config.mesh.shape='(-1,1)' --workdir /mnt/mola/runs/etth1
 #   launch/tpu_pod.sh scaling --config configs/etth1.py --workdir /mnt/mola/runs/scaling --meshes=8x1,16x1,32x1,16x2
-#   launch/tpu_pod.sh exec 'python3 -c "import jax; print(jax.device_count())"'
+#   launch/tpu_pod.sh exec 'python -c "import jax; print(jax.device_count())"'
 #   launch/tpu_pod.sh delete
 #
 # The workdir must be visible to every worker: the bucket mounted with gcsfuse at $MOUNT (setup does that), or a
 # Filestore/NFS share. train.py writes its workdir with ordinary file operations, so pass a mounted path, not a
 # gs:// URL. Put the dataset CSVs in $MOUNT/data (e.g. gsutil cp ETTh1.csv gs://$BUCKET/data/).
+# gcsfuse: orbax commits a checkpoint by renaming its temporary directory, which gcsfuse refuses for a directory
+# of more than --rename-dir-limit objects (default 0), so setup mounts with a high limit. The workdir lock is an
+# flock, which gcsfuse keeps on the one machine that takes it (process 0's): it stops a second run from that
+# machine, not from another one; that is not verified on gcsfuse here.
+#
+# Python: the TPU VM images (Ubuntu 22.04) have Python 3.10; mola_jax needs 3.11 or newer, so setup installs uv
+# and makes a Python 3.11 virtual environment at ~/$VENV on every worker, and the commands run in it.
 set -euo pipefail
 
 : "${TPU:?set TPU to the TPU VM name}" "${ZONE:?set ZONE, e.g. us-west4-a}"
@@ -23,6 +31,8 @@ VERSION=${VERSION:-v2-alpha-tpuv5-lite}    # TPU VM software version of `create`
 BUCKET=${BUCKET:-}                         # GCS bucket mounted at $MOUNT on every worker (optional)
 MOUNT=${MOUNT:-/mnt/mola}
 CODE=${CODE:-mola_jax}                     # checkout directory on every worker, relative to $HOME
+VENV=${VENV:-mola_venv}                    # Python >= 3.11 virtual environment on every worker, relative to $HOME
+PYTHON_VERSION=${PYTHON_VERSION:-3.11}
 EXTRA=()
 [[ -n ${PROJECT:-} ]] && EXTRA+=(--project="$PROJECT")
 
@@ -47,7 +57,9 @@ case "$cmd" in
     rm -f "$archive"
     on_all "set -e; rm -rf ~/$CODE && mkdir -p ~/$CODE && tar -xzf ~/mola_jax.tar.gz -C ~/$CODE
       echo $(git rev-parse HEAD) > ~/$CODE/COMMIT
-      python3 -m pip install -q -U 'jax[tpu]' -r ~/$CODE/requirements.txt"
+      python3 -m pip install -q --user -U uv
+      ~/.local/bin/uv venv -q --python $PYTHON_VERSION ~/$VENV
+      ~/.local/bin/uv pip install -q --python ~/$VENV/bin/python -U 'jax[tpu]' -r ~/$CODE/requirements.txt"
     if [[ -n $BUCKET ]]; then
       on_all "set -e; if ! command -v gcsfuse >/dev/null; then
           echo 'deb https://packages.cloud.google.com/apt gcsfuse-'\$(lsb_release -c -s)' main' |
@@ -55,21 +67,21 @@ case "$cmd" in
           curl -fsSL https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo apt-key add - >/dev/null
           sudo apt-get update -qq && sudo apt-get install -y -qq gcsfuse; fi
         sudo mkdir -p $MOUNT && sudo chown \$USER $MOUNT
-        mountpoint -q $MOUNT || gcsfuse --implicit-dirs $BUCKET $MOUNT"
+        mountpoint -q $MOUNT || gcsfuse --implicit-dirs --rename-dir-limit=1000000 $BUCKET $MOUNT"
     fi
     ;;
-  train | scaling)
+  train | scaling | reproduce)
     on_all "cd ~/$CODE && MOLA_DISTRIBUTED=1 MOLA_DATA_DIR=\${MOLA_DATA_DIR:-$MOUNT/data} \
-      python3 -m mola_jax.$cmd $(quote "$@")"
+      ~/$VENV/bin/python -m mola_jax.$cmd $(quote "$@")"
     ;;
   exec)
-    on_all "cd ~/$CODE && $*"
+    on_all "cd ~/$CODE && source ~/$VENV/bin/activate && $*"
     ;;
   delete)
     gcloud compute tpus tpu-vm delete "$TPU" --zone="$ZONE" "${EXTRA[@]}" --quiet
     ;;
   *)
-    echo "usage: launch/tpu_pod.sh create|setup|train|scaling|exec|delete [ARGS...]" >&2
+    echo "usage: launch/tpu_pod.sh create|setup|train|scaling|reproduce|exec|delete [ARGS...]" >&2
     exit 2
     ;;
 esac

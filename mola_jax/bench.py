@@ -1002,7 +1002,7 @@ def markdown(r: dict) -> str:
 
 def command() -> None:
   """`mola-bench` / `python -m mola_jax.bench`."""
-  cli.config_command(run, "Where bench.json and bench.md go")
+  cli.config_command(run, "Where bench.json and bench.md go", multi_process=False)
 
 
 if __name__ == "__main__":

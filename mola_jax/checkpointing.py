@@ -16,6 +16,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
 
+from mola_jax import sharding
 from mola_jax.errors import CheckpointError
 from mola_jax.models.adapters import AdapterConst
 
@@ -42,8 +43,20 @@ def stage_dir(workdir, stage: str) -> pathlib.Path:
 
 def manager(directory: pathlib.Path) -> ocp.CheckpointManager:
   """Best states of a stage: the newest is the selected state; the one before it is the fallback if the newest
-  cannot be read (restore_latest)."""
-  return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+  cannot be read (restore_latest). The items' handlers are named up front, so that a checkpoint's metadata can
+  be read before any of its arrays."""
+  return ocp.CheckpointManager(
+    directory,
+    options=_options(directory),
+    item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()},
+  )
+
+
+def _options(directory: pathlib.Path) -> ocp.CheckpointManagerOptions:
+  """The newest two; on several processes, barriers named after the directory: a stage's best-state and resume
+  managers save side by side, and orbax's barriers of the same name would collide."""
+  named = ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=pathlib.Path(directory).name)
+  return ocp.CheckpointManagerOptions(max_to_keep=2, create=True, multiprocessing_options=named)
 
 
 def _save(mngr: ocp.CheckpointManager, step: int, args) -> None:
@@ -73,10 +86,23 @@ def save(mngr: ocp.CheckpointManager, step: int, state: nnx.State, meta: dict) -
   )
 
 
-def restore_latest(directory: pathlib.Path) -> tuple[dict, dict]:
-  """-> (pure state dict of numpy arrays, meta) of the newest readable best-state checkpoint in `directory`. An
-  unreadable newest one (truncated, half-written) is reported and the one before it is used; none readable is a
-  CheckpointError."""
+def _abstract(pure: dict, shardings: dict) -> dict:
+  """The restore target of a pure dict: each array's shape and dtype, and the sharding to restore it into."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s), pure, shardings)
+
+
+def _unreadable(directory, step: int, e: Exception) -> None:
+  reason = " ".join(str(e).split())[:200]
+  logging.warning("checkpoint %s/%d is unreadable (%s); falling back to an earlier one", directory, step, reason)
+
+
+def restore_latest(directory: pathlib.Path, target: dict, check=None) -> tuple[dict, dict]:
+  """-> (state, meta) of the newest readable best-state checkpoint in `directory`, the state restored into
+  `target` (a pure dict of jax.ShapeDtypeStructs: each array's shape, dtype and sharding, so a sharded state
+  restores straight onto its devices, on any mesh and any number of processes). `check(meta, shapes)` may refuse
+  a readable checkpoint with a CheckpointError before any array is read (`shapes`: path -> shape of what it
+  holds). An unreadable newest one (truncated, half-written) is reported and the one before it is used; none
+  readable is a CheckpointError."""
   if not directory.is_dir():
     raise CheckpointError(
       f"no checkpoint at {directory}; run stage 1 first (--config.stage=pretrain) "
@@ -88,15 +114,18 @@ def restore_latest(directory: pathlib.Path) -> tuple[dict, dict]:
       raise CheckpointError(f"{directory} holds no finished checkpoint; rerun the stage that writes it")
     for step in found:
       try:
-        out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
-        return jax.tree.map(np.asarray, dict(out["state"])), dict(out["meta"])
+        meta = dict(mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+        shapes = _flat(mngr.item_metadata(step)["state"].tree)
       except Exception as e:  # orbax raises many types for a damaged directory; any of them means "skip it"
-        logging.warning(
-          "checkpoint %s/%d is unreadable (%s); falling back to an earlier one",
-          directory,
-          step,
-          " ".join(str(e).split())[:200],
-        )
+        _unreadable(directory, step, e)
+        continue
+      if check is not None:
+        check(meta, shapes)  # a readable checkpoint of the wrong run is an error, not damage to fall back from
+      try:
+        out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+        return dict(out["state"]), meta
+      except Exception as e:
+        _unreadable(directory, step, e)
   raise CheckpointError(
     f"no readable checkpoint in {directory} (steps {found} are damaged); rerun the stage that "
     "writes it (with --overwrite, or in a new --workdir)"
@@ -104,8 +133,9 @@ def restore_latest(directory: pathlib.Path) -> tuple[dict, dict]:
 
 
 def _flat(tree: dict) -> dict[str, tuple]:
+  """path -> shape of every array (or orbax ArrayMetadata) of a nested dict."""
   return {
-    "/".join(str(k) for k in path): tuple(np.shape(v))
+    "/".join(str(k) for k in path): tuple(getattr(v, "shape", None) or np.shape(v))
     for path, v in (
       (tuple(getattr(p, "key", getattr(p, "idx", p)) for p in kp), v)
       for kp, v in jax.tree_util.tree_flatten_with_path(tree)[0]
@@ -114,28 +144,37 @@ def _flat(tree: dict) -> dict[str, tuple]:
 
 
 def load_backbone(model: nnx.Module, directory: pathlib.Path, expect: dict) -> dict:
-  """Restore every non-adapter leaf of `model` from the stage-1 checkpoint in `directory`, strictly.
-  `expect` holds the BACKBONE_IDENTITY values the model was built with. Returns the checkpoint's meta."""
-  pure, meta = restore_latest(directory)
-  for key in BACKBONE_IDENTITY:
-    if meta.get(key) != expect[key]:
-      raise CheckpointError(
-        f"stage-1 checkpoint {directory} has {key}={meta.get(key)!r} but this run needs {expect[key]!r}; "
-        "pretrain a matching backbone or point --config.init_from at one"
-      )
+  """Restore every non-adapter leaf of `model` from the stage-1 checkpoint in `directory`, strictly, into the
+  shardings the model's arrays should have. `expect` holds the BACKBONE_IDENTITY values the model was built with.
+  Returns the checkpoint's meta."""
   backbone = nnx.state(model, nnx.Not(nnx.Any(nnx.LoRAParam, AdapterConst)))
-  want, have = _flat(nnx.to_pure_dict(backbone)), _flat(pure)
-  if want != have:
-    missing = sorted(set(want) - set(have))[:3]
-    extra = sorted(set(have) - set(want))[:3]
-    shape = sorted(k for k in set(want) & set(have) if want[k] != have[k])[:3]
-    raise CheckpointError(
-      f"stage-1 checkpoint {directory} does not fit this backbone (missing {missing}, "
-      f"unexpected {extra}, wrong shape {shape}); pretrain it again with this config"
-    )
-  nnx.replace_by_pure_dict(backbone, jax.device_put(pure))  # device arrays: not copied to the device every step
+  want = _flat(nnx.to_pure_dict(backbone))
+
+  def check(meta: dict, have: dict) -> None:
+    for key in BACKBONE_IDENTITY:
+      if meta.get(key) != expect[key]:
+        raise CheckpointError(
+          f"stage-1 checkpoint {directory} has {key}={meta.get(key)!r} but this run needs {expect[key]!r}; "
+          "pretrain a matching backbone or point --config.init_from at one"
+        )
+    if want != have:
+      missing = sorted(set(want) - set(have))[:3]
+      extra = sorted(set(have) - set(want))[:3]
+      shape = sorted(k for k in set(want) & set(have) if want[k] != have[k])[:3]
+      raise CheckpointError(
+        f"stage-1 checkpoint {directory} does not fit this backbone (missing {missing}, "
+        f"unexpected {extra}, wrong shape {shape}); pretrain it again with this config"
+      )
+
+  pure, meta = restore_latest(directory, _target(backbone), check)
+  nnx.replace_by_pure_dict(backbone, pure)
   nnx.update(model, backbone)
   return meta
+
+
+def _target(state: nnx.State) -> dict:
+  """The restore target of a model state: its arrays' shapes and dtypes, with the shardings they should have."""
+  return _abstract(nnx.to_pure_dict(state), nnx.to_pure_dict(sharding.target_shardings(state)))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -144,7 +183,7 @@ def load_backbone(model: nnx.Module, directory: pathlib.Path, expect: dict) -> d
 
 
 def resume_manager(directory: pathlib.Path) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+  return ocp.CheckpointManager(directory, options=_options(directory))
 
 
 def save_resume(mngr: ocp.CheckpointManager, step: int, state, loop: dict) -> None:
@@ -172,10 +211,17 @@ def restore_resume(mngr: ocp.CheckpointManager, target) -> tuple | None:
 
 
 def restore_into(model: nnx.Module, directory: pathlib.Path) -> dict:
-  """Load the latest best-state checkpoint of `directory` into every leaf of `model`, as device arrays (the steps
-  then see the arrays training left them, and reuse its compiled programs); returns the checkpoint's meta."""
-  pure, meta = restore_latest(directory)
+  """Load the latest best-state checkpoint of `directory` into every leaf of `model`, as device arrays with the
+  shardings the model's arrays should have (the steps then see the arrays training left them, and reuse its
+  compiled programs); returns the checkpoint's meta."""
   state = nnx.state(model)
-  nnx.replace_by_pure_dict(state, jax.device_put(pure))
+  want = _flat(nnx.to_pure_dict(state))
+
+  def check(meta: dict, have: dict) -> None:
+    if want != have:
+      raise CheckpointError(f"{directory} holds a state of another structure than this model; rerun its stage")
+
+  pure, meta = restore_latest(directory, _target(state), check)
+  nnx.replace_by_pure_dict(state, pure)
   nnx.update(model, state)
   return meta

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import pathlib
 import sys
 
 from absl import flags
 
 from mola_jax.errors import CheckpointError, ConfigError, DataError, Diverged
+
+CONFIG_HELP = "A built-in config's name (etth1, etth1:fixed_s) or a config file's path"
 
 # Errors that mean "the input is wrong", never "the program is": one line, exit 2, nothing written.
 USER_ERRORS = (ConfigError, DataError, CheckpointError)
@@ -60,21 +63,39 @@ def parse_flags(argv: list[str]) -> list[str]:
   return rest
 
 
-def config_command(run, workdir_help: str) -> None:
-  """Entry point of a `--config FILE --workdir DIR` command that calls run(cfg, workdir)."""
+def start(argv, distributed: bool = False, *, multi_process: bool = True) -> None:
+  """What every command's main does first: refuse stray arguments, quieten orbax (it logs every save at INFO), and
+  with `distributed` (cfg.distributed) or MOLA_DISTRIBUTED=1 join the other processes (jax.distributed) before
+  anything touches a device. Only process 0 prints to stdout; errors still reach everyone's stderr. A command
+  that cannot run on several processes (`multi_process=False`) says so in one line."""
   from absl import app, logging
+
+  from mola_jax import sharding
+
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}; overrides look like --config.horizon=192")
+  logging.set_verbosity(logging.WARNING)
+  if not sharding.initialize_distributed(distributed):
+    return
+  if not multi_process:
+    fail(
+      f"{pathlib.Path(sys.argv[0]).stem} measures one process; run it without MOLA_DISTRIBUTED / --config.distributed"
+    )
+  if not sharding.is_lead():
+    sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
+
+
+def config_command(run, workdir_help: str, *, multi_process: bool = True) -> None:
+  """Entry point of a `--config FILE --workdir DIR` command that calls run(cfg, workdir)."""
+  from absl import app
   from ml_collections import config_flags
 
   def main(argv) -> None:
-    if len(argv) > 1:
-      raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    start(argv, flags.FLAGS.config.distributed, multi_process=multi_process)
     with user_errors():
       run(flags.FLAGS.config, flags.FLAGS.workdir)
 
-  config_flags.DEFINE_config_file(
-    "config", None, "A built-in config's name (etth1, etth1:fixed_s) or a config file's path", lock_config=True
-  )
+  config_flags.DEFINE_config_file("config", None, CONFIG_HELP, lock_config=True)
   flags.DEFINE_string("workdir", None, workdir_help, required=True)
   flags.mark_flag_as_required("config")
   app.run(main, flags_parser=parse_flags)

@@ -14,6 +14,7 @@ from mola_jax.errors import ConfigError
 # mtf: the direct T-step baseline; every other method is stage 2 on a frozen stage-1 model (models/tuners.py).
 METHODS = ("mola", "lora", "mtf", "ia3", "moia3", "adapter", "moadapter", "fourier", "mofourier", "lora_heads")
 STAGES = ("all", "pretrain", "adapt")
+MATMUL_PRECISIONS = ("float32", "tensorfloat32", "bfloat16", "default")
 
 # The method's two segment-length options per horizon (docs/method.md §8). The first is the default S; the
 # reproduction picks between them on validation. Keys are strings because ConfigDict keys must be.
@@ -200,6 +201,10 @@ def default() -> ml_collections.ConfigDict:
   # Compute dtype of the train and eval steps' forward and backward pass: "float32", or "bfloat16" (for GPU/TPU)
   # with float32 master weights, optimizer state and loss (steps.caster). Its accuracy effect: mola_jax.bench.
   cfg.compute_dtype = "float32"
+  # Precision of float32 matmuls and convolutions on an accelerator (jax.default_matmul_precision): "float32", what
+  # the official PyTorch code computes (and all a CPU does); "tensorfloat32" or "bfloat16" (GPU/TPU: faster, a
+  # few mantissa bits fewer); "default", the platform's own choice (bfloat16 passes on a TPU, TF32 on recent GPUs).
+  cfg.matmul_precision = "float32"
 
   # `python -m mola_jax.bench` (docs/performance.md). Throughputs are medians of `repeats` timed repeats after
   # `warmup` untimed steps; a repeat runs enough steps to last about `repeat_seconds` (within min/max_steps).
@@ -275,6 +280,8 @@ def validate(cfg) -> None:
       raise ConfigError(f"{key}.batch_size, {key}.epochs and {key}.lr must be positive")
     if not 0.0 < sub.lr_decay <= 1.0:
       raise ConfigError(f"{key}.lr_decay must lie in (0, 1] (0.5 halves the lr each epoch, 1 keeps it): {sub.lr_decay}")
+  if cfg.get("matmul_precision", "float32") not in MATMUL_PRECISIONS:
+    raise ConfigError(f"unknown matmul_precision {cfg.matmul_precision!r}; use one of {', '.join(MATMUL_PRECISIONS)}")
   if cfg.get("compute_dtype", "float32") not in ("float32", "bfloat16"):
     raise ConfigError(f"unknown compute_dtype {cfg.compute_dtype!r}; use 'float32' or 'bfloat16'")
   if any(not 0.0 < level < 1.0 for level in cfg.get("intervals", ())):

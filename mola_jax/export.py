@@ -21,9 +21,9 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 
-from mola_jax import cli, plan, steps, workdir
+from mola_jax import cli, plan, runtime, sharding, steps, workdir
 from mola_jax.data import sources
 from mola_jax.inference import Run, load_run
 from mola_jax.models import adapters, tuners
@@ -45,7 +45,8 @@ def export_run(run: Run) -> jax.export.Exported:
   b = jax.export.symbolic_shape("b")[0]
   seq_len, d, f = run.cfg.data.seq_len, len(run.columns), int(run.scaler["marks"])
   shapes = [jax.ShapeDtypeStruct(s, jnp.float32) for s in ((b, seq_len, d), (b, seq_len, f), (b, run.horizon, f))]
-  return jax.export.export(jax.jit(forecaster))(*shapes)
+  with runtime.matmul_precision(run.cfg.get("matmul_precision")):  # the precision the run trained with
+    return jax.export.export(jax.jit(forecaster))(*shapes)
 
 
 def describe(run: Run) -> dict:
@@ -78,12 +79,12 @@ def describe(run: Run) -> dict:
 
 
 def main(argv) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  logging.set_verbosity(logging.WARNING)
+  cli.start(argv)  # under MOLA_DISTRIBUTED=1 every process traces the same program; process 0 writes
   f = flags.FLAGS
   with cli.user_errors():
     run = load_run(f.workdir)
+  if not sharding.is_lead():
+    return
   out = pathlib.Path(f.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   exported = export_run(run)

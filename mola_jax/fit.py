@@ -193,9 +193,12 @@ class StageLoop:
       progress.step += 1
       self.profiler.after_step(progress.step, new)
       progress.batch += 1
+      due = bool(every) and progress.step % every == 0
       if progress.step % cfg.log_every == 0:
         bar.set_postfix(loss=f"{float(loss):.4f}")
-      due = (every and progress.step % every == 0) or time.monotonic() - saved_at >= cfg.checkpoint_every_seconds
+        # The clock is read here only, and process 0's reading decides for every process: a resume checkpoint
+        # is a collective save that all processes must start at the same step.
+        due |= sharding.agree(time.monotonic() - saved_at >= cfg.checkpoint_every_seconds)
       if due and progress.batch < self.steps_per_epoch:
         self._fold(losses, progress)
         self._save_resume(progress)
@@ -227,7 +230,7 @@ class StageLoop:
       seconds=seconds,
     )
     if name == plan.ADAPT:
-      self.log.mixtures(name, epoch, jax.device_get(adapters.mixture_weights(self._model())))
+      self.log.mixtures(name, epoch, sharding.fetch(adapters.mixture_weights(self._model())))
     note = f" active {int(self.stopper.active.sum())}/{segments}" if segments > 1 else ""
     tqdm.write(
       f"[{name}] epoch {epoch}/{self.recipe.epochs}  train {train_loss:.4f}  val mse {val['mse']:.4f} "
@@ -250,7 +253,7 @@ class StageLoop:
   def _fold(self, losses: list, progress: Progress) -> None:
     """Move the device losses into the progress record (one host read); stop on a non-finite one, before
     anything computed from it is saved."""
-    values = np.asarray(jax.device_get(losses), np.float64) if losses else np.zeros(0)
+    values = np.asarray(sharding.fetch(losses), np.float64) if losses else np.zeros(0)
     if not np.isfinite(values).all():
       bad = progress.step - len(values) + int(np.flatnonzero(~np.isfinite(values))[0]) + 1
       self.best_mngr.wait_until_finished()

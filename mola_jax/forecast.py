@@ -15,9 +15,9 @@ from __future__ import annotations
 import pathlib
 
 import pandas as pd
-from absl import app, flags, logging
+from absl import app, flags
 
-from mola_jax import cli, data, workdir
+from mola_jax import cli, data, sharding, workdir
 from mola_jax.inference import Run, load_run
 
 
@@ -63,13 +63,13 @@ def plot(csv_path, forecast: pd.DataFrame, out_dir: pathlib.Path, history: int) 
 
 
 def main(argv) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  logging.set_verbosity(logging.WARNING)
+  cli.start(argv)  # under MOLA_DISTRIBUTED=1 every process forecasts on its own devices; process 0 writes
   f = flags.FLAGS
   with cli.user_errors():
     run = load_run(f.workdir)
     forecast = forecast_csv(run, f.csv, roll=f.roll)
+  if not sharding.is_lead():
+    return
   out = pathlib.Path(f.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   with workdir.atomic(out) as tmp:

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from flax import nnx
 
-from mola_jax import checkpointing, config_lib, data, intervals, plan, steps
+from mola_jax import checkpointing, config_lib, data, intervals, plan, runtime, steps
 from mola_jax.errors import DataError
 from mola_jax.models import adapters, build
 
@@ -57,8 +57,10 @@ class Run:
     return list(self.scaler["columns"])
 
   def forecast(self, batch: dict) -> np.ndarray:
-    """batch {"x": [B, L, D], "x_mark": [B, L, F], "y_mark": [B, T, F]} -> [B, T, D] (standardised scale)."""
-    return np.asarray(self._step(self._states, batch))
+    """batch {"x": [B, L, D], "x_mark": [B, L, F], "y_mark": [B, T, F]} -> [B, T, D] (standardised scale), at
+    the matmul precision the run trained with."""
+    with runtime.matmul_precision(self.cfg.get("matmul_precision")):
+      return np.asarray(self._step(self._states, batch))
 
   def predict(self, df: pd.DataFrame, *, name: str = "the DataFrame") -> pd.DataFrame:
     """The T steps after `df`'s last row: columns date, the channels, and per interval level lower/upper bounds

@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import math
 
-import jax
 import numpy as np
 from flax import nnx
 
-from mola_jax import data, plan, steps
+from mola_jax import data, plan, sharding, steps
 
 MAX_CALIBRATION_WINDOWS = 2000  # evenly spaced over the split: bounds host memory at long horizons
 SCALE_FLOOR = 0.05  # standardised units: a flat look-back (a constant channel) still gets a band
@@ -49,7 +48,7 @@ def forecasts(model: nnx.Module, stage: plan.Stage, *, series, cfg, split: str, 
     idx = picked[start : start + cfg.data.eval_batch_size]
     padded = np.resize(idx, cfg.data.eval_batch_size)  # one static batch shape: one compiled program
     batch = windows.take(padded.astype(np.int32))
-    pred, y, x = jax.device_get((step(states, batch), batch["y"], batch["x"]))
+    pred, y, x = sharding.fetch((step(states, batch), batch["y"], batch["x"]))  # on every process
     n = len(idx)
     yield pred[:n], y[:n], lookback_scale(x[:n])
 

@@ -10,12 +10,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mola_jax import data, steps, workdir
+from mola_jax import data, sharding, steps, workdir
 
 
 def summarise(acc: dict, segments: int, channels: int) -> dict:
   """Device sums from the eval step -> metrics; one host read. Global element means (docs/protocol.md §7)."""
-  acc = jax.device_get(acc)
+  acc = sharding.fetch(acc)
   n = int(acc["count"])
   per_step = acc["sq"] / (n * channels)  # [T]
   return {

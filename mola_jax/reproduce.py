@@ -33,7 +33,7 @@ import time
 import numpy as np
 from scipy import stats
 
-from mola_jax import cli, config_lib, data, periods, plan
+from mola_jax import cli, config_lib, data, periods, plan, sharding
 from mola_jax import workdir as workdir_lib
 from mola_jax.train import train_and_evaluate
 
@@ -55,10 +55,11 @@ TABLE_COLUMNS = (
 def run_once(cfg, workdir: pathlib.Path) -> dict:
   """Results of the run in `workdir`, training it first unless it already finished."""
   done = workdir / "results.json"
-  if done.is_file():
+  if sharding.agree(done.is_file()):  # every process takes process 0's view of the shared directory
     return json.loads(done.read_text())
-  if workdir.exists():  # killed part-way: start the cell over rather than mix two partial runs
+  if workdir.exists() and sharding.is_lead():  # killed part-way: start the cell over, not mix two partial runs
     shutil.rmtree(workdir)
+  sharding.sync(f"fresh {workdir}")
   return train_and_evaluate(cfg, workdir)
 
 
@@ -135,7 +136,8 @@ def detect_periods(cfg, horizons: list[int], workdir: pathlib.Path) -> list[int]
   series = data.load_series(cfg.data)
   train = series.values[slice(*series.borders["train"])]  # the training split only: nothing of val or test
   found = periods.dominant_periods(train, max_period=max(horizons) // 2)
-  workdir_lib.write_json(workdir / "periods.json", {"periods": found, "rows": len(train)})
+  if sharding.is_lead():
+    workdir_lib.write_json(workdir / "periods.json", {"periods": found, "rows": len(train)})
   print(f"[reproduce] periods of the training split: {found or 'none'}", flush=True)
   return found
 
@@ -149,8 +151,10 @@ def run(cfg, workdir) -> list[dict]:
   for method in methods:  # fail on a bad request before hours of work, not after
     plan.make(cell_cfg(cfg, method=method, horizon=horizons[0]))
   cells = [(seed, h, m) for seed in seeds for h in horizons for m in methods]
-  workdir.mkdir(parents=True, exist_ok=True)
-  workdir_lib.write_text(workdir / "config.json", cfg.to_json_best_effort(indent=2))
+  lead = sharding.is_lead()  # on several processes (jax.distributed) every cell trains on all, process 0 writes
+  if lead:
+    workdir.mkdir(parents=True, exist_ok=True)
+    workdir_lib.write_text(workdir / "config.json", cfg.to_json_best_effort(indent=2))
   found = detect_periods(cfg, horizons, workdir)
 
   results: dict[tuple, dict] = {}  # (method, horizon, S, seed) -> results.json
@@ -198,12 +202,14 @@ def run(cfg, workdir) -> list[dict]:
           }
         )
 
-  write_csv(workdir / "selection.csv", selection_rows)
   rows = table_rows(cfg, results, chosen, seeds, horizons, methods)
-  write_csv(workdir / "table.csv", rows)
-  workdir_lib.write_text(workdir / "table.md", table_markdown(rows))
-  plot(workdir, results, cell_dirs, chosen, seeds, horizons, methods)
-  print((workdir / "table.md").read_text())
+  if lead:
+    write_csv(workdir / "selection.csv", selection_rows)
+    write_csv(workdir / "table.csv", rows)
+    workdir_lib.write_text(workdir / "table.md", table_markdown(rows))
+  # Every process: the plots load runs, and a restore on several processes is a collective. Process 0 saves.
+  plot(workdir, results, cell_dirs, chosen, seeds, horizons, methods, save=lead)
+  print(table_markdown(rows))
   return rows
 
 
@@ -259,8 +265,9 @@ def write_csv(path: pathlib.Path, rows: list[dict]) -> None:
     writer.writerows(rows)
 
 
-def plot(workdir: pathlib.Path, results, cell_dirs, chosen, seeds, horizons, methods) -> None:
-  """Per-step test MSE (mean over seeds) of every method, and a few test windows of the target channel."""
+def plot(workdir: pathlib.Path, results, cell_dirs, chosen, seeds, horizons, methods, save: bool = True) -> None:
+  """Per-step test MSE (mean over seeds) of every method, and a few test windows of the target channel; written
+  if `save`."""
   import matplotlib
 
   matplotlib.use("Agg")
@@ -277,7 +284,8 @@ def plot(workdir: pathlib.Path, results, cell_dirs, chosen, seeds, horizons, met
     ax.set(xlabel="forecast step", ylabel="test MSE", title=f"Test MSE per forecast step, T={horizon}")
     ax.legend()
     fig.tight_layout()
-    workdir_lib.save_figure(fig, workdir / f"per_step_T{horizon}.png", dpi=120)
+    if save:
+      workdir_lib.save_figure(fig, workdir / f"per_step_T{horizon}.png", dpi=120)
     plt.close(fig)
 
     runs = {m: load_run(cell_dirs[(m, horizon, chosen[(m, horizon)], seeds[0])]) for m in methods}
@@ -297,7 +305,8 @@ def plot(workdir: pathlib.Path, results, cell_dirs, chosen, seeds, horizons, met
       ax.set_title(f"test window {picks[row]}, channel {series.columns[ch]} (standardised)", fontsize=9)
     fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="upper center", ncol=len(runs) + 2, fontsize=8)
     fig.tight_layout(rect=(0, 0, 1, 0.96))
-    workdir_lib.save_figure(fig, workdir / f"windows_T{horizon}.png", dpi=110)
+    if save:
+      workdir_lib.save_figure(fig, workdir / f"windows_T{horizon}.png", dpi=110)
     plt.close(fig)
 
 

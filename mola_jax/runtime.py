@@ -3,6 +3,7 @@ program."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 
@@ -37,6 +38,27 @@ def use_compile_cache(enabled: bool = True, path: str | None = None) -> str | No
     jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
     compilation_cache.reset_cache()  # a cache already initialised in this process would ignore the new directory
   return before
+
+
+def matmul_precision(name: str | None):
+  """A context in which every traced matmul and convolution takes `name`'s precision (cfg.matmul_precision):
+  "float32" (also None: a config from before the key), "tensorfloat32", "bfloat16", or "default" (the platform's
+  choice: nothing is set). Programs traced inside it are cached apart from others."""
+  if name == "default":
+    return contextlib.nullcontext()
+  return jax.default_matmul_precision(name or "float32")
+
+
+def environment() -> dict:
+  """Where a run ran, for its results: the device kind, platform, device and process counts, jax's version."""
+  device = jax.devices()[0]
+  return {
+    "device": device.device_kind,
+    "platform": device.platform,
+    "devices": jax.device_count(),
+    "processes": jax.process_count(),
+    "jax": jax.__version__,
+  }
 
 
 def compiled_cost(compiled) -> dict:

@@ -14,7 +14,8 @@ the run's settings) and DIR/scaling.png (throughput and scaling efficiency again
   segments, on real windows of the config's dataset. Weights are random: the cost does not depend on them.
 * bytes_per_device = arguments + outputs + temporaries - donated (aliased) buffers of the compiled program, per
   device. flops_per_step = the compiled per-device FLOPs x devices (XLA's cost analysis; CPU counts are
-  approximate). step_seconds = the median of `--steps` timed steps after `--warmup` untimed ones.
+  approximate). step_seconds = throughput: of 3 repeats of `--steps` steps dispatched back to back (one wait at
+  the end of each), after `--warmup` untimed ones, the median repeat's seconds per step.
 * Scaling efficiency = (throughput(n) / throughput(n0)) / (n / n0), n0 the smallest device count measured at the
   same global batch (strong scaling).
 * Simulated CPU devices share the host's cores, so their timings show the program's overheads, not speed-up;
@@ -40,6 +41,8 @@ from mola_jax import cli, config_lib, data, plan, runtime, sharding, steps
 from mola_jax import workdir as workdir_lib
 from mola_jax.models import build
 
+REPEATS = 3  # timed repeats of `--steps` steps each; the median repeat's seconds per step is reported
+
 COLUMNS = (
   "mesh",
   "devices",
@@ -51,9 +54,10 @@ COLUMNS = (
 )
 
 
-def default_meshes(n: int) -> list[tuple[int, int]]:
-  """Data parallel on 1, 2, 4, ... n devices, plus n devices as (n/2) x 2 and (n/4) x 4."""
-  out, d = [], 1
+def default_meshes(n: int, processes: int = 1) -> list[tuple[int, int]]:
+  """Data parallel on p, 2p, 4p, ... n devices (p processes: a mesh must span every process, since every process
+  runs every computation), plus n devices as (n/2) x 2 and (n/4) x 4."""
+  out, d = [], processes
   while d < n:
     out.append((d, 1))
     d *= 2
@@ -62,9 +66,9 @@ def default_meshes(n: int) -> list[tuple[int, int]]:
   return list(dict.fromkeys(out))
 
 
-def parse_meshes(text: str | None, n: int) -> list[tuple[int, int]]:
+def parse_meshes(text: str | None, n: int, processes: int = 1) -> list[tuple[int, int]]:
   if not text:
-    return default_meshes(n)
+    return default_meshes(n, processes)
   try:
     meshes = [tuple(int(v) for v in item.lower().split("x")) for item in text.split(",") if item.strip()]
   except ValueError:
@@ -108,13 +112,16 @@ def measure(layout, graphdef, host_state, batch, *, stage: str, segments: int, c
     compile_seconds = time.perf_counter() - t0
     cost = runtime.compiled_cost(compiled)
     state, rest = args[0], args[1:]
-    seconds = []
-    for i in range(warmup + timed):
-      t0 = time.perf_counter()
+    for _ in range(warmup):
       state, loss = compiled(state, *rest)
-      loss.block_until_ready()
-      if i >= warmup:
-        seconds.append(time.perf_counter() - t0)
+    jax.block_until_ready(state)
+    seconds = []  # throughput: `timed` steps dispatched back to back, one wait at the end of each repeat
+    for _ in range(REPEATS):
+      t0 = time.perf_counter()
+      for _ in range(timed):
+        state, loss = compiled(state, *rest)
+      jax.block_until_ready((state, loss))
+      seconds.append((time.perf_counter() - t0) / timed)
   devices = layout.mesh.devices.size
   step_seconds = statistics.median(seconds)
   flops = cost["flops_per_call"]
@@ -130,8 +137,8 @@ def measure(layout, graphdef, host_state, batch, *, stage: str, segments: int, c
     "flops_per_device": flops,
     "memory": cost["memory"],
     "compile_seconds": compile_seconds,
-    "step_seconds_all": seconds,
-    "loss": float(loss),
+    "step_seconds_repeats": seconds,
+    "loss": float(sharding.fetch(loss)),
   }
 
 
@@ -196,7 +203,7 @@ def run(cfg, workdir, *, meshes: str | None, batches: str, rules: str, stage: st
     batch_sizes = [int(b) for b in batches.split(",") if b.strip()]
   except ValueError:
     raise config_lib.ConfigError(f"--batches {batches!r}: use integers such as 32,128") from None
-  mesh_list = parse_meshes(meshes, jax.device_count())
+  mesh_list = parse_meshes(meshes, jax.device_count(), jax.process_count())
   graphdef, host_state, k, host_batches = model_and_batches(cfg, stage, batch_sizes)
   workdir = pathlib.Path(workdir)
   lead = sharding.is_lead()
@@ -259,11 +266,8 @@ def run(cfg, workdir, *, meshes: str | None, batches: str, rules: str, stage: st
 
 
 def main(argv) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  logging.set_verbosity(logging.WARNING)
   cfg = flags.FLAGS.config
-  sharding.initialize_distributed(cfg.distributed)
+  cli.start(argv, cfg.distributed)
   with cli.user_errors():
     run(
       cfg,
@@ -279,9 +283,7 @@ def main(argv) -> None:
 
 def command() -> None:
   """`mola-scaling` / `python -m mola_jax.scaling`."""
-  config_flags.DEFINE_config_file(
-    "config", None, "A built-in config's name (etth1, etth1:fixed_s) or a config file's path", lock_config=True
-  )
+  config_flags.DEFINE_config_file("config", None, cli.CONFIG_HELP, lock_config=True)
   flags.DEFINE_string("workdir", None, "Where scaling.csv, scaling.json and scaling.png go", required=True)
   flags.DEFINE_string(
     "meshes",
@@ -295,7 +297,7 @@ def command() -> None:
   )
   flags.DEFINE_string("stage", "adapt", "adapt: the stage-2 step with K segments; pretrain: the stage-1 step")
   flags.DEFINE_integer("warmup", 2, "Untimed steps after compiling")
-  flags.DEFINE_integer("steps", 5, "Timed steps (the median is reported)")
+  flags.DEFINE_integer("steps", 5, "Timed steps per repeat (3 repeats; the median repeat is reported)")
   flags.mark_flag_as_required("config")
   app.run(main, flags_parser=cli.parse_flags)
 

@@ -422,3 +422,39 @@ def sync(name: str) -> None:
     from jax.experimental import multihost_utils
 
     multihost_utils.sync_global_devices(name)
+
+
+def fetch(tree):
+  """Device arrays -> numpy on every process. An array whose shards all live in this process, or one that every
+  device holds whole (fully replicated), is read locally; any other (e.g. batch-sharded over the devices of
+  several processes) is gathered by a collective, so every process must call this at the same point, as they do:
+  they run the same program."""
+
+  def one(x):
+    if not isinstance(x, jax.Array) or x.is_fully_addressable or x.is_fully_replicated:
+      return np.asarray(x)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+  return jax.tree.map(one, tree)
+
+
+def agree(flag: bool) -> bool:
+  """Process 0's `flag` on every process (no-op with one process): a decision that every process must take alike,
+  such as saving a collective checkpoint now, although each would judge it by its own clock."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  from jax.experimental import multihost_utils
+
+  return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag, np.int32)))
+
+
+def target_shardings(state):
+  """Where a restore should put each array of `state` (a tree of arrays, e.g. a pure dict): the active layout's
+  shardings, or outside one each array's own (a host array: this process's first device)."""
+  layout = current()
+  if layout is not None:
+    return layout.state_shardings(state)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree.map(lambda x: x.sharding if isinstance(x, jax.Array) else device, state)

@@ -27,7 +27,7 @@ import pathlib
 
 import numpy as np
 
-from mola_jax import cli, plan, reproduce
+from mola_jax import cli, plan, reproduce, sharding
 from mola_jax import workdir as workdir_lib
 from mola_jax.errors import ConfigError
 
@@ -111,8 +111,10 @@ def run(cfg, workdir) -> list[dict]:
   seeds = [cfg.seed + i for i in range(cfg.reproduce.num_seeds)]
   for point in todo:  # every point's config must be valid before hours of work, not after
     plan.make(with_values(cfg, point))
-  root.mkdir(parents=True, exist_ok=True)
-  workdir_lib.write_text(root / "config.json", cfg.to_json_best_effort(indent=2))
+  lead = sharding.is_lead()  # on several processes every point trains on all of them, process 0 writes
+  if lead:
+    root.mkdir(parents=True, exist_ok=True)
+    workdir_lib.write_text(root / "config.json", cfg.to_json_best_effort(indent=2))
   rows, done = [], {}  # done: (the point's resolved config, seed) -> its results
   for i, point in enumerate(todo, 1):
     results = []
@@ -128,6 +130,8 @@ def run(cfg, workdir) -> list[dict]:
                  "seeds": len(seeds), "test_mse_mean": float(np.mean(mse)), "test_mse_ci95": reproduce.ci95(mse),
                  "test_mae_mean": float(np.mean(mae)), "test_mae_ci95": reproduce.ci95(mae),
                  "val_mse_mean": float(np.mean([r["val_mse"] for r in results]))})  # fmt: skip
+  if not lead:
+    return rows
   reproduce.write_csv(root / "sweep.csv", rows)
   workdir_lib.write_text(root / "sweep.md", markdown(rows))
   plot(cfg, rows, grid, root)

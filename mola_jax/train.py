@@ -14,10 +14,8 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
-import sys
 
-import jax
-from absl import app, flags, logging
+from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 from tqdm import tqdm
@@ -54,7 +52,8 @@ def train_and_evaluate(cfg, workdir_path, *, overwrite: bool = False) -> dict:
   run happens on that device mesh: state born sharded, steps jitted with explicit shardings (sharding.py)."""
   run_plan = plan.make(cfg)  # every check that needs no data
   runtime.use_compile_cache(cfg.get("compile_cache", True))
-  with sharding.use(sharding.make_mesh(cfg.mesh), cfg.mesh.rules):  # no mesh configured: does nothing
+  mesh = sharding.make_mesh(cfg.mesh)  # None: no mesh configured, and `use` does nothing
+  with sharding.use(mesh, cfg.mesh.rules), runtime.matmul_precision(cfg.get("matmul_precision")):
     return _run(cfg, run_plan, pathlib.Path(workdir_path), overwrite)
 
 
@@ -119,11 +118,9 @@ def _train_stages(cfg, run_plan: plan.Plan, series, path: pathlib.Path, init_dir
   for stage in run_plan.stages:
     model = stage_model(cfg, stage, channels=series.values.shape[1], marks=series.marks.shape[1])
     if stage.name == plan.ADAPT:
-      checkpointing.load_backbone(model, init_dir, ident)
-      sharding.place_model(model)  # the loaded backbone arrives as host arrays
+      checkpointing.load_backbone(model, init_dir, ident)  # restored straight into the model's shardings
     meta = dict(ident, stage=stage.name, method=cfg.method, horizon=stage.window)
     timings[stage.name] = fit(model, stage, series=series, cfg=cfg, workdir=path, meta=meta, log=log)
-    sharding.place_model(model)  # the selected state comes back from disk as host arrays
   return model, timings
 
 
@@ -136,18 +133,13 @@ def _results(cfg, run_plan: plan.Plan, series, test: dict, timings: dict) -> dic
     "num_test_windows": test["windows"],
     "train_seconds": sum(t["seconds"] for t in timings.values()),  # excludes time lost to restarts
     "per_step_test_mse": test["per_step_mse"], "per_segment_test_mse": test["per_segment_mse"],
-    "stages": timings, "device": jax.devices()[0].device_kind,
+    "stages": timings, "matmul_precision": cfg.get("matmul_precision", "float32"), **runtime.environment(),
   }  # fmt: skip
 
 
 def main(argv) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}; overrides look like --config.horizon=192")
-  logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
   cfg = flags.FLAGS.config
-  # Multi-host (cfg.distributed or MOLA_DISTRIBUTED=1): before anything touches a device. Only process 0 reports.
-  if sharding.initialize_distributed(cfg.distributed) and not sharding.is_lead():
-    sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process); errors still reach stderr
+  cli.start(argv, cfg.distributed)  # multi-host: jax.distributed first; only process 0 reports
   with cli.user_errors():
     train_and_evaluate(cfg, flags.FLAGS.workdir or workdir.default(cfg), overwrite=flags.FLAGS.overwrite)
 
@@ -155,9 +147,7 @@ def main(argv) -> None:
 def command() -> None:
   """`mola-train` / `python -m mola_jax.train`. The flags are defined here, not at import, so that importing this
   module (tests, reproduce, the Python API) defines none."""
-  config_flags.DEFINE_config_file(
-    "config", None, "A built-in config's name (etth1, etth1:fixed_s) or a config file's path", lock_config=True
-  )
+  config_flags.DEFINE_config_file("config", None, cli.CONFIG_HELP, lock_config=True)
   flags.DEFINE_string("workdir", None, "Run directory (default: runs/<dataset>-<backbone>-<method>-...)")
   flags.DEFINE_bool("overwrite", False, "Replace a run of a different config in --workdir instead of refusing")
   flags.mark_flag_as_required("config")

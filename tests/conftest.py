@@ -7,9 +7,13 @@ import pathlib
 import subprocess
 import sys
 
-import pytest
+# The suite runs on the CPU whatever else is installed (libtpu, for tests/test_tpu_compile.py, or a GPU's jax):
+# set before anything imports jax, and inherited by every subprocess a test starts.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-from mola_jax import config_lib
+import pytest  # noqa: E402
+
+from mola_jax import config_lib  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

@@ -1,0 +1,235 @@
+"""Compile a config's programs for a TPU slice that is not here: the evidence of what a pod run would need, from any
+machine with `libtpu` installed (`pip install "jax[tpu]"`; no TPU, and also under JAX_PLATFORMS=cpu).
+
+    python -m mola_jax.aot --config etth1 --topology v5e:2x4 --workdir runs/aot
+    python -m mola_jax.aot --config traffic --topology v5e:2x4,v5e:16x16 --rules data_parallel,segment,variate \\
+        --config.horizon=720 --batch_per_shard=32 --workdir runs/aot_traffic
+
+For every topology (jax.experimental.topologies: `v5e:2x4` is a v5e-8 slice, `v5e:16x16` a v5e-256, `v5p:2x2x2`,
+`v4:2x2x2`, `v6e:4x4`, ...) and rules table, the mesh is built from the topology's devices, `data x model` with
+`--model_axis` devices on `model` (1 for data_parallel), and the real train and eval steps of both stages
+(steps.make_train_step / make_eval_step, the real sharding rules) are lowered on abstract inputs
+(sharding.abstract: shapes, dtypes and shardings, no arrays) and compiled by XLA's TPU compiler. Written to
+DIR/aot.csv and DIR/aot.json, one row per (topology, rules, stage, program):
+
+* per-chip memory of the compiled program: arguments, outputs, temporaries, donated (aliased) buffers, their total
+  (arguments + outputs + temporaries - aliased) and the chip's HBM (`fits` = total <= HBM);
+* FLOPs per chip and step (XLA's cost analysis of the partitioned program), XLA's estimated step time
+  (`optimal_seconds`: a roofline of the program on that chip, not a measurement) and the compile time here.
+
+No data file is read for a registry dataset: its channel count comes from the registry, so traffic's 862 variates
+compile without traffic.csv. Global batches: the config's, or `--batch_per_shard` times the `data` axis.
+"""
+
+from __future__ import annotations
+
+import csv
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from flax import nnx
+from ml_collections import config_flags
+
+from mola_jax import cli, data, plan, runtime, sharding, steps
+from mola_jax import workdir as workdir_lib
+from mola_jax.errors import ConfigError
+from mola_jax.models import build
+
+# HBM per chip, by a substring of jax's device_kind (the vendor's data sheets).
+HBM_BYTES = {"TPU v5 lite": 16 << 30, "TPU v6 lite": 32 << 30, "TPU v5": 95 << 30, "TPU v4": 32 << 30}
+
+COLUMNS = (
+  "dataset", "backbone", "method", "horizon", "segments", "topology", "chips", "device_kind", "mesh", "rules",
+  "stage", "program", "global_batch", "argument_bytes", "output_bytes", "temp_bytes", "alias_bytes", "total_bytes",
+  "hbm_bytes", "fits", "flops_per_chip", "estimated_seconds", "compile_seconds",
+)  # fmt: skip
+
+
+def topology_devices(name: str) -> list:
+  """The devices of a TPU slice described by `name` (e.g. v5e:2x4), one per chip. v4 chips hold two cores that
+  jax runs as one device ("megacore"): asked for explicitly, since a mesh needs one device per chip."""
+  from jax.experimental import topologies
+
+  try:
+    devices = topologies.get_topology_desc(platform="tpu", topology_name=name).devices
+  except Exception as e:  # libtpu missing, or a name it does not know: both need the user's fix
+    raise ConfigError(
+      f"cannot describe TPU topology {name!r} ({type(e).__name__}: {' '.join(str(e).split())[:160]}); install "
+      'libtpu (pip install "jax[tpu]") and give a name such as v5e:2x4, v5e:16x16, v5p:2x2x2, v4:2x2x2, v6e:4x4'
+    ) from None
+  if len({tuple(d.coords) for d in devices}) < len(devices):  # two devices on one chip
+    devices = topologies.get_topology_desc(platform="tpu", topology_name=name, chip_config_name="megacore").devices
+  return list(devices)
+
+
+def hbm_bytes(kind: str) -> int | None:
+  return next((v for k, v in sorted(HBM_BYTES.items(), key=lambda kv: -len(kv[0])) if k in kind), None)
+
+
+def data_shape(cfg) -> tuple[int, int]:
+  """(channels, time features) of the config's data, without reading a registry file."""
+  if cfg.data.path is None and cfg.data.name == "synthetic":
+    channels = int(cfg.data.synthetic_channels)
+  elif cfg.data.path is None and cfg.data.name in data.DATASETS:
+    channels = data.DATASETS[cfg.data.name].channels
+  else:
+    series = data.load_series(cfg.data)
+    return series.values.shape[1], series.marks.shape[1]
+  freq = cfg.data.freq or "h"
+  return channels, len(data.time_features(np.array(["2020-01-01"], "datetime64[ns]"), freq)[0])
+
+
+def abstract_batch(batch: int, seq_len: int, window: int, channels: int, marks: int, *, mask: bool = False) -> dict:
+  f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
+  out = {
+    "x": f32(batch, seq_len, channels),
+    "x_mark": f32(batch, seq_len, marks),
+    "y": f32(batch, window, channels),
+    "y_mark": f32(batch, window, marks),
+  }
+  return out | ({"mask": jax.ShapeDtypeStruct((batch,), jnp.bool_)} if mask else {})
+
+
+def stage_programs(cfg, stage: plan.Stage, layout: sharding.Layout, shape: tuple[int, int], batches: tuple[int, int]):
+  """Yield (program name, lowered) for the stage's train and eval steps on abstract inputs, as fit builds them."""
+  channels, marks = shape
+  segments = stage.segments if stage.name == plan.ADAPT else 0
+  make = lambda: build(
+    cfg, channels=channels, marks=marks, pred_len=stage.pred_len, segments=segments, rngs=nnx.Rngs(stage.seed)
+  )
+  model = nnx.eval_shape(make)
+  tx = steps.make_tx(steps.lr_schedule(stage.recipe.lr, 1000, stage.recipe.lr_decay))
+  graphdef, params, stats, frozen = steps.split(model, stage.name)
+  key = jax.ShapeDtypeStruct((2,), jnp.uint32)  # raw key data, as fit keeps it
+  state = {"params": params, "opt": jax.eval_shape(tx.init, params), "stats": stats, "key": key}
+  dtype, train_batch, eval_batch = cfg.compute_dtype, *batches
+  step = steps.make_train_step(
+    graphdef,
+    tx,
+    segments=stage.segments,
+    share_prefix_dropout=cfg.mola.share_prefix_dropout,
+    layout=layout,
+    compute_dtype=dtype,
+    groups=1,  # an accelerator computes the segments as one group (steps.default_groups)
+  )
+  k = stage.segments
+  segs = (jax.ShapeDtypeStruct((k,), jnp.int32), jax.ShapeDtypeStruct((k,), jnp.bool_))
+  batch = abstract_batch(train_batch, cfg.data.seq_len, stage.window, channels, marks)
+  yield "train", step.lower(sharding.abstract(state, layout), sharding.abstract(frozen, layout), batch, segs)
+  evaluate = steps.make_eval_step(graphdef, segments=k, layout=layout, compute_dtype=dtype, groups=1)
+  acc = jax.eval_shape(lambda: steps.empty_acc(stage.window))
+  states = sharding.abstract((*params, stats, frozen), layout)
+  batch = abstract_batch(eval_batch, cfg.data.seq_len, stage.window, channels, marks, mask=True)
+  yield "eval", evaluate.lower(acc, states, batch)
+
+
+def compiled_row(lowered) -> dict:
+  t0 = time.perf_counter()
+  compiled = lowered.compile()
+  seconds = time.perf_counter() - t0
+  mem = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
+  parts = {k: int(getattr(mem, f"{k}_size_in_bytes")) for k in ("argument", "output", "temp", "alias")}
+  total = parts["argument"] + parts["output"] + parts["temp"] - parts["alias"]
+  estimate = float(cost.get("optimal_seconds", -1.0))
+  return {f"{k}_bytes": v for k, v in parts.items()} | {
+    "total_bytes": total,
+    "flops_per_chip": float(cost.get("flops", float("nan"))),
+    "estimated_seconds": estimate if estimate >= 0 else float("nan"),  # XLA reports -1 where it has none
+    "compile_seconds": seconds,
+  }
+
+
+def mesh_for(devices: list, rules: str, model_axis: int) -> jax.sharding.Mesh:
+  model = 1 if rules == "data_parallel" else model_axis
+  if len(devices) % model:
+    raise ConfigError(f"--model_axis {model} does not divide the topology's {len(devices)} chips")
+  shape = (len(devices) // model, model)
+  return jax.make_mesh(shape, sharding.MESH_AXES, devices=devices, axis_types=(jax.sharding.AxisType.Auto,) * 2)
+
+
+def global_batches(cfg, stage: plan.Stage, data_axis: int, per_shard: int) -> tuple[int, int]:
+  """(train, eval) global batch of a stage: the config's, or `per_shard` windows per `data` shard."""
+  if per_shard:
+    return per_shard * data_axis, per_shard * data_axis
+  train, evaluate = stage.recipe.batch_size, cfg.data.eval_batch_size
+  if train % data_axis or evaluate % data_axis:
+    raise ConfigError(
+      f"the global batches ({train} train, {evaluate} eval) do not split over a data axis of {data_axis}; "
+      "set --batch_per_shard=N (N windows per data shard) or change the config's batch sizes"
+    )
+  return train, evaluate
+
+
+def run(cfg, workdir, *, topologies: str, rules: str, model_axis: int, per_shard: int) -> list[dict]:
+  run_plan = plan.make(cfg)
+  tables = [r.strip() for r in rules.split(",") if r.strip()]
+  bad = [r for r in tables if r not in sharding.RULES]
+  if bad:
+    raise ConfigError(f"unknown --rules {bad}; use any of {', '.join(sharding.RULES)}")
+  shape, rows = data_shape(cfg), []
+  for topology in filter(None, (t.strip() for t in topologies.split(","))):
+    devices = topology_devices(topology)
+    kind = devices[0].device_kind
+    for table in tables:
+      mesh = mesh_for(devices, table, model_axis)
+      layout = sharding.Layout(mesh, sharding.RULES[table], table)
+      for stage in run_plan.method_stages:
+        batches = global_batches(cfg, stage, mesh.shape["data"], per_shard)
+        with sharding.use(mesh, table), runtime.matmul_precision(cfg.matmul_precision):
+          for program, lowered in stage_programs(cfg, stage, layout, shape, batches):
+            row = {
+              "dataset": cfg.data.name, "backbone": cfg.backbone, "method": cfg.method, "horizon": run_plan.horizon,
+              "segments": stage.segments, "topology": topology, "chips": len(devices), "device_kind": kind,
+              "mesh": sharding.mesh_name(mesh), "rules": table, "stage": stage.name, "program": program,
+              "global_batch": batches[program == "eval"], "hbm_bytes": hbm_bytes(kind),
+            } | compiled_row(lowered)  # fmt: skip
+            row["fits"] = row["hbm_bytes"] is None or row["total_bytes"] <= row["hbm_bytes"]
+            rows.append(row)
+            print(
+              f"{topology:>10} {table:<13} {row['mesh']:>6} {stage.name:<8} {program:<5} batch {row['global_batch']:>5}"
+              f"  {row['total_bytes'] / 2**20:9.1f} MiB/chip  {row['flops_per_chip'] / 1e9:9.3f} GFLOP/chip  "
+              f"est {row['estimated_seconds'] * 1e3:8.3f} ms  compile {row['compile_seconds']:5.1f} s",
+              flush=True,
+            )
+  write(pathlib.Path(workdir), rows, cfg)
+  return rows
+
+
+def write(workdir: pathlib.Path, rows: list[dict], cfg) -> None:
+  workdir.mkdir(parents=True, exist_ok=True)
+  with workdir_lib.atomic(workdir / "aot.csv") as tmp, tmp.open("w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+  settings = {"jax": jax.__version__, "matmul_precision": cfg.matmul_precision, "compute_dtype": cfg.compute_dtype}
+  workdir_lib.write_json(workdir / "aot.json", {"settings": settings, "rows": rows}, indent=1)
+  print(f"wrote {workdir / 'aot.csv'} and aot.json ({len(rows)} programs)")
+
+
+def main(argv) -> None:
+  cli.start(argv, multi_process=False)
+  f = flags.FLAGS
+  with cli.user_errors():
+    run(f.config, f.workdir, topologies=f.topology, rules=f.rules, model_axis=f.model_axis, per_shard=f.batch_per_shard)
+
+
+def command() -> None:
+  """`mola-aot` / `python -m mola_jax.aot`."""
+  config_flags.DEFINE_config_file("config", None, cli.CONFIG_HELP, lock_config=True)
+  flags.DEFINE_string("workdir", None, "Where aot.csv and aot.json go", required=True)
+  flags.DEFINE_string("topology", "v5e:2x4", "TPU topologies, comma-separated (v5e:2x4, v5e:16x16, v5p:2x2x2, ...)")
+  flags.DEFINE_string("rules", "data_parallel", "Sharding rules tables, comma-separated (sharding.RULES)")
+  flags.DEFINE_integer("model_axis", 4, "Chips on the `model` mesh axis for every table but data_parallel")
+  flags.DEFINE_integer("batch_per_shard", 0, "Windows per data shard (0: the config's global batch sizes)")
+  flags.mark_flag_as_required("config")
+  app.run(main, flags_parser=cli.parse_flags)
+
+
+if __name__ == "__main__":
+  command()
