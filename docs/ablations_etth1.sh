@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Single-seed (2023) lever ablations behind docs/results.md, ETTh1, iTransformer. Each line is one training
 # run; stage 2 starts from the official study's stage-1 checkpoints, so run that study first:
-#   python -m mola_jax.reproduce --config configs/etth1.py --workdir runs/repro_etth1 \
-#       --config.reproduce.segment_options=config
+#   python -m mola_jax.lab.reproduce --config configs/etth1.py --workdir runs/repro_etth1 \
+#       --study.segment_options=config
 # Usage: bash docs/ablations_etth1.sh [RUNS_DIR]   (default runs/ablations); prints a summary table at the end.
 set -euo pipefail
 out=${1:-runs/ablations}
@@ -20,12 +20,12 @@ adapt lr5e-3 192 48 --config.adapt.lr=5e-3
 adapt lr1e-2 192 48 --config.adapt.lr=1e-2
 adapt per_segment-T96 96 24 --config.adapt.selection=per_segment
 adapt per_segment-T192 192 48 --config.adapt.selection=per_segment
-adapt attn 192 48 --config.mola.targets="('ffn','attn')"
+adapt attn 192 48 --config.adapt.targets="('ffn','attn')"
 adapt nostop 192 48 --config.adapt.patience=100
-adapt rank4 192 48 --config.mola.rank=4
-adapt rank16 192 48 --config.mola.rank=16
-adapt experts3 192 48 --config.mola.num_experts=3
-adapt experts12 192 48 --config.mola.num_experts=12
+adapt rank4 192 48 --config.technique.mola.rank=4
+adapt rank16 192 48 --config.technique.mola.rank=16
+adapt experts3 192 48 --config.technique.mola.num_experts=3
+adapt experts12 192 48 --config.technique.mola.num_experts=12
 # Stage-1 epochs: 10 (patience 3) instead of 5 (patience 2), same stage 2.
 train stage1-S48-e10 --config.stage=pretrain --config.horizon=48 --config.segment_len=48 --config.pretrain.epochs=10 --config.pretrain.patience=3
 train stage1e10 --config.stage=adapt --config.horizon=192 --config.segment_len=48 --config.pretrain.epochs=10 --config.pretrain.patience=3 --config.init_from="$out/stage1-S48-e10"

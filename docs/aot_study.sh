@@ -3,17 +3,17 @@
 # ETTh1 (the paper's model, batch 32) and traffic (862 variates, d_model 512, 4 layers, batch 16) at T = 96 and
 # T = 720, AOT-compiled for a v5e-8 (v5e:2x4) and a v5e-256 (v5e:16x16) slice under data_parallel, segment and
 # variate (model axis 4), each data shard holding the config's per-device batch. Needs libtpu
-# (pip install "jax[tpu]"), no TPU. Usage: bash docs/aot_study.sh [RUNS_DIR] (default runs/aot), then
-# python tools/aot_summary.py RUNS_DIR prints the table.
+# (pip install "jax[tpu]"), no TPU. Usage: bash docs/aot_study.sh [RUNS_DIR] (default runs/aot); it ends by
+# printing the table (python -m mola_jax.lab.report.aot RUNS_DIR).
 set -euo pipefail
 out=${1:-runs/aot}
 export JAX_PLATFORMS=cpu
 for name in etth1 traffic; do
   per_shard=$([ "$name" = traffic ] && echo 16 || echo 32)
   for horizon in 96 720; do
-    python -m mola_jax.aot --config "$name" --config.horizon="$horizon" --topology v5e:2x4,v5e:16x16 \
-      --rules data_parallel,segment,variate --model_axis 4 --batch_per_shard "$per_shard" \
+    python -m mola_jax.lab.aot --config "$name" --config.horizon="$horizon" --study.topology=v5e:2x4,v5e:16x16 \
+      --study.rules=data_parallel,segment,variate --study.model_axis=4 --study.batch_per_shard="$per_shard" \
       --workdir "$out/$name-T$horizon"
   done
 done
-python tools/aot_summary.py "$out"
+python -m mola_jax.lab.report.aot "$out"

@@ -14,9 +14,9 @@ out=${1:-runs/backbones_etth1}
 study() {
   local backbone=$1 caps=()  # $2, $3: the stage-1 / stage-2 epoch caps, if any
   [ $# = 3 ] && [ "${FULL:-0}" != 1 ] && caps=(--config.pretrain.epochs="$2" --config.adapt.epochs="$3")
-  python -m mola_jax.reproduce --config configs/etth1.py:fixed_s --workdir "$out/$backbone" \
-    --config.backbone="$backbone" --config.reproduce.horizons='(96,336)' --config.reproduce.methods='("mtf","mola")' \
-    --config.reproduce.num_seeds=1 ${caps[@]+"${caps[@]}"}
+  python -m mola_jax.lab.reproduce --config configs/etth1.py:fixed_s --study.segment_options=config --workdir "$out/$backbone" \
+    --config.backbone="$backbone" --study.horizons='(96,336)' --study.methods='("mtf","mola")' \
+    --study.num_seeds=1 ${caps[@]+"${caps[@]}"}
 }
 study patchtst 3 1
 study transformer 1 1

@@ -14,7 +14,7 @@ for backbone in informer autoformer; do
   caps=()
   [ "${FULL:-0}" != 1 ] && caps=(--config.model.$backbone.d_model=128 --config.model.$backbone.d_ff=256
                                  --config.pretrain.epochs=3 --config.adapt.epochs=1)
-  python -m mola_jax.reproduce --config configs/etth1.py:fixed_s --workdir "$out/$backbone" \
-    --config.backbone="$backbone" --config.reproduce.horizons='(96,)' --config.reproduce.methods='("mtf","mola")' \
-    --config.reproduce.num_seeds=1 ${caps[@]+"${caps[@]}"}
+  python -m mola_jax.lab.reproduce --config configs/etth1.py:fixed_s --study.segment_options=config --workdir "$out/$backbone" \
+    --config.backbone="$backbone" --study.horizons='(96,)' --study.methods='("mtf","mola")' \
+    --study.num_seeds=1 ${caps[@]+"${caps[@]}"}
 done

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Three principled stage-2 changes for the long horizons, each judged on validation (docs/results.md, "Beyond
-# ETTh1"): (a) adapt the head as well as the FFN (--config.mola.targets="('ffn','head')"): every segment gets its
+# ETTh1"): (a) adapt the head as well as the FFN (--config.adapt.targets="('ffn','head')"): every segment gets its
 # own change to the map from features to its S steps; (b) per-segment selection (--config.adapt.selection=
 # per_segment): each segment keeps its own best epoch instead of the official "any segment improved" rule;
 # (c) a constant stage-2 learning rate (--config.adapt.lr_decay=1.0) instead of halving it every epoch.
@@ -27,7 +27,7 @@ PY
 while read -r t s stage1 base; do
   for option in head per_segment constant_lr; do
     case $option in
-      head) extra=(--config.mola.targets="('ffn','head')") ;;
+      head) extra=(--config.adapt.targets="('ffn','head')") ;;
       per_segment) extra=(--config.adapt.selection=per_segment) ;;
       constant_lr) extra=(--config.adapt.lr_decay=1.0) ;;
     esac

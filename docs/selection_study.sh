@@ -18,10 +18,10 @@ case $option in
   both) flags=(--config.adapt.selection=per_segment --config.adapt.lr_decay=1.0) ;;
   *) echo "unknown OPTION=$option; use per_segment, constant_lr or both" >&2; exit 2 ;;
 esac
-[ -n "${HORIZONS:-}" ] && flags+=(--config.reproduce.horizons="$HORIZONS")
+[ -n "${HORIZONS:-}" ] && flags+=(--study.horizons="$HORIZONS")
 for name in ${DATASETS:-national_illness exchange_rate etth1}; do
-  python -m mola_jax.reproduce --config "$name" --config.reproduce.methods='("mtf","mola")' \
-    --config.reproduce.num_seeds="${SEEDS:-3}" "${flags[@]}" \
-    --config.reproduce.reuse_from="$out/$name/paper" --workdir "$out/$name/$option"
+  python -m mola_jax.lab.reproduce --config "$name" --study.methods='("mtf","mola")' \
+    --study.num_seeds="${SEEDS:-3}" "${flags[@]}" \
+    --study.reuse_from="$out/$name/paper" --workdir "$out/$name/$option"
 done
-python tools/segments_summary.py "$out" "$option"
+python -m mola_jax.lab.report.segments "$out" "$option"

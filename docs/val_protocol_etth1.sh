@@ -12,9 +12,9 @@ set -euo pipefail
 out=${1:-runs/val_protocol_etth1}
 horizons=$(echo "${HORIZONS:-96 192 336 720}" | tr ' ' ',')
 for protocol in full official; do
-  python -m mola_jax.reproduce --config configs/etth1.py:fixed_s --workdir "$out/$protocol" \
-    --config.data.val_protocol="$protocol" --config.reproduce.horizons="($horizons,)" \
-    --config.reproduce.num_seeds="${SEEDS:-3}" --config.reproduce.methods='("mtf","mola")' \
-    ${REUSE_FROM:+--config.reproduce.reuse_from="$REUSE_FROM"}
+  python -m mola_jax.lab.reproduce --config configs/etth1.py:fixed_s --study.segment_options=config --workdir "$out/$protocol" \
+    --config.data.val_protocol="$protocol" --study.horizons="($horizons,)" \
+    --study.num_seeds="${SEEDS:-3}" --study.methods='("mtf","mola")' \
+    ${REUSE_FROM:+--study.reuse_from="$REUSE_FROM"}
 done
-python tools/val_protocol_summary.py "$out"
+python -m mola_jax.lab.report.val_protocol "$out"

@@ -4,7 +4,7 @@
 #
 #   launch/local.sh 8 python -m mola_jax.train --config configs/etth1.py --workdir runs/etth1_8dev \
 #       --config.mesh.shape='(-1,1)'
-#   launch/local.sh 8 python -m mola_jax.scaling --config configs/etth1.py --workdir runs/scaling
+#   launch/local.sh 8 python -m mola_jax.lab.scaling --config configs/etth1.py --workdir runs/scaling
 #   PROCESSES=2 launch/local.sh 8 python -m mola_jax.train --config configs/synthetic.py --workdir runs/mh \
 #       --config.mesh.shape='(-1,1)'                       # 2 processes x 4 devices, process 0 writes
 #

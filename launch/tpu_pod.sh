@@ -9,7 +9,7 @@
 #   launch/tpu_pod.sh create                   # skip for an existing pod
 #   launch/tpu_pod.sh setup                    # code (this checkout's HEAD), environment, bucket mount: every worker
 #   launch/tpu_pod.sh train --config configs/etth1.py --config.mesh.shape='(-1,1)' --workdir /mnt/mola/runs/etth1
-#   launch/tpu_pod.sh scaling --config configs/etth1.py --workdir /mnt/mola/runs/scaling --meshes=8x1,16x1,32x1,16x2
+#   launch/tpu_pod.sh scaling --config configs/etth1.py --workdir /mnt/mola/runs/scaling --study.meshes=8x1,16x1,32x1,16x2
 #   launch/tpu_pod.sh exec 'python -c "import jax; print(jax.device_count())"'
 #   launch/tpu_pod.sh delete
 #

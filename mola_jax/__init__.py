@@ -12,8 +12,7 @@ Names are imported on first use, so `python -m mola_jax.<command>` loads only wh
 
 from __future__ import annotations
 
-import importlib.util
-import pathlib
+import importlib
 
 __version__ = "0.4.0"
 
@@ -22,18 +21,9 @@ _LAZY = {"train_and_evaluate": "mola_jax.train", "load_run": "mola_jax.inference
 
 def get_config(name: str):
   """A config by built-in name ("etth1", "etth1:fixed_s") or by a config file's path, as `--config` takes it."""
-  from mola_jax import configs
+  from mola_jax import config_lib
 
-  path, _, variant = str(name).partition(":")
-  file = pathlib.Path(path) if path.endswith(".py") or "/" in path else configs.DIR / f"{path}.py"
-  if not file.is_file():
-    from mola_jax.errors import ConfigError
-
-    raise ConfigError(f"no config {name!r}; use a config file's path or one of {', '.join(configs.names())}")
-  spec = importlib.util.spec_from_file_location(f"mola_jax_config_{file.stem}", file)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant) if variant else module.get_config()
+  return config_lib.load(name)
 
 
 def __getattr__(name: str):

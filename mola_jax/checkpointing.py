@@ -24,13 +24,14 @@ from mola_jax.models.adapters import AdapterConst
 BACKBONE_IDENTITY = ("dataset", "backbone", "model", "seq_len", "segment_len", "channels", "marks")
 
 
-def backbone_identity(cfg, series, segment_len: int) -> dict:
-  """The BACKBONE_IDENTITY values of a run: what a stage-1 checkpoint must agree on to be adapted."""
+def backbone_identity(spec, series, segment_len: int) -> dict:
+  """The BACKBONE_IDENTITY values of a run (spec: models.ModelSpec): what a stage-1 checkpoint must agree on to
+  be adapted."""
   return {
     "dataset": series.name,
-    "backbone": cfg.backbone,
-    "model": cfg.model[cfg.backbone].to_dict(),
-    "seq_len": cfg.data.seq_len,
+    "backbone": spec.backbone,
+    "model": spec.sizes.to_dict(),
+    "seq_len": spec.seq_len,
     "segment_len": segment_len,
     "channels": int(series.values.shape[1]),
     "marks": int(series.marks.shape[1]),

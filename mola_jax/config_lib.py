@@ -1,18 +1,25 @@
-"""Every config key, its default and why, in one place; `validate` checks what can be checked before any array.
+"""The run config: every key, its default and why, in one place; `validate` checks what can be checked before any
+array, and `upgrade` brings a run's saved config from before a key moved or existed to today's keys.
 
 Dataset configs in `configs/` start from `default()` and change only what differs. The command line overrides
-any key with the ml_collections grammar, e.g. `--config.horizon=192 --config.mola.rank=4`.
+any key with the ml_collections grammar, e.g. `--config.horizon=192 --config.technique.mola.rank=4`. The studies
+(mola_jax/lab: reproduce, sweep, bench, scaling, aot) have settings of their own (`--study.*`), none of them here.
 """
 
 from __future__ import annotations
+
+import copy
+import importlib.util
+import pathlib
 
 import ml_collections
 from ml_collections import config_dict
 
 from mola_jax.errors import ConfigError
+from mola_jax.models import BACKBONES
+from mola_jax.models.techniques import TECHNIQUES
 
-# mtf: the direct T-step baseline; every other method is stage 2 on a frozen stage-1 model (models/tuners.py).
-METHODS = ("mola", "lora", "mtf", "ia3", "moia3", "adapter", "moadapter", "fourier", "mofourier", "lora_heads")
+METHODS = tuple(TECHNIQUES)  # mtf: the direct T-step baseline; every other method is stage 2 on a frozen stage 1
 STAGES = ("all", "pretrain", "adapt")
 MATMUL_PRECISIONS = ("float32", "tensorfloat32", "bfloat16", "default")
 
@@ -50,60 +57,13 @@ def default() -> ml_collections.ConfigDict:
   cfg.data.synthetic_rows = 4000  # synthetic data only
   cfg.data.synthetic_channels = 7
 
-  # One sub-config per backbone; a backbone receives only its own (cfg.model[cfg.backbone]).
+  # One sub-config per backbone, its defaults declared by the backbone class (models/*.py, DEFAULTS); a backbone
+  # receives only its own (cfg.model[cfg.backbone]). The encoder-decoder backbones' label_len follows data.label_len.
   cfg.model = ml_collections.ConfigDict()
-  cfg.model.itransformer = ml_collections.ConfigDict()  # official ETTh1 sizes (docs/method.md §8)
-  cfg.model.itransformer.d_model = 128
-  cfg.model.itransformer.d_ff = 128
-  cfg.model.itransformer.n_heads = 8
-  cfg.model.itransformer.e_layers = 2
-  cfg.model.itransformer.dropout = 0.1
-  # The other backbones take TSLib's ETTh1 settings (scripts/long_term_forecast/ETT_script/*_ETTh1.sh on top of
-  # run.py's defaults: d_model 512, d_ff 2048, dropout 0.1, exact GELU, embed timeF). Their parameter counts
-  # at these sizes are asserted in tests/test_backbones.py.
-  cfg.model.patchtst = ml_collections.ConfigDict()
-  cfg.model.patchtst.d_model = 512
-  cfg.model.patchtst.d_ff = 2048
-  cfg.model.patchtst.n_heads = 2  # the T = 96 script; its 192/336/720 runs pass 8/8/16
-  cfg.model.patchtst.e_layers = 1
-  cfg.model.patchtst.dropout = 0.1  # also the flatten head's dropout
-  cfg.model.patchtst.patch_len = 16
-  cfg.model.patchtst.stride = 8  # also the end padding (replicated last value)
-  cfg.model.dlinear = ml_collections.ConfigDict()
-  cfg.model.dlinear.moving_avg = 25  # odd kernel of the trend moving average
-  cfg.model.dlinear.individual = False  # True: one pair of linear maps per channel
-  cfg.model.transformer = ml_collections.ConfigDict()
-  cfg.model.transformer.d_model = 512
-  cfg.model.transformer.d_ff = 2048
-  cfg.model.transformer.n_heads = 8
-  cfg.model.transformer.e_layers = 2
-  cfg.model.transformer.d_layers = 1
-  cfg.model.transformer.dropout = 0.1
-  cfg.model.transformer.label_len = cfg.data.get_ref("label_len")  # known decoder steps; follows data.label_len
-  # Autoformer at TSLib's ETTh1 settings (scripts/long_term_forecast/ETT_script/Autoformer_ETTh1.sh: factor 3).
-  cfg.model.autoformer = ml_collections.ConfigDict()
-  cfg.model.autoformer.d_model = 512  # width of the embeddings and every layer
-  cfg.model.autoformer.d_ff = 2048  # hidden width of the FFNs (encoder: biased, decoder: no bias, as the fork)
-  cfg.model.autoformer.n_heads = 8  # splits Q/K/V for per-head adapters only: auto-correlation averages over heads
-  cfg.model.autoformer.e_layers = 2  # encoder layers
-  cfg.model.autoformer.d_layers = 1  # decoder layers
-  cfg.model.autoformer.factor = 3  # each auto-correlation aggregates int(factor * ln L) delays
-  cfg.model.autoformer.moving_avg = 25  # odd kernel of every series decomposition's moving average
-  cfg.model.autoformer.dropout = 0.1  # embeddings, auto-correlation outputs and FFNs
-  cfg.model.autoformer.label_len = cfg.data.get_ref("label_len")  # known decoder steps; follows data.label_len
-  # Informer: TSLib's Informer_ETTh1.sh on top of run.py's defaults (models/informer.py).
-  cfg.model.informer = ml_collections.ConfigDict()
-  cfg.model.informer.d_model = 512
-  cfg.model.informer.d_ff = 2048
-  cfg.model.informer.n_heads = 8
-  cfg.model.informer.e_layers = 2
-  cfg.model.informer.d_layers = 1
-  # ProbSparse sampling factor c: c * ceil(ln L) queries get real attention, measured on c * ceil(ln L_K) sampled
-  # keys. The ETTh1 script passes 3 (TSLib's run.py default is 1, the paper's 5).
-  cfg.model.informer.factor = 3
-  cfg.model.informer.distil = True  # a distilling conv (L -> (L + 1) // 2 + 1) after each encoder layer but the last
-  cfg.model.informer.dropout = 0.1
-  cfg.model.informer.label_len = cfg.data.get_ref("label_len")  # known decoder steps; follows data.label_len
+  for name, cls in BACKBONES.items():
+    cfg.model[name] = ml_collections.ConfigDict(cls.DEFAULTS)
+    if "label_len" in cls.DEFAULTS:
+      cfg.model[name].label_len = cfg.data.get_ref("label_len")
 
   # Stage 1 (and mtf): an ordinary direct forecaster (docs/method.md §8).
   cfg.pretrain = ml_collections.ConfigDict()
@@ -128,48 +88,25 @@ def default() -> ml_collections.ConfigDict:
   # numbers to float rounding, except that a BatchNorm's running statistics then see the stopped segments too.
   cfg.adapt.skip_stopped = True
 
-  cfg.mola = ml_collections.ConfigDict()
-  cfg.mola.num_experts = 6  # P (the scripts pass 6; the CLI default was 3)
-  cfg.mola.rank = 8  # r
-  cfg.mola.a_std = 0.01  # A ~ N(0, a_std^2), B = 0, no alpha/r scaling
-  # Layer groups that get adapters, e.g. ("ffn", "attn"); unset -> the backbone's own ADAPTED_GROUPS (encoder
-  # FFN for iTransformer/PatchTST/Informer, encoder + decoder FFN for the Transformer, the linear maps for DLinear).
-  cfg.mola.targets = config_dict.placeholder(tuple)
+  # Layer groups that get the method's banks, e.g. ("ffn", "attn"); unset -> the backbone's own ADAPTED_GROUPS
+  # (encoder FFN for iTransformer/PatchTST/Informer, encoder + decoder FFN for the Transformer, the linear maps for
+  # DLinear; IA3: attention and FFN).
+  cfg.adapt.targets = config_dict.placeholder(tuple)
   # Share the dropout masks of the pre-adapter prefix across segments in training. Off: each segment draws its
   # own, as the official K separate passes do (docs/method.md §12). Eval always shares the prefix (it is exact there).
-  cfg.mola.share_prefix_dropout = False
-  # How a bank applies its delta (models/adapters.py): unset -> per layer by cost (factored, sum_p w (h A_p) B_p,
-  # for big layers such as PatchTST's 512 x 2048; the materialised [K, d_in, d_out] delta for small ones such as
-  # iTransformer's 128 x 128); True / False forces one. Same numbers up to rounding; speed only.
-  cfg.mola.factored = config_dict.placeholder(bool)
-  # The other techniques (models/tuners.py). Each starts at the frozen model unless official_init: the official
-  # code's initialisation (random adapter up-projections, N(0, 1) Fourier coefficients, fresh per-segment heads).
-  cfg.mola.official_init = False
-  cfg.mola.fourier_n = 100  # FourierFT: learnable spectral coefficients per spectrum (the official default)
-  # FourierFT's scaling of the weight change (its paper's and PEFT's 150); the official MoLA code has none: 1.0.
-  cfg.mola.fourier_scale = 150.0
-  cfg.mola.adapter_dim = config_dict.placeholder(int)  # bottleneck width r; unset -> d_model / 4 (the official)
+  cfg.adapt.share_prefix_dropout = False
+  # Every technique starts at the frozen model unless official_init: the official code's initialisation (random
+  # adapter up-projections, N(0, 1) Fourier coefficients, fresh per-segment heads).
+  cfg.adapt.official_init = False
 
-  # The study of `python -m mola_jax.reproduce`.
-  cfg.reproduce = ml_collections.ConfigDict()
-  cfg.reproduce.horizons = (96, 192, 336, 720)
-  cfg.reproduce.methods = ("mtf", "lora", "mola")
-  cfg.reproduce.num_seeds = 3  # seeds cfg.seed, cfg.seed + 1, ...
-  # Another study's workdir whose finished runs (stage 1, mtf, stage 2) are reused when they are the same runs.
-  cfg.reproduce.reuse_from = config_dict.placeholder(str)
-  # The segment lengths each horizon tries (chosen on validation): "auto", the config's segment_options plus up
-  # to two whole multiples of the series' dominant period found on the training split (mola_jax/periods.py),
-  # with at most max_segments segments; "config", the config's options alone (the paper's). auto is the default
-  # because on ETTh1 it was no worse at any horizon and better on average (docs/results.md §11); where the data
-  # has no usable period it proposes nothing new.
-  cfg.reproduce.segment_options = "auto"
-  cfg.reproduce.max_segments = 8
-
-  # `python -m mola_jax.sweep` (mola_jax/sweep.py): KEY=V1,V2,... items separated by ';'; one key at a time or
-  # every combination ("grid"); seeds as reproduce.num_seeds.
-  cfg.sweep = ml_collections.ConfigDict()
-  cfg.sweep.grid = ""
-  cfg.sweep.mode = "one_at_a_time"
+  # One sub-config per method, its defaults declared by the method's registry entry (models/techniques.py); a
+  # model receives only its own method's (cfg.technique[cfg.method]). MoLA: num_experts P (the scripts pass 6),
+  # rank r, a_std (A ~ N(0, a_std^2), B = 0, no alpha/r scaling), factored (how a bank applies its delta:
+  # unset -> per layer by cost; speed only). FourierFT: n coefficients, scale 150 (its paper's; the official MoLA
+  # code: 1). Adapters: dim, the bottleneck width (unset -> d_model / 4).
+  cfg.technique = ml_collections.ConfigDict()
+  for name, technique in TECHNIQUES.items():
+    cfg.technique[name] = ml_collections.ConfigDict(technique.settings())
 
   # JAX's persistent compilation cache in the user cache directory (mola_jax/runtime.py): a rerun or the next run
   # of a study loads its compiled steps instead of compiling them again. Speed only; False turns it off.
@@ -179,7 +116,7 @@ def default() -> ml_collections.ConfigDict:
   # at each epoch's end. A kill loses at most that much work; each save costs the host a few tens of milliseconds.
   cfg.checkpoint_every_seconds = 60.0
   cfg.checkpoint_every_steps = 0  # 0: by time only
-  # Prediction intervals (mola_jax/intervals.py): split-conformal levels calibrated on the validation windows;
+  # Prediction intervals (mola_jax/evaluation.py): split-conformal levels calibrated on the validation windows;
   # () for none. results.json reports their coverage on the test split; forecasts get lower/upper columns.
   cfg.intervals = (0.8, 0.95)
   cfg.tensorboard = True  # TensorBoard summaries in <workdir>/tb beside metrics.jsonl
@@ -206,27 +143,42 @@ def default() -> ml_collections.ConfigDict:
   # few mantissa bits fewer); "default", the platform's own choice (bfloat16 passes on a TPU, TF32 on recent GPUs).
   cfg.matmul_precision = "float32"
 
-  # `python -m mola_jax.bench` (docs/performance.md). Throughputs are medians of `repeats` timed repeats after
-  # `warmup` untimed steps; a repeat runs enough steps to last about `repeat_seconds` (within min/max_steps).
-  cfg.bench = ml_collections.ConfigDict()
-  cfg.bench.tiny = False  # CI mode: 3 steps a repeat, 2 repeats, sweeps cut to K[:2], T[:1], D[:1]; no speed asserted
-  cfg.bench.repeats = 5
-  cfg.bench.warmup = 2
-  cfg.bench.repeat_seconds = 2.0
-  cfg.bench.min_steps = 5
-  cfg.bench.max_steps = 200
-  cfg.bench.segments = (1, 2, 4, 8, 24)  # K sweep at T = horizon (S = T / K); a K that does not divide T is skipped
-  cfg.bench.horizons = (96, 192, 336, 720)  # T sweep, S = each T's default segment length
-  cfg.bench.channels = (7, 21, 321)  # channel sweep, on synthetic data with the config's model
-  cfg.bench.sweep_loop = True  # also time the per-segment loop (the official K passes) in the K sweep
-  cfg.bench.accuracy_steps = 0  # bf16 vs float32: train steps per stage from one init; 0 = one epoch each
-  cfg.bench.matmul_size = 2048  # square matmul that measures the attainable FLOP/s (the MFU denominator)
   return cfg
 
 
+# Keys that moved: where a saved config's `mola.*` key lives now. The technique settings go to the saved run's own
+# method (cfg.technique.<method>), under their new names; the three stage-2 settings to cfg.adapt.
+_MOVED_TO_ADAPT = ("targets", "share_prefix_dropout", "official_init")
+_TECHNIQUE_NAMES = {"fourier_n": "n", "fourier_scale": "scale", "adapter_dim": "dim"}
+_STUDY_KEYS = ("bench", "reproduce", "sweep")  # the studies' settings, now their own (mola_jax/lab)
+
+
+def upgrade(saved: dict) -> dict:
+  """A run's saved config (config.json) in today's keys: `mola.*` moved to `adapt.*` and to the run's own method's
+  `technique.<method>.*`; the studies' keys dropped. The one place an old config is brought up to date (loading a
+  run, comparing configs for resume and reuse); a config of today's keys comes back unchanged."""
+  out = copy.deepcopy(saved)
+  for key in _STUDY_KEYS:
+    out.pop(key, None)
+  old = out.pop("mola", None)
+  if old is None:
+    return out
+  method = out.get("method", "mola")
+  for key in _MOVED_TO_ADAPT:
+    if key in old:
+      out.setdefault("adapt", {})[key] = old.pop(key)
+  own = TECHNIQUES[method].settings() if method in TECHNIQUES else {}
+  mine = out.setdefault("technique", {}).setdefault(method, {})
+  for key, value in old.items():
+    new = _TECHNIQUE_NAMES.get(key, key)
+    if new in own:
+      mine[new] = value
+  return out
+
+
 def from_json(saved: dict) -> ml_collections.ConfigDict:
-  """A run's saved config.json -> its ConfigDict, on top of today's defaults: a run saved before a key existed
-  loads with that key's default."""
+  """A run's saved config.json -> its ConfigDict, upgraded, on top of today's defaults: a run saved before a key
+  existed loads with that key's default."""
   cfg = default()
 
   def merge(node, values):
@@ -238,13 +190,45 @@ def from_json(saved: dict) -> ml_collections.ConfigDict:
           node[key] = tuple(value) if isinstance(value, list) else value
 
   with cfg.unlocked():
-    merge(cfg, saved)
+    merge(cfg, upgrade(saved))
   return cfg
+
+
+def load(name: str, configs_dir: pathlib.Path | None = None) -> ml_collections.ConfigDict:
+  """A config by built-in name ("etth1", "etth1:fixed_s") or by a config file's path (with an optional
+  ":VARIANT"), as `--config` takes it."""
+  from mola_jax import configs
+
+  path, _, variant = str(name).partition(":")
+  file = pathlib.Path(path) if path.endswith(".py") or "/" in path else (configs_dir or configs.DIR) / f"{path}.py"
+  if not file.is_file():
+    raise ConfigError(f"no config {name!r}; use a config file's path or one of {', '.join(configs.names())}")
+  spec = importlib.util.spec_from_file_location(f"mola_jax_config_{file.stem}", file)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(variant) if variant else module.get_config()
+
+
+def with_values(cfg, values: dict) -> ml_collections.ConfigDict:
+  """A copy of `cfg` with dotted keys set ({"technique.mola.rank": 4}); a key the config lacks is a ConfigError."""
+  out = copy.deepcopy(cfg)
+  for dotted, value in values.items():
+    *parents, last = dotted.split(".")
+    node = out
+    for name in parents:
+      if not isinstance(node, ml_collections.ConfigDict) or name not in node:
+        raise ConfigError(f"config key {dotted!r}: the config has no {name!r}")
+      node = node[name]
+    if last not in node:
+      raise ConfigError(f"config key {dotted!r}: the config has no {last!r}")
+    with node.ignore_type():
+      node[last] = value
+  return out
 
 
 def segment_len(cfg) -> int:
   """S for stage 1 and stage 2; mtf predicts the whole horizon in one segment."""
-  if cfg.method == "mtf":
+  if not TECHNIQUES[cfg.method].two_stage:
     return cfg.horizon
   if cfg.segment_len is not None:
     return cfg.segment_len
@@ -268,7 +252,7 @@ def validate(cfg) -> None:
   s = segment_len(cfg)
   if s <= 0 or cfg.horizon % s:
     raise ConfigError(f"horizon {cfg.horizon} is not divisible by segment_len {s}; pick S with horizon % S == 0")
-  if cfg.data.get("val_protocol", "full") not in ("full", "official"):
+  if cfg.data.val_protocol not in ("full", "official"):
     raise ConfigError(f"unknown data.val_protocol {cfg.data.val_protocol!r}; use full or official")
   if cfg.data.features != "M":
     raise ConfigError(f"features mode {cfg.data.features!r} is not implemented; use 'M'")
@@ -280,11 +264,11 @@ def validate(cfg) -> None:
       raise ConfigError(f"{key}.batch_size, {key}.epochs and {key}.lr must be positive")
     if not 0.0 < sub.lr_decay <= 1.0:
       raise ConfigError(f"{key}.lr_decay must lie in (0, 1] (0.5 halves the lr each epoch, 1 keeps it): {sub.lr_decay}")
-  if cfg.get("matmul_precision", "float32") not in MATMUL_PRECISIONS:
+  if cfg.matmul_precision not in MATMUL_PRECISIONS:
     raise ConfigError(f"unknown matmul_precision {cfg.matmul_precision!r}; use one of {', '.join(MATMUL_PRECISIONS)}")
-  if cfg.get("compute_dtype", "float32") not in ("float32", "bfloat16"):
+  if cfg.compute_dtype not in ("float32", "bfloat16"):
     raise ConfigError(f"unknown compute_dtype {cfg.compute_dtype!r}; use 'float32' or 'bfloat16'")
-  if any(not 0.0 < level < 1.0 for level in cfg.get("intervals", ())):
+  if any(not 0.0 < level < 1.0 for level in cfg.intervals):
     raise ConfigError(
       f"intervals {tuple(cfg.intervals)}: each level must lie strictly between 0 and 1, e.g. (0.8, 0.95)"
     )

@@ -10,7 +10,7 @@ their banks) and the run's training scaler built in.
 Inputs, with a symbolic batch size B: x [B, L, D] (the last L rows, original units, channels in training order),
 x_mark [B, L, F] and y_mark [B, T, F] (time features of the look-back rows and of the T future steps). The
 sidecar FILE.json names the channels, L, T, the time features and their formulas (docs/protocol.md §5; mola_jax's
-data.time_features computes them), and the intervals' multipliers and scale floor (mola_jax/intervals.py;
+data.time_features computes them), and the intervals' multipliers and scale floor (mola_jax/evaluation.py;
 original units).
 """
 
@@ -26,14 +26,14 @@ from absl import app, flags
 from mola_jax import cli, plan, runtime, sharding, steps, workdir
 from mola_jax.data import sources
 from mola_jax.inference import Run, load_run
-from mola_jax.models import adapters, tuners
+from mola_jax.models import adapters, techniques
 
 
 def export_run(run: Run) -> jax.export.Exported:
   """The run's forecaster as a jax.export.Exported: (x, x_mark, y_mark) -> forecast, original units."""
   model = run.model
   layers = adapters.adapted_layers(model)
-  if run.stage == plan.ADAPT and layers and all(tuners.has_delta(layer.adapter) for layer in layers.values()):
+  if run.stage == plan.ADAPT and layers and all(techniques.has_delta(layer.adapter) for layer in layers.values()):
     adapters.bake(model, jax.device_get(adapters.deltas(model)))  # fixed per-segment deltas instead of the banks
   graphdef, states = steps.eval_states(model, run.stage)
   mean, std = (np.asarray(run.scaler[k], np.float32) for k in ("mean", "std"))
@@ -45,7 +45,7 @@ def export_run(run: Run) -> jax.export.Exported:
   b = jax.export.symbolic_shape("b")[0]
   seq_len, d, f = run.cfg.data.seq_len, len(run.columns), int(run.scaler["marks"])
   shapes = [jax.ShapeDtypeStruct(s, jnp.float32) for s in ((b, seq_len, d), (b, seq_len, f), (b, run.horizon, f))]
-  with runtime.matmul_precision(run.cfg.get("matmul_precision")):  # the precision the run trained with
+  with runtime.matmul_precision(run.cfg.matmul_precision):  # the precision the run trained with
     return jax.export.export(jax.jit(forecaster))(*shapes)
 
 

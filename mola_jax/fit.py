@@ -1,11 +1,13 @@
 """One stage of training: fit a model's trainable group (the backbone in stage 1, the adapters in stage 2) with
 per-segment early stopping on validation, resume checkpoints, and the stage's selection rule.
 
-    summary = fit(model, stage, series=series, cfg=cfg, workdir=workdir, meta=meta, log=log)
+    summary = fit(model, stage, series=series, loop=plan.loop, evaluation=plan.evaluation, workdir=workdir, meta=meta,
+                  log=log)
 
 Afterwards `model` holds the selected state. The pieces: stopping.SegmentStopper (when a segment stops),
-selection (which state the stage keeps), metrics (validation, metrics.jsonl), checkpointing (best-state and
-resume checkpoints), and `Progress`, the record of where the loop is, saved with every resume checkpoint.
+selection (which state the stage keeps), evaluation (validation), metrics (metrics.jsonl), checkpointing
+(best-state and resume checkpoints), and `Progress`, the record of where the loop is, saved with every resume
+checkpoint.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from tqdm import tqdm
 
 from mola_jax import checkpointing, data, metrics, plan, runtime, selection, sharding, steps
 from mola_jax.errors import DataError, Diverged
+from mola_jax.evaluation import validate
 from mola_jax.models import adapters
 from mola_jax.stopping import SegmentStopper
 
@@ -56,15 +59,16 @@ class Progress:
     }
 
 
-def fit(model: nnx.Module, stage: plan.Stage, *, series, cfg, workdir, meta: dict, log: metrics.MetricsLog) -> dict:
+def fit(model: nnx.Module, stage: plan.Stage, *, series, loop: plan.Loop, evaluation: plan.Evaluation, workdir,
+        meta: dict, log: metrics.MetricsLog) -> dict:  # fmt: skip
   """Train `model` for `stage` on its windows of `stage.window` steps, resuming from `workdir`'s resume checkpoint
   if there is one. Returns the stage's summary (best epoch, its validation MSE, epochs, seconds)."""
-  loop = StageLoop(model, stage, series=series, cfg=cfg, workdir=workdir, meta=meta, log=log)
-  progress = loop.begin()
+  run = StageLoop(model, stage, series=series, loop=loop, evaluation=evaluation, workdir=workdir, meta=meta, log=log)
+  progress = run.begin()
   while not progress.finished:
-    loop.train_epoch(progress)
-    loop.end_epoch(progress)
-  loop.close(model)
+    run.train_epoch(progress)
+    run.end_epoch(progress)
+  run.close(model)
   return progress.summary()
 
 
@@ -72,11 +76,12 @@ class StageLoop:
   """Everything one stage's epochs share, built once: the split windows on the device, the compiled steps, the
   training state, the checkpoint managers, the stopper and the selection rule."""
 
-  def __init__(self, model, stage: plan.Stage, *, series, cfg, workdir, meta: dict, log: metrics.MetricsLog):
-    self.stage, self.cfg, self.log, self.recipe = stage, cfg, log, stage.recipe
-    self.train_src = data.window_source(series, "train", cfg.data.seq_len, stage.window)
+  def __init__(self, model, stage: plan.Stage, *, series, loop, evaluation, workdir, meta: dict, log):
+    self.stage, self.loop, self.evaluation, self.log, self.recipe = stage, loop, evaluation, log, stage.recipe
+    seq_len = evaluation.seq_len
+    self.train_src = data.window_source(series, "train", seq_len, stage.window)
     self.train_windows = data.DeviceWindows(self.train_src)
-    self.val_windows = data.DeviceWindows(data.window_source(series, "val", cfg.data.seq_len, stage.window))
+    self.val_windows = data.DeviceWindows(data.window_source(series, "val", seq_len, stage.window))
     self.steps_per_epoch = data.num_train_batches(self.train_src, self.recipe.batch_size)
     if self.steps_per_epoch == 0:
       raise DataError(
@@ -86,15 +91,12 @@ class StageLoop:
     self.schedule = steps.lr_schedule(self.recipe.lr, self.steps_per_epoch, self.recipe.lr_decay)
     tx = steps.make_tx(self.schedule)
     # Raw key data (not a typed key) so that the rng is an ordinary array in the resume checkpoint.
-    key = jax.random.key_data(jax.random.fold_in(jax.random.key(cfg.seed), 1 if stage.name == plan.PRETRAIN else 2))
+    key = jax.random.key_data(jax.random.fold_in(jax.random.key(loop.seed), 1 if stage.name == plan.PRETRAIN else 2))
     self.graphdef, self.state, self.frozen = steps.init_state(model, stage.name, tx, key)
-    dtype = cfg.get("compute_dtype")  # float32 (None in configs from before the key existed) or bfloat16
+    dtype = loop.compute_dtype
+    share = stage.name == plan.ADAPT and self.recipe.share_prefix_dropout
     self.train_step = steps.make_train_step(
-      self.graphdef,
-      tx,
-      segments=stage.segments,
-      compute_dtype=dtype,
-      share_prefix_dropout=cfg.mola.share_prefix_dropout,
+      self.graphdef, tx, segments=stage.segments, compute_dtype=dtype, share_prefix_dropout=share
     )
     self.eval_step = steps.make_eval_step(self.graphdef, segments=stage.segments, compute_dtype=dtype)
     # Pad the active segments to a multiple of the step's groups (steps.training_segments), except where batch
@@ -103,14 +105,14 @@ class StageLoop:
     best_dir = checkpointing.stage_dir(workdir, stage.name)
     self.best_mngr = checkpointing.manager(best_dir)
     self.resume_mngr = checkpointing.resume_manager(checkpointing.stage_dir(workdir, stage.name + "_resume"))
-    if stage.name == plan.ADAPT and cfg.adapt.selection == "per_segment":
+    if stage.name == plan.ADAPT and self.recipe.selection == "per_segment":
       deltas = jax.jit(lambda st: adapters.deltas(nnx.merge(self.graphdef, *self._eval_states(st))))
       self.selection = selection.PerSegment(self.best_mngr, best_dir, meta, deltas)
     else:
       self.selection = selection.AnyImproved(self.best_mngr, best_dir, meta)
     self.state |= self.selection.carry(self.state)
     profile_dir = workdir / "profile" / stage.name
-    self.profiler = runtime.StepProfiler(profile_dir, cfg.get("profile_steps", 0) if sharding.is_lead() else 0)
+    self.profiler = runtime.StepProfiler(profile_dir, loop.profile_steps if sharding.is_lead() else 0)
 
   def _eval_states(self, state: dict) -> tuple:
     return (*state["params"], state["stats"], self.frozen)
@@ -126,13 +128,14 @@ class StageLoop:
     return nnx.state(model)
 
   def validate(self, epoch: int) -> dict:
-    """The validation score after `epoch` (0: before training), under cfg.data.val_protocol."""
-    return metrics.validate(
+    """The validation score after `epoch` (0: before training), under the evaluation's protocol."""
+    states, segments = self._eval_states(self.state), self.stage.segments
+    return validate(
       self.eval_step,
-      self._eval_states(self.state),
+      states,
       self.val_windows,
-      self.cfg,
-      self.stage.segments,
+      self.evaluation,
+      segments,
       batch_size=self.recipe.batch_size,
       epoch=epoch,
     )
@@ -172,9 +175,10 @@ class StageLoop:
 
   def train_epoch(self, progress: Progress) -> None:
     """The epoch's remaining batches; a resume checkpoint every `checkpoint_every_seconds` (and _steps, if set)."""
-    cfg, epoch, self.t0 = self.cfg, progress.epoch, time.perf_counter()
-    segs = steps.training_segments(self.stopper.active, cfg.adapt.skip_stopped, self.pad_to)
-    order = data.train_order(self.train_src, self.recipe.batch_size, seed=cfg.seed, epoch=epoch)  # [n, B]
+    loop, epoch, self.t0 = self.loop, progress.epoch, time.perf_counter()
+    skip = self.stage.name != plan.ADAPT or self.recipe.skip_stopped
+    segs = steps.training_segments(self.stopper.active, skip, self.pad_to)
+    order = data.train_order(self.train_src, self.recipe.batch_size, seed=loop.seed, epoch=epoch)  # [n, B]
     bar = tqdm(
       order[progress.batch :],
       total=self.steps_per_epoch,
@@ -184,7 +188,7 @@ class StageLoop:
       disable=None,
       file=sys.stderr,
     )
-    losses, saved_at, every = [], time.monotonic(), cfg.get("checkpoint_every_steps", 0)
+    losses, saved_at, every = [], time.monotonic(), loop.checkpoint_every_steps
     for idx in bar:
       train_state = {k: self.state[k] for k in ("params", "opt", "stats", "key")}
       new, loss = self.train_step(train_state, self.frozen, self.train_windows.take(idx), segs)
@@ -194,11 +198,11 @@ class StageLoop:
       self.profiler.after_step(progress.step, new)
       progress.batch += 1
       due = bool(every) and progress.step % every == 0
-      if progress.step % cfg.log_every == 0:
+      if progress.step % loop.log_every == 0:
         bar.set_postfix(loss=f"{float(loss):.4f}")
         # The clock is read here only, and process 0's reading decides for every process: a resume checkpoint
         # is a collective save that all processes must start at the same step.
-        due |= sharding.agree(time.monotonic() - saved_at >= cfg.checkpoint_every_seconds)
+        due |= sharding.agree(time.monotonic() - saved_at >= loop.checkpoint_every_seconds)
       if due and progress.batch < self.steps_per_epoch:
         self._fold(losses, progress)
         self._save_resume(progress)

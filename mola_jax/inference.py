@@ -6,7 +6,7 @@
 
 `df` is a pandas DataFrame like the training CSV: a `date` column and the same channel columns. It goes through
 the training data's checks (mola_jax/data/sources.py) and the run's own training scaler (never refitted).
-Intervals: the split-conformal bands the run calibrated on its validation windows (mola_jax/intervals.py).
+Intervals: the split-conformal bands the run calibrated on its validation windows (mola_jax/evaluation.py).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from flax import nnx
 
-from mola_jax import checkpointing, config_lib, data, intervals, plan, runtime, steps
+from mola_jax import checkpointing, config_lib, data, evaluation, plan, runtime, steps
 from mola_jax.errors import DataError
 from mola_jax.models import adapters, build
 
@@ -46,7 +46,7 @@ class Run:
   stage: str  # the checkpoint loaded: "adapt" (stage 2) or "pretrain" (stage 1 / mtf)
   segments: int  # K
   horizon: int  # K * S
-  conformal: dict | None = None  # {"levels", "multiplier" [L][T][D], ...} (intervals.py), if the run calibrated
+  conformal: dict | None = None  # {"levels", "multiplier" [L][T][D], ...} (evaluation.py), if the run calibrated
 
   def __post_init__(self):
     self._graphdef, self._states = steps.eval_states(self.model, self.stage)
@@ -59,7 +59,7 @@ class Run:
   def forecast(self, batch: dict) -> np.ndarray:
     """batch {"x": [B, L, D], "x_mark": [B, L, F], "y_mark": [B, T, F]} -> [B, T, D] (standardised scale), at
     the matmul precision the run trained with."""
-    with runtime.matmul_precision(self.cfg.get("matmul_precision")):
+    with runtime.matmul_precision(self.cfg.matmul_precision):
       return np.asarray(self._step(self._states, batch))
 
   def predict(self, df: pd.DataFrame, *, name: str = "the DataFrame") -> pd.DataFrame:
@@ -138,12 +138,12 @@ class Run:
         "y_mark": np.stack([data.time_features(f, freq) for f in futures[i : i + size]]),
       }
       out.append(self.forecast(batch))
-      scales.append(intervals.lookback_scale(batch["x"]))
+      scales.append(evaluation.lookback_scale(batch["x"]))
     return np.concatenate(out) * std + mean, np.stack(futures), np.concatenate(scales)
 
   def _bands(self, pred: np.ndarray, scale: np.ndarray) -> dict[str, np.ndarray]:
     """Interval bounds for forecasts [n, T, D] with look-back scales [n, D]: {"lower_80": [n, T, D], "upper_80":
-    ...} in original units (intervals.py)."""
+    ...} in original units (evaluation.py)."""
     if not self.conformal:
       return {}
     std, out = np.asarray(self.scaler["std"]), {}
@@ -179,7 +179,8 @@ def load_run(workdir) -> Run:
   cfg = config_lib.from_json(json.loads((workdir / "config.json").read_text()))
   scaler = json.loads((workdir / "scaler.json").read_text())
   # The last of the method's stages that left a checkpoint: stage 2 if it ran, else stage 1 (or mtf's one stage).
-  done = [st for st in plan.make(cfg).method_stages if checkpointing.stage_dir(workdir, st.name).is_dir()]
+  run_plan = plan.make(cfg)
+  done = [st for st in run_plan.method_stages if checkpointing.stage_dir(workdir, st.name).is_dir()]
   if not done:
     raise checkpointing.CheckpointError(
       f"{workdir} holds no finished stage (no checkpoints/pretrain or checkpoints/adapt); let its training run "
@@ -188,7 +189,7 @@ def load_run(workdir) -> Run:
   stage = done[-1]
   adapting = stage.name == plan.ADAPT
   model = build(
-    cfg,
+    run_plan.model,
     channels=len(scaler["columns"]),
     marks=scaler["marks"],
     pred_len=stage.pred_len,

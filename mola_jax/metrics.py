@@ -1,64 +1,14 @@
-"""Evaluation metrics and metrics.jsonl: the eval step's device sums become numbers here, with one host read per
-evaluated split."""
+"""metrics.jsonl and TensorBoard: what a run reports per epoch of each stage and once for the test pass (the scores
+themselves come from mola_jax/evaluation.py)."""
 
 from __future__ import annotations
 
 import json
 import pathlib
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from mola_jax import data, sharding, steps, workdir
-
-
-def summarise(acc: dict, segments: int, channels: int) -> dict:
-  """Device sums from the eval step -> metrics; one host read. Global element means (docs/protocol.md §7)."""
-  acc = sharding.fetch(acc)
-  n = int(acc["count"])
-  per_step = acc["sq"] / (n * channels)  # [T]
-  return {
-    "mse": float(acc["sq"].sum() / (n * per_step.size * channels)),
-    "mae": float(acc["abs"].sum() / (n * per_step.size * channels)),
-    "per_step_mse": per_step.tolist(),
-    "per_segment_mse": per_step.reshape(segments, -1).mean(axis=1).tolist(),
-    "windows": n,
-  }
-
-
-def evaluate(eval_step, states, windows: data.DeviceWindows, batch_size: int, segments: int) -> dict:
-  """Every window of a split once, in order (the last batch padded and masked)."""
-  acc = steps.empty_acc(windows.pred_len)
-  for idx, mask in zip(*data.eval_order(windows, batch_size), strict=True):
-    acc = eval_step(acc, states, windows.take(idx, mask))
-  return summarise(acc, segments, windows.values.shape[-1])
-
-
-def evaluate_official(
-  eval_step, states, windows: data.DeviceWindows, batch_size: int, segments: int, *, seed: int, epoch: int
-) -> dict:
-  """The official code's validation score (data.val_protocol="official"): shuffled batches of `batch_size` drawn
-  by (seed, epoch), the incomplete last batch dropped, and each number the mean over batches of the batch's own
-  mean (per step, so per segment too). Batch means are summed on the device: one host read, as `evaluate`."""
-  order = data.val_order(windows, batch_size, seed=seed, epoch=epoch)  # [n, B]
-  mask = np.ones(batch_size, bool)
-  sums = None  # {"sq", "abs"}: [T] sums of the batches' per-step means
-  for idx in order:
-    acc = eval_step(steps.empty_acc(windows.pred_len), states, windows.take(idx, mask))
-    means = {k: acc[k] / acc["count"] for k in ("sq", "abs")}  # this batch's per-step sums / its windows
-    sums = means if sums is None else jax.tree.map(jnp.add, sums, means)
-  # As device sums of `len(order)` "windows", each holding one batch's means: summarise divides by that count.
-  return summarise(sums | {"count": len(order)}, segments, windows.values.shape[-1]) | {"windows": order.size}
-
-
-def validate(eval_step, states, windows: data.DeviceWindows, cfg, segments: int, *, batch_size: int, epoch: int):
-  """The validation score that early stopping and selection read, under `cfg.data.val_protocol`: "full" (every
-  window in order, one global mean: `evaluate`) or "official" (`evaluate_official` with the stage's training
-  batch size). The test pass always uses `evaluate`."""
-  if cfg.data.get("val_protocol", "full") == "official":
-    return evaluate_official(eval_step, states, windows, batch_size, segments, seed=cfg.seed, epoch=epoch)
-  return evaluate(eval_step, states, windows, cfg.data.eval_batch_size, segments)
+from mola_jax import workdir
 
 
 class MetricsLog:

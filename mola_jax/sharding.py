@@ -365,6 +365,16 @@ def replicate(tree):
   return jax.tree.map(lambda x: _put(x, NamedSharding(layout.mesh, P())), tree)
 
 
+def commit(tree):
+  """Every array of `tree` committed to its device (outside a layout: this process's first device; under one
+  the arrays are placed already). A jitted step keeps one cached program per pattern of committed arguments, so a
+  training state that mixes restored (committed) and freshly built (uncommitted) arrays would give its step a
+  second one after the first call."""
+  if current() is not None:
+    return tree
+  return jax.device_put(tree, jax.local_devices()[0])
+
+
 def _put(x, sharding: NamedSharding):
   """`x` (host or device, any placement) as a global array with `sharding`; no copy if it is one already. Every
   process holds the same value: a host value onto a mesh that spans processes is assembled slice by slice."""

@@ -7,6 +7,7 @@ neither. Stage 1, stage 2 and every method use these same two steps; only the fi
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 
@@ -34,7 +35,8 @@ def init_state(model: nnx.Module, stage: str, tx: optax.GradientTransformation, 
   trainable params), "opt": tx's state of those, "stats": batch statistics, "key": raw PRNG key data}, which the
   train step donates and returns; `frozen` is the rest of the model, an argument of every step."""
   graphdef, params, stats, frozen = split(model, stage)
-  return graphdef, {"params": params, "opt": tx.init(params), "stats": stats, "key": key}, frozen
+  state = {"params": params, "opt": tx.init(params), "stats": stats, "key": key}
+  return graphdef, sharding.commit(state), sharding.commit(frozen)
 
 
 def lr_schedule(lr: float, steps_per_epoch: int, decay: float = 0.5) -> optax.Schedule:
@@ -128,18 +130,8 @@ def make_train_step(
       seg, train, frozen, batch = cast(seg), cast(train), cast(frozen), cast_inputs(cast, batch)
     if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):  # raw key data, as fit keeps it
       key = jax.random.wrap_key_data(key)
-    preds, new_stats = [], stats
-    for part in split_groups(ids.shape[0], groups):  # independent passes over groups of segments (make_train_step)
-      # copy=True: fresh Variables at this trace level, so that a forward pass may update its BatchStats in place
-      # (a BatchNorm in training); merging the jit-level Variables themselves makes that a TraceContextError.
-      # A group starts from the statistics the group before it left: the same sequential updates as one pass.
-      model = nnx.merge(graphdef, segment_rows(seg, ids[part]), train, new_stats, frozen, copy=True)
-      ctx = Ctx(
-        key=key, segments=part.stop - part.start, segment_ids=ids[part], share_prefix_dropout=share_prefix_dropout
-      )
-      preds.append(forward(model, batch, ctx))  # [B, K_g, S, D]
-      new_stats = nnx.state(model, nnx.BatchStat)
-    pred = jnp.concatenate(preds, axis=1)  # [B, K_a, S, D]
+    ctx = Ctx(key=key, share_prefix_dropout=share_prefix_dropout)
+    pred, new_stats = train_forward(graphdef, (seg, train, stats, frozen), batch, ctx, ids, groups, forward)
     if cast is not None:
       pred = pred.astype(jnp.float32)
       # running statistics keep their float32 dtype (and so the step its one compiled shape)
@@ -159,6 +151,22 @@ def make_train_step(
     return {"params": (seg, train), "opt": opt, "stats": stats, "key": key}, loss
 
   return sharding.jit(step, batch_argnum=2, donate_argnums=0, layout=layout)
+
+
+def train_forward(graphdef, states, batch, ctx: Ctx, ids, groups: int, forward=predict):
+  """The training forecast [B, K_a, S, D] of the segments `ids` in `groups` independent passes over groups of
+  segments, and the batch statistics they leave. states = (segment params, other trainable, stats, frozen)."""
+  seg, train, stats, frozen = states
+  preds = []
+  for part in split_groups(ids.shape[0], groups):
+    # copy=True: fresh Variables at this trace level, so that a forward pass may update its BatchStats in place
+    # (a BatchNorm in training); merging the jit-level Variables themselves makes that a TraceContextError.
+    # A group starts from the statistics the group before it left: the same sequential updates as one pass.
+    model = nnx.merge(graphdef, segment_rows(seg, ids[part]), train, stats, frozen, copy=True)
+    part_ctx = dataclasses.replace(ctx, segments=part.stop - part.start, segment_ids=ids[part])
+    preds.append(forward(model, batch, part_ctx))  # [B, K_g, S, D]
+    stats = nnx.state(model, nnx.BatchStat)
+  return jnp.concatenate(preds, axis=1), stats
 
 
 def training_segments(active, skip_stopped: bool = True, multiple: int = 1) -> tuple[jax.Array, jax.Array]:

@@ -3,10 +3,11 @@ frozen backbone), or mtf (one direct T-step forecaster). One program; the config
 
     python -m mola_jax.train --config configs/etth1.py --workdir runs/etth1 [--config.horizon=192 ...]
 
-The path of a run, and where each part lives:
-  config (config_lib) -> plan (plan: the stages) -> data (data: splits, train-only scaler, windows on the device)
-  -> model (models) -> train/eval steps (steps) -> per stage: fit (fit: epochs, early stopping, selection,
-  checkpoints) -> one test pass -> metrics (metrics) -> results.json.
+The path of a run, in the order `train_and_evaluate` reads, and where each part lives:
+  config (config_lib) -> plan (plan: the stages and every module's settings) -> data (data: splits, train-only
+  scaler, windows on the device) -> per stage: model (models) -> fit (fit: steps, epochs, early stopping,
+  selection, checkpoints) -> the test pass and the prediction intervals (evaluation) -> results.json (workdir),
+  metrics.jsonl and TensorBoard (metrics).
 """
 
 from __future__ import annotations
@@ -20,30 +21,10 @@ from flax import nnx
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from mola_jax import checkpointing, cli, data, intervals, metrics, plan, runtime, sharding, steps, workdir
+from mola_jax import checkpointing, cli, data, evaluation, metrics, plan, runtime, sharding, workdir
 from mola_jax.errors import CheckpointError
 from mola_jax.fit import fit
 from mola_jax.models import build
-
-
-def evaluate_split(model: nnx.Module, *, series, cfg, stage: plan.Stage, split: str = "test") -> dict:
-  """One pass over every window of `split`, in order: the test split once, after training (never used for
-  selection)."""
-  graphdef, states = steps.eval_states(model, stage.name)
-  windows = data.DeviceWindows(data.window_source(series, split, cfg.data.seq_len, stage.window))
-  step = steps.make_eval_step(graphdef, segments=stage.segments, compute_dtype=cfg.get("compute_dtype"))
-  return metrics.evaluate(step, states, windows, cfg.data.eval_batch_size, stage.segments)
-
-
-def stage_model(cfg, stage: plan.Stage, *, channels: int, marks: int) -> nnx.Module:
-  """A fresh model for `stage` (born sharded under a mesh): the backbone with its S-step head, and in stage 2 the
-  adapter banks; the parameters it creates are drawn from the stage's seed."""
-  segments = stage.segments if stage.name == plan.ADAPT else 0  # 0: no adapters
-  return sharding.create(
-    lambda: build(
-      cfg, channels=channels, marks=marks, pred_len=stage.pred_len, segments=segments, rngs=nnx.Rngs(stage.seed)
-    )
-  )
 
 
 def train_and_evaluate(cfg, workdir_path, *, overwrite: bool = False) -> dict:
@@ -51,9 +32,9 @@ def train_and_evaluate(cfg, workdir_path, *, overwrite: bool = False) -> dict:
   Rerunning it on the same workdir resumes where the last attempt stopped. With `cfg.mesh.shape` set, the whole
   run happens on that device mesh: state born sharded, steps jitted with explicit shardings (sharding.py)."""
   run_plan = plan.make(cfg)  # every check that needs no data
-  runtime.use_compile_cache(cfg.get("compile_cache", True))
+  runtime.use_compile_cache(cfg.compile_cache)
   mesh = sharding.make_mesh(cfg.mesh)  # None: no mesh configured, and `use` does nothing
-  with sharding.use(mesh, cfg.mesh.rules), runtime.matmul_precision(cfg.get("matmul_precision")):
+  with sharding.use(mesh, cfg.mesh.rules), runtime.matmul_precision(cfg.matmul_precision):
     return _run(cfg, run_plan, pathlib.Path(workdir_path), overwrite)
 
 
@@ -74,24 +55,59 @@ def _run(cfg, run_plan: plan.Plan, path: pathlib.Path, overwrite: bool) -> dict:
       workdir.claim(cfg, path, overwrite)
       workdir.write_scaler(path, series)
     sharding.sync("workdir claimed")
-    tb_dir = path / "tb" if lead and cfg.get("tensorboard", True) else None
+    tb_dir = path / "tb" if lead and cfg.tensorboard else None
     log = metrics.MetricsLog(path / "metrics.jsonl" if lead else pathlib.Path(os.devnull), tb_dir)
-    model, timings = _train_stages(cfg, run_plan, series, path, init_dir, log)
-    test = evaluate_split(model, series=series, cfg=cfg, stage=run_plan.final)
-    results = _results(cfg, run_plan, series, test, timings)
-    if cfg.get("intervals"):
-      calibration = intervals.calibrate(model, run_plan.final, series=series, cfg=cfg)
-      results["interval_coverage"] = intervals.coverage(model, run_plan.final, calibration, series=series, cfg=cfg)
-      if lead:
-        workdir.write_json(path / "conformal.json", calibration)
-    if lead:
-      workdir.write_json(path / "results.json", results)
-    log.write(stage="test", test_mse=test["mse"], test_mae=test["mae"], windows=test["windows"])
-    log.figure("test/per_step_mse", per_step_figure(test["per_step_mse"], cfg.method))
+    model, timings = train_stages(run_plan, series, path, init_dir, log)
+    results = test(model, run_plan, series, path, timings, log)
     log.close()
+  return results
+
+
+def stage_model(spec, stage: plan.Stage, *, channels: int, marks: int) -> nnx.Module:
+  """A fresh model for `stage` (born sharded under a mesh): the backbone with its S-step head, and in stage 2 the
+  method's banks; the parameters it creates are drawn from the stage's seed."""
+  segments = stage.segments if stage.name == plan.ADAPT else 0  # 0: no adapters
+  # Fresh Rngs inside the builder: sharding.create traces it once for the shapes and once for the values.
+  make = lambda: build(
+    spec, channels=channels, marks=marks, pred_len=stage.pred_len, segments=segments, rngs=nnx.Rngs(stage.seed)
+  )
+  return sharding.create(make)
+
+
+def train_stages(run_plan: plan.Plan, series, path: pathlib.Path, init_dir, log) -> tuple[nnx.Module, dict]:
+  """Every stage of the plan in turn -> (the last stage's model, holding its selected state; per-stage summary)."""
+  ident = checkpointing.backbone_identity(run_plan.model, series, run_plan.segment_len)
+  timings, model = {}, None
+  for stage in run_plan.stages:
+    model = stage_model(run_plan.model, stage, channels=series.values.shape[1], marks=series.marks.shape[1])
+    if stage.name == plan.ADAPT:
+      checkpointing.load_backbone(model, init_dir, ident)  # restored straight into the model's shardings
+    meta = dict(ident, stage=stage.name, method=run_plan.method, horizon=stage.window)
+    timings[stage.name] = fit(
+      model, stage, series=series, loop=run_plan.loop, evaluation=run_plan.evaluation, workdir=path, meta=meta,
+      log=log,
+    )  # fmt: skip
+  return model, timings
+
+
+def test(model: nnx.Module, run_plan: plan.Plan, series, path: pathlib.Path, timings: dict, log) -> dict:
+  """The test pass over every test window, the prediction intervals (calibrated on validation, their coverage on
+  test), results.json and the test record."""
+  final, ev = run_plan.final, run_plan.evaluation
+  scores = evaluation.evaluate_split(model, final, series=series, evaluation=ev)
+  results = _results(run_plan, series, scores, timings)
+  if ev.intervals:
+    calibration = evaluation.calibrate(model, final, series=series, evaluation=ev)
+    results["interval_coverage"] = evaluation.coverage(model, final, calibration, series=series, evaluation=ev)
+    if sharding.is_lead():
+      workdir.write_json(path / "conformal.json", calibration)
+  if sharding.is_lead():
+    workdir.write_json(path / "results.json", results)
+  log.write(stage="test", test_mse=scores["mse"], test_mae=scores["mae"], windows=scores["windows"])
+  log.figure("test/per_step_mse", per_step_figure(scores["per_step_mse"], run_plan.method))
   tqdm.write(
-    f"test mse {test['mse']:.4f} mae {test['mae']:.4f} on {test['windows']} windows "
-    f"({cfg.method}, T={run_plan.final.window}); results in {path / 'results.json'}"
+    f"test mse {scores['mse']:.4f} mae {scores['mae']:.4f} on {scores['windows']} windows "
+    f"({run_plan.method}, T={final.window}); results in {path / 'results.json'}"
   )
   return results
 
@@ -111,29 +127,17 @@ def per_step_figure(per_step_mse: list, label: str):
   return fig
 
 
-def _train_stages(cfg, run_plan: plan.Plan, series, path: pathlib.Path, init_dir, log) -> tuple[nnx.Module, dict]:
-  """Every stage of the plan in turn -> (the last stage's model, holding its selected state; per-stage summary)."""
-  ident = checkpointing.backbone_identity(cfg, series, run_plan.segment_len)
-  timings, model = {}, None
-  for stage in run_plan.stages:
-    model = stage_model(cfg, stage, channels=series.values.shape[1], marks=series.marks.shape[1])
-    if stage.name == plan.ADAPT:
-      checkpointing.load_backbone(model, init_dir, ident)  # restored straight into the model's shardings
-    meta = dict(ident, stage=stage.name, method=cfg.method, horizon=stage.window)
-    timings[stage.name] = fit(model, stage, series=series, cfg=cfg, workdir=path, meta=meta, log=log)
-  return model, timings
-
-
-def _results(cfg, run_plan: plan.Plan, series, test: dict, timings: dict) -> dict:
-  final = run_plan.final
+def _results(run_plan: plan.Plan, series, test: dict, timings: dict) -> dict:
+  final, spec = run_plan.final, run_plan.model
   return {
-    "dataset": series.name, "backbone": cfg.backbone, "method": cfg.method, "stage": cfg.stage,
-    "horizon": final.window, "segment_len": run_plan.segment_len, "segments": final.segments, "seed": cfg.seed,
+    "dataset": series.name, "backbone": spec.backbone, "method": run_plan.method,
+    "stage": run_plan.stage,
+    "horizon": final.window, "segment_len": run_plan.segment_len, "segments": final.segments, "seed": run_plan.seed,
     "test_mse": test["mse"], "test_mae": test["mae"], "val_mse": timings[final.name]["val_mse"],
     "num_test_windows": test["windows"],
     "train_seconds": sum(t["seconds"] for t in timings.values()),  # excludes time lost to restarts
     "per_step_test_mse": test["per_step_mse"], "per_segment_test_mse": test["per_segment_mse"],
-    "stages": timings, "matmul_precision": cfg.get("matmul_precision", "float32"), **runtime.environment(),
+    "stages": timings, "matmul_precision": run_plan.matmul_precision, **runtime.environment(),
   }  # fmt: skip
 
 
@@ -146,7 +150,7 @@ def main(argv) -> None:
 
 def command() -> None:
   """`mola-train` / `python -m mola_jax.train`. The flags are defined here, not at import, so that importing this
-  module (tests, reproduce, the Python API) defines none."""
+  module (tests, the studies, the Python API) defines none."""
   config_flags.DEFINE_config_file("config", None, cli.CONFIG_HELP, lock_config=True)
   flags.DEFINE_string("workdir", None, "Run directory (default: runs/<dataset>-<backbone>-<method>-...)")
   flags.DEFINE_bool("overwrite", False, "Replace a run of a different config in --workdir instead of refusing")

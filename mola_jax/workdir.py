@@ -15,19 +15,8 @@ from mola_jax import config_lib
 from mola_jax.errors import CheckpointError
 
 # Where and how a run executes is not what it computes: a run may resume under another mesh or process count, and
-# with other logging, checkpoint, cache or benchmark settings.
-SPEED_ONLY = (
-  "mesh.",
-  "distributed",
-  "bench.",
-  "sweep.",
-  "reproduce.",
-  "log_every",
-  "checkpoint_every_",
-  "compile_cache",
-  "tensorboard",
-  "profile_steps",
-)
+# with other logging, checkpoint or cache settings. Nothing else: every other key can change a run's numbers.
+SPEED_ONLY = ("mesh.", "distributed", "log_every", "checkpoint_every_", "compile_cache", "tensorboard", "profile_steps")
 
 
 def default(cfg) -> str:
@@ -42,9 +31,9 @@ def _flat(tree, prefix="") -> dict:
 
 
 def flat_config(cfg_json: dict) -> dict:
-  """The config as JSON, flat (dotted keys), a key it predates counted as its default: a run made before a key
-  existed is the same run as one with the key at its default."""
-  return _flat(json.loads(config_lib.default().to_json_best_effort())) | _flat(cfg_json)
+  """The config as JSON, upgraded to today's keys (config_lib.upgrade), flat (dotted keys), a key it predates
+  counted as its default: a run made before a key existed is the same run as one with the key at its default."""
+  return _flat(json.loads(config_lib.default().to_json_best_effort())) | _flat(config_lib.upgrade(cfg_json))
 
 
 def config_diff(old: dict, new: dict) -> list[str]:

@@ -34,7 +34,8 @@ def tiny(cfg=None):
   cfg.model.itransformer.update(d_model=16, d_ff=16, n_heads=2, e_layers=1)
   cfg.pretrain.epochs = 1
   cfg.adapt.epochs = 1
-  cfg.mola.update(num_experts=2, rank=2)
+  for settings in cfg.technique.values():  # every method's banks small: two experts, rank 2
+    settings.update(**{k: 2 for k in ("num_experts", "rank") if k in settings})
   cfg.data.eval_batch_size = 512
   return cfg
 

@@ -31,7 +31,7 @@ from jax.sharding import AxisType  # noqa: E402
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mola_jax import checkpointing, config_lib, sharding, steps  # noqa: E402
+from mola_jax import checkpointing, config_lib, plan, sharding, steps  # noqa: E402
 from mola_jax.models import build  # noqa: E402
 
 GOLDEN = REPO / "tests" / "golden" / "param_specs.json"
@@ -54,13 +54,22 @@ def tiny_cfg(method: str):
   cfg.method = "mola" if method == "pretrain" else method
   cfg.model.itransformer.update(d_model=16, d_ff=32, n_heads=4, e_layers=1)
   cfg.data.seq_len = SEQ_LEN
-  cfg.mola.update(num_experts=4, rank=2)
+  cfg.technique[cfg.method].update(
+    **{k: v for k, v in {"num_experts": 4, "rank": 2}.items() if k in cfg.technique[cfg.method]}
+  )
   return cfg
 
 
 def make_model(method: str) -> nnx.Module:
   segments = 0 if method == "pretrain" else SEGMENTS
-  return build(tiny_cfg(method), channels=CHANNELS, marks=MARKS, pred_len=SEG_LEN, segments=segments, rngs=nnx.Rngs(0))
+  return build(
+    plan.model_spec(tiny_cfg(method)),
+    channels=CHANNELS,
+    marks=MARKS,
+    pred_len=SEG_LEN,
+    segments=segments,
+    rngs=nnx.Rngs(0),
+  )
 
 
 def make_tx(method: str):
@@ -239,9 +248,9 @@ def checkpoint_round_trip() -> dict:
 
 
 def scaling_study() -> list[dict]:
-  """The scaling study's own path (mola_jax.scaling.run) on two meshes of a tiny synthetic problem: it compiles,
+  """The scaling study's own path (mola_jax.lab.scaling.run) on two meshes of a tiny synthetic problem: it compiles,
   runs and reports memory and FLOPs."""
-  from mola_jax import scaling
+  from mola_jax.lab import scaling
 
   cfg = tiny_cfg("mola")
   cfg.data.name, cfg.data.synthetic_rows, cfg.data.synthetic_channels = "synthetic", 600, CHANNELS

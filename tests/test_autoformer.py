@@ -11,7 +11,7 @@ import pytest
 from conftest import tiny
 from flax import nnx
 
-from mola_jax import config_lib, steps
+from mola_jax import config_lib, plan, steps
 from mola_jax.models import Ctx, adapted_groups, build, predict
 from mola_jax.models.autoformer import (
   AutoCorrelation,
@@ -53,8 +53,8 @@ def forward(model, x, segments=1):
 def stage2(cfg, segments, *, method="mola"):
   """A stage-1 model and a stage-2 model whose backbone is a copy of it (adapters as initialised: B = 0)."""
   cfg.method = method
-  base = build(cfg, channels=D, marks=F, pred_len=S, segments=0, rngs=nnx.Rngs(0))
-  model = build(cfg, channels=D, marks=F, pred_len=S, segments=segments, rngs=nnx.Rngs(1))
+  base = build(plan.model_spec(cfg), channels=D, marks=F, pred_len=S, segments=0, rngs=nnx.Rngs(0))
+  model = build(plan.model_spec(cfg), channels=D, marks=F, pred_len=S, segments=segments, rngs=nnx.Rngs(1))
   nnx.update(model, nnx.state(base))
   return base, model
 
@@ -80,12 +80,14 @@ def test_shapes_and_the_declared_adapted_layers():
   assert forward(base, batch(1)).shape == (3, 1, S, D)
   assert forward(model, batch(3), segments=3).shape == (3, 3, S, D)
   # Targets unset: the two FFN layers of both encoder layers get a bank (A, B, logits), nothing else.
-  assert adapted_groups(cfg) == ("ffn",)
+  assert adapted_groups(cfg.backbone, cfg.method, cfg.adapt.targets) == ("ffn",)
   assert len([v for _, v in nnx.iter_graph(model) if isinstance(v, nnx.LoRAParam)]) == 3 * 2 * 2
   assert model.ffn_shape(32, D, F) == (32 * L, 16, 32)
   # Every group offered can be targeted: 4 auto-correlations x 4 projections, 3 FFNs x 2 layers.
-  cfg.mola.targets = ("ffn", "dec_ffn", "attn")
-  everything = nnx.eval_shape(lambda: build(cfg, channels=D, marks=F, pred_len=S, segments=3, rngs=nnx.Rngs(0)))
+  cfg.adapt.targets = ("ffn", "dec_ffn", "attn")
+  everything = nnx.eval_shape(
+    lambda: build(plan.model_spec(cfg), channels=D, marks=F, pred_len=S, segments=3, rngs=nnx.Rngs(0))
+  )
   assert len([v for _, v in nnx.iter_graph(everything) if isinstance(v, nnx.LoRAParam)]) == 3 * (4 * 4 + 3 * 2)
 
 
@@ -97,7 +99,9 @@ def test_param_count_at_tslib_etth1_settings():
   want = 2 * 12_800 + 2 * (1_050_624 + 2_099_712) + 1_024 + (2 * 1_050_624 + 2_097_152 + 10_752) + 1_024 + 3_591
   cfg = config_lib.default()
   cfg.backbone = "autoformer"
-  model = nnx.eval_shape(lambda: build(cfg, channels=7, marks=4, pred_len=24, segments=0, rngs=nnx.Rngs(0)))
+  model = nnx.eval_shape(
+    lambda: build(plan.model_spec(cfg), channels=7, marks=4, pred_len=24, segments=0, rngs=nnx.Rngs(0))
+  )
   assert sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))) == want == 10_541_063
 
 
@@ -117,7 +121,7 @@ def test_zero_b_equals_frozen_backbone_for_every_segment(graph_mode):
 
 def test_decoder_inputs_are_the_decomposed_window():
   cfg = tiny_cfg()
-  model = build(cfg, channels=D, marks=F, pred_len=S, segments=0, rngs=nnx.Rngs(0))
+  model = build(plan.model_spec(cfg), channels=D, marks=F, pred_len=S, segments=0, rngs=nnx.Rngs(0))
   x = jnp.asarray(batch(1)["x"])
   seasonal, trend = (np.asarray(a)[0] for a in model.decoder_inputs(x))  # [B, 48 + S, D]
   want_seasonal, want_trend = (np.asarray(a) for a in decompose(x, 25))

@@ -10,7 +10,7 @@ import pytest
 from conftest import tiny
 from flax import nnx
 
-from mola_jax import config_lib, steps
+from mola_jax import config_lib, plan, steps
 from mola_jax.models import Ctx, adapted_groups, build, predict
 from mola_jax.models.dlinear import decompose
 from mola_jax.models.layers import BatchNorm
@@ -47,8 +47,8 @@ def forward(model, x, segments=1, train=False):
 def stage2(cfg, segments, *, method="mola"):
   """A stage-1 model and a stage-2 model whose backbone is a copy of it (adapters as initialised: B = 0)."""
   cfg.method = method
-  base = build(cfg, channels=D, marks=F, pred_len=S, segments=0, rngs=nnx.Rngs(0))
-  model = build(cfg, channels=D, marks=F, pred_len=S, segments=segments, rngs=nnx.Rngs(1))
+  base = build(plan.model_spec(cfg), channels=D, marks=F, pred_len=S, segments=0, rngs=nnx.Rngs(0))
+  model = build(plan.model_spec(cfg), channels=D, marks=F, pred_len=S, segments=segments, rngs=nnx.Rngs(1))
   nnx.update(model, nnx.state(base))
   return base, model
 
@@ -82,7 +82,7 @@ def test_shapes_and_the_declared_adapted_layers(name, banks):
   adapters = [p for p, v in nnx.iter_graph(model) if isinstance(v, nnx.LoRAParam)]
   assert len(adapters) == 3 * banks
   groups = {"patchtst": ("ffn",), "dlinear": ("linear",), "transformer": ("ffn", "dec_ffn")}[name]
-  assert adapted_groups(cfg) == groups
+  assert adapted_groups(cfg.backbone, cfg.method, cfg.adapt.targets) == groups
 
 
 def test_dlinear_individual_has_one_adapted_pair_per_channel():
@@ -109,7 +109,9 @@ def test_dlinear_individual_has_one_adapted_pair_per_channel():
 def test_param_count_at_tslib_etth1_settings(name, params):
   cfg = config_lib.default()
   cfg.backbone = name
-  model = nnx.eval_shape(lambda: build(cfg, channels=7, marks=4, pred_len=24, segments=0, rngs=nnx.Rngs(0)))
+  model = nnx.eval_shape(
+    lambda: build(plan.model_spec(cfg), channels=7, marks=4, pred_len=24, segments=0, rngs=nnx.Rngs(0))
+  )
   assert count(nnx.state(model, nnx.Param)) == params
 
 
@@ -146,7 +148,7 @@ def test_dlinear_decomposition_and_forward_against_numpy():
   np.testing.assert_allclose(np.asarray(seasonal), x - trend, rtol=1e-5, atol=1e-5)
 
   cfg = tiny_cfg("dlinear")
-  model = build(cfg, channels=D, marks=F, pred_len=S, segments=0, rngs=nnx.Rngs(0))
+  model = build(plan.model_spec(cfg), channels=D, marks=F, pred_len=S, segments=0, rngs=nnx.Rngs(0))
   model.seasonal[0].kernel[...] = jax.random.normal(jax.random.key(0), (L, S))  # not the constant init
   ws, bs = (np.asarray(v[...], np.float64) for v in (model.seasonal[0].kernel, model.seasonal[0].bias))
   wt, bt = (np.asarray(v[...], np.float64) for v in (model.trend[0].kernel, model.trend[0].bias))
@@ -190,7 +192,7 @@ def test_batchnorm_per_segment_statistics_and_sequential_running_updates():
 
 def test_transformer_decoder_is_causal_and_reads_its_segment_marks():
   cfg = tiny_cfg("transformer")
-  model = build(cfg, channels=D, marks=F, pred_len=S, segments=0, rngs=nnx.Rngs(0))
+  model = build(plan.model_spec(cfg), channels=D, marks=F, pred_len=S, segments=0, rngs=nnx.Rngs(0))
   x = batch(1)
   out = np.asarray(forward(model, x))[:, 0]
   late = dict(x, y_mark=x["y_mark"].copy())

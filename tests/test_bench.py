@@ -1,6 +1,6 @@
 """The benchmark's CI mode end to end (no speed is asserted), and what its figures rely on: the stage-2 variants
-compute the batched pass's loss, the epoch-in-scan trains on the pipeline's batches, bf16 keeps float32 master
-state, and a training run compiles each of its steps once (no recompilation on the last batch or a new epoch)."""
+compute the batched pass's loss, the epoch-in-scan trains on fit's batches, bf16 keeps float32 master state, and
+a training run compiles each of its steps once (no recompilation on the last batch or a new epoch)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from conftest import REPO, tiny
 
-from mola_jax import bench, data, steps
+from mola_jax import data, plan, steps
+from mola_jax.lab import bench, bench_setup
 from mola_jax.train import train_and_evaluate
 
 
@@ -28,23 +29,22 @@ def synthetic(dropout: float = 0.0):
   return cfg
 
 
-def compiled(setup: bench.Setup):
-  """The setup's train step, compiled ahead of time as the benchmark's CI mode does (cheaply)."""
-  return bench.compile_step(setup, bench.CHEAP_COMPILES)[0]
+def context(cfg=None) -> bench_setup.Context:
+  """A benchmark run's context in CI mode (cheap compiles)."""
+  settings = bench.defaults()
+  settings.tiny = True
+  return bench_setup.Context(cfg or synthetic(), bench_setup.Settings.of(settings))
+
+
+def batches(setup: bench_setup.Setup, n: int) -> list[dict]:
+  """The first n training batches of epoch 1, as fit gathers them."""
+  return [setup.windows.take(idx) for idx in data.train_order(setup.windows, setup.batch_size, seed=0, epoch=1)[:n]]
 
 
 def test_tiny_cli_writes_every_figure(tmp_path):
   env = dict(os.environ, PYTHONPATH=str(REPO))
-  cmd = [
-    sys.executable,
-    "-m",
-    "mola_jax.bench",
-    "--config",
-    str(REPO / "configs" / "synthetic.py"),
-    "--workdir",
-    str(tmp_path),
-    "--config.bench.tiny=True",
-  ]
+  cmd = [sys.executable, "-m", "mola_jax.lab.bench", "--config", str(REPO / "configs" / "synthetic.py"), "--workdir",
+         str(tmp_path), "--study.tiny=True"]  # fmt: skip
   proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = json.loads((tmp_path / "bench.json").read_text())
@@ -75,50 +75,56 @@ def test_tiny_cli_writes_every_figure(tmp_path):
   assert all(f"`{key}`" in table for key in bench.REQUIRED) and "How stage-2 cost grows with segments" in table
 
 
+def test_every_measurement_is_registered_in_order():
+  names = list(bench.MEASUREMENTS)
+  assert names[:2] == ["stage1", "stage2"] and names.index("evaluations") < names.index("peaks_and_mfu")
+  assert all(callable(fn) and fn.__doc__ is None or isinstance(fn.__doc__, str) for fn in bench.MEASUREMENTS.values())
+
+
 @pytest.mark.parametrize("forward", ["loop", "unshared_prefix"])
 def test_stage2_variants_give_the_batched_loss(forward):
   """Same weights (adapters randomised, so segments differ), same batches: the official K passes and the
   unshared prefix give the batched pass's loss, and after one update (equal gradients) still do."""
-  prob = bench.problem(synthetic())
-  model = bench.new_model(prob, "adapt")
-  bench.randomise_adapters(model)
+  ctx = context()
+  prob = ctx.problem()
+  model = bench_setup.new_model(prob, plan.ADAPT)
+  bench_setup.randomise_adapters(model)
   losses = {}
   for name in ("batched", forward):
-    setup = bench.train_setup(prob, "adapt", forward=name, model=model)
-    step, state, out = compiled(setup), setup.state, []
-    for batch in data.train_batches(setup.src, setup.batch_size, seed=0, epoch=1)[:2]:
+    setup = bench_setup.train_setup(ctx, prob, plan.ADAPT, forward=name, model=model)
+    step, state, out = bench_setup.compile_step(ctx, setup)[0], setup.state, []
+    for batch in batches(setup, 2):
       state, loss = step(state, setup.frozen, batch, setup.active)
       out.append(float(loss))
     losses[name] = out
   np.testing.assert_allclose(losses[forward], losses["batched"], rtol=1e-5)
 
 
-def test_scan_epoch_trains_on_the_pipeline_batches():
-  prob = bench.problem(synthetic())
-  a, b = bench.train_setup(prob, "adapt"), bench.train_setup(prob, "adapt")
-  starts = bench.epoch_starts(a.src, a.batch_size, a.seed, epoch=1)
-  assert starts.shape == (data.num_train_batches(a.src, a.batch_size), a.batch_size)
-  assert len(np.unique(starts)) == starts.size  # each window at most once
-  batches = data.train_batches(a.src, a.batch_size, seed=a.seed, epoch=1)
-  n = 3
-  for i in range(n):  # grain's shuffle depends only on the length and the seed
-    np.testing.assert_array_equal(batches[i]["y"], np.stack([a.src[int(j)]["y"] for j in starts[i]]))
-  args = (a.state, a.frozen, (a.src.values, a.src.marks), starts[:n], a.active)
-  _, scanned = bench.make_scan(a.step, a.src).lower(*args).compile(bench.CHEAP_COMPILES)(*args)
-  step, state, looped = compiled(b), b.state, []
-  for i in range(n):
-    state, loss = step(state, b.frozen, batches[i], b.active)
+def test_scan_epoch_trains_on_fit_batches():
+  """The epoch-in-scan gathers each batch with data.gather inside its body: the same losses as the step called
+  on fit's batches."""
+  ctx = context()
+  prob = ctx.problem()
+  a, b = bench_setup.train_setup(ctx, prob, plan.ADAPT), bench_setup.train_setup(ctx, prob, plan.ADAPT)
+  starts = data.train_order(a.windows, a.batch_size, seed=a.seed, epoch=1)[:3]
+  args = (a.state, a.frozen, starts, a.active)
+  _, scanned = bench_setup.make_scan(a.step, a.windows).lower(*args).compile(bench_setup.CHEAP_COMPILES)(*args)
+  step, state, looped = bench_setup.compile_step(ctx, b)[0], b.state, []
+  for batch in batches(b, 3):
+    state, loss = step(state, b.frozen, batch, b.active)
     looped.append(float(loss))
   np.testing.assert_allclose(np.asarray(scanned), looped, rtol=1e-5)
 
 
 def test_bf16_keeps_float32_master_state():
   assert steps.caster(None) is None and steps.caster("float32") is None  # the default step gets no extra op
-  prob = bench.problem(synthetic())
-  f32, bf16 = bench.train_setup(prob, "adapt"), bench.train_setup(prob, "adapt", dtype="bfloat16")
-  batch = data.train_batches(f32.src, f32.batch_size, seed=0, epoch=1)[0]
-  s32, l32 = compiled(f32)(f32.state, f32.frozen, batch, f32.active)
-  s16, l16 = compiled(bf16)(bf16.state, bf16.frozen, batch, bf16.active)
+  ctx = context()
+  prob = ctx.problem()
+  f32 = bench_setup.train_setup(ctx, prob, plan.ADAPT)
+  bf16 = bench_setup.train_setup(ctx, prob, plan.ADAPT, dtype="bfloat16")
+  batch = batches(f32, 1)[0]
+  s32, l32 = bench_setup.compile_step(ctx, f32)[0](f32.state, f32.frozen, batch, f32.active)
+  s16, l16 = bench_setup.compile_step(ctx, bf16)[0](bf16.state, bf16.frozen, batch, bf16.active)
   assert jax.tree.structure(s16) == jax.tree.structure(s32)
   assert [x.dtype for x in jax.tree.leaves(s16)] == [x.dtype for x in jax.tree.leaves(s32)]
   assert l16.dtype == np.float32 and abs(float(l16) - float(l32)) < 2e-2 * abs(float(l32))

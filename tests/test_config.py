@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ from conftest import REPO
 from ml_collections import config_flags
 
 from mola_jax import config_lib
+from mola_jax.models import BACKBONES
 
 
 def parse(*overrides):
@@ -32,7 +34,9 @@ def test_etth1_defaults_are_the_official_recipe():
   ) == (128, 128, 2, 8)
   assert (cfg.pretrain.lr, cfg.pretrain.epochs, cfg.pretrain.patience, cfg.pretrain.batch_size) == (5e-4, 5, 2, 32)
   assert (cfg.adapt.lr, cfg.adapt.epochs, cfg.adapt.patience) == (1e-3, 10, 3)
-  assert (cfg.mola.rank, cfg.mola.num_experts, cfg.mola.a_std) == (8, 6, 0.01)
+  mola = cfg.technique.mola
+  assert (mola.rank, mola.num_experts, mola.a_std) == (8, 6, 0.01)
+  assert (cfg.technique.fourier.n, cfg.technique.fourier.scale) == (100, 150.0)  # FourierFT's paper
   config_lib.validate(cfg)
   assert config_lib.segment_len(cfg) == 24
 
@@ -49,10 +53,10 @@ def test_overrides_of_the_documented_keys():
     "--config.segment_len=64",
     "--config.seed=7",
     "--config.data.path=/tmp/x.csv",
-    "--config.mola.targets=('ffn','attn')",
+    "--config.adapt.targets=('ffn','attn')",
   )
   assert (cfg.method, cfg.horizon, cfg.segment_len, cfg.seed, cfg.data.path) == ("lora", 192, 64, 7, "/tmp/x.csv")
-  assert tuple(cfg.mola.targets) == ("ffn", "attn")
+  assert tuple(cfg.adapt.targets) == ("ffn", "attn")
   assert config_lib.segment_len(cfg) == 64
   assert config_lib.segment_len(parse("--config.method=mtf", "--config.horizon=336")) == 336
 
@@ -116,7 +120,38 @@ def test_fixed_s_variant_keeps_only_the_default_segment_length():
     "720": (180,),
   }
   assert config_lib.segment_len(fixed) == 24 and fixed.backbone == "itransformer"
-  assert fixed.reproduce.segment_options == "config"  # one S per horizon: a study adds none found in the data
+
+
+def test_the_run_config_holds_no_study_settings():
+  cfg = config_lib.default()
+  assert not {"bench", "reproduce", "sweep", "mola"} & set(cfg.keys())
+  assert set(cfg.technique) == set(config_lib.METHODS) and set(cfg.model) == set(BACKBONES)
+
+
+def test_a_config_saved_before_the_keys_moved_is_upgraded_in_one_place():
+  """An old run's config.json (MoLA settings under `mola`, the studies' keys in the run config) loads with today's
+  keys: the technique settings under the run's own method (renamed where they were), the stage-2 settings under
+  `adapt`, the studies' keys gone; the resume check then sees the same run."""
+  from mola_jax import workdir
+
+  old = {
+    "method": "fourier", "horizon": 96,
+    "mola": {"rank": 4, "num_experts": 3, "fourier_n": 50, "fourier_scale": 1.0, "targets": ["ffn", "attn"],
+             "official_init": True, "share_prefix_dropout": False, "adapter_dim": None},
+    "reproduce": {"num_seeds": 3}, "bench": {"tiny": True}, "sweep": {"grid": ""},
+  }  # fmt: skip
+  new = config_lib.upgrade(old)
+  assert new["technique"] == {"fourier": {"n": 50, "scale": 1.0}}
+  assert new["adapt"] == {"targets": ["ffn", "attn"], "official_init": True, "share_prefix_dropout": False}
+  assert not {"mola", "reproduce", "bench", "sweep"} & set(new)
+  cfg = config_lib.from_json(old)
+  assert (cfg.technique.fourier.n, cfg.technique.fourier.scale, cfg.adapt.official_init) == (50, 1.0, True)
+  assert cfg.technique.mola.rank == 8  # another method's settings stay at their defaults
+  same = config_lib.default()
+  same.method, same.technique.fourier.n, same.technique.fourier.scale = "fourier", 50, 1.0
+  same.adapt.targets, same.adapt.official_init = ("ffn", "attn"), True
+  assert workdir.config_diff(old, json.loads(same.to_json_best_effort())) == []
+  assert config_lib.upgrade(config_lib.upgrade(old)) == new  # today's keys come back unchanged
 
 
 @pytest.mark.parametrize("decay,per_epoch", [(0.5, [1.0, 1.0, 0.5, 0.25]), (1.0, [1.0, 1.0, 1.0, 1.0])])

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-import pickle
 import types
 
 import numpy as np
@@ -203,7 +202,6 @@ def test_window_source_content_and_real_counts():
   assert np.array_equal(test[-1]["y"][-1], s.values[-1])
   with pytest.raises(IndexError):
     test[len(test)]
-  assert len(pickle.loads(pickle.dumps(test))) == 170  # grain workers need a picklable source
   with pytest.raises(DataError, match="seq_len"):
     data.window_source(s, "test", 96, 24)  # borders were built for L = 36
 
@@ -286,14 +284,16 @@ def test_time_features_known_timestamps():
 
 @needs_data
 def test_eval_batches_cover_every_window_once_in_order():
+  """The eval order padded and masked, gathered on the device: every window once, in order, as the host builds it."""
   src = data.window_source(series("ETTh1"), "test", 96, 96)
-  batches = list(data.eval_batches(src, 97))  # odd, and 2785 = 28 * 97 + 69
-  assert len(batches) == data.num_eval_batches(src, 97) == 29
+  idx, mask = data.eval_order(src, 97)  # odd, and 2785 = 28 * 97 + 69
+  assert idx.shape == mask.shape == (data.num_eval_batches(src, 97), 97) == (29, 97)
+  assert int(mask.sum()) == len(src) == 2785 and not mask[-1, 69:].any()
+  windows = data.DeviceWindows(src)
+  batches = [windows.take(i, m) for i, m in zip(idx, mask, strict=True)]
   assert all(b["x"].shape == (97, 96, 7) and b["mask"].shape == (97,) for b in batches)
-  assert sum(int(b["mask"].sum()) for b in batches) == len(src) == 2785
-  assert not batches[-1]["mask"][69:].any() and not batches[-1]["x"][69:].any()
   for key in ("x", "y", "x_mark", "y_mark"):
-    got = np.concatenate([b[key][b["mask"]] for b in batches])
+    got = np.concatenate([np.asarray(b[key])[np.asarray(b["mask"])] for b in batches])
     want = np.stack([src[i][key] for i in range(len(src))])
     np.testing.assert_array_equal(got, want)
 
@@ -305,26 +305,22 @@ def _toy_source(windows=203, seq_len=4, pred_len=2):
   return data.WindowSource(values, marks, 0, rows, seq_len, pred_len)
 
 
-def _order(batches):
-  return [tuple(b["x"][:, 0, 0].astype(int)) for b in batches]
-
-
-def test_train_batches_order_and_resume():
+def test_train_order_is_a_seeded_permutation_and_the_device_gathers_its_windows():
   src = _toy_source()
-  first = list(data.train_batches(src, 16, seed=7, epoch=0))
-  assert len(first) == data.num_train_batches(src, 16) == 12  # 203 // 16, the remainder dropped
-  assert all(b["x"].shape == (16, 4, 2) and b["y"].shape == (16, 2, 2) for b in first)
-  ids = np.concatenate(_order(first))
-  assert len(set(ids)) == len(ids)  # no window twice within an epoch
-  assert _order(data.train_batches(src, 16, seed=7, epoch=0)) == _order(first)
-  assert _order(data.train_batches(src, 16, seed=7, epoch=1)) != _order(first)
-  assert _order(data.train_batches(src, 16, seed=8, epoch=0)) != _order(first)
-  resumed = data.train_batches(src, 16, seed=7, epoch=0, start_batch=5)
-  assert len(resumed) == 7 and _order(resumed) == _order(first)[5:]
-  with pytest.raises(DataError):
-    data.train_batches(src, 16, seed=7, epoch=0, start_batch=13)
+  first = data.train_order(src, 16, seed=7, epoch=0)
+  assert first.shape == (data.num_train_batches(src, 16), 16) == (12, 16)  # 203 // 16, the remainder dropped
+  assert len(set(first.ravel())) == first.size  # no window twice within an epoch
+  assert np.array_equal(data.train_order(src, 16, seed=7, epoch=0), first)
+  assert not np.array_equal(data.train_order(src, 16, seed=7, epoch=1), first)
+  assert not np.array_equal(data.train_order(src, 16, seed=8, epoch=0), first)
+  batch = data.DeviceWindows(src).take(first[3])
+  assert batch["x"].shape == (16, 4, 2) and batch["y"].shape == (16, 2, 2)
+  np.testing.assert_array_equal(np.asarray(batch["x"])[:, 0, 0], first[3])  # row r holds r: window i starts at i
+  host = data.host_batch(src, first[3])
+  for key in ("x", "x_mark", "y", "y_mark"):
+    np.testing.assert_array_equal(np.asarray(batch[key]), host[key])
   with pytest.raises(DataError, match="batch_size"):
-    data.train_batches(src, 500, seed=7, epoch=0)
+    data.train_order(src, 500, seed=7, epoch=0)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from conftest import tiny
 from flax import nnx
 from test_backbones import D, F, S, batch, count, forward, stage2
 
-from mola_jax import config_lib, steps
+from mola_jax import config_lib, plan, steps
 from mola_jax.models import Ctx, SegmentParam, adapted_groups, build, predict, predict_per_segment
 from mola_jax.models.adapters import segment_rows
 from mola_jax.models.informer import (
@@ -46,7 +46,7 @@ def test_shapes_and_the_adapted_layers():
   base, model = stage2(cfg, segments=3)
   assert forward(base, batch(1)).shape == (3, 1, S, D)
   assert forward(model, batch(3), segments=3).shape == (3, 3, S, D)
-  assert adapted_groups(cfg) == ("ffn",)
+  assert adapted_groups(cfg.backbone, cfg.method, cfg.adapt.targets) == ("ffn",)
   # MoLA banks (A, B, logits) on the two FFN layers of each encoder layer and nowhere else.
   adapted = {p[:3] for p, v in nnx.iter_graph(model) if isinstance(v, nnx.LoRAParam)}
   assert adapted == {("encoder", i, f) for i in range(2) for f in ("ffn1", "ffn2")}
@@ -60,7 +60,9 @@ def test_param_count_at_tslib_etth1_settings():
   # projection 512*7+7.
   cfg = config_lib.default()
   cfg.backbone = "informer"
-  model = nnx.eval_shape(lambda: build(cfg, channels=7, marks=4, pred_len=24, segments=0, rngs=nnx.Rngs(0)))
+  model = nnx.eval_shape(
+    lambda: build(plan.model_spec(cfg), channels=7, marks=4, pred_len=24, segments=0, rngs=nnx.Rngs(0))
+  )
   want = 2 * 12_800 + 2 * 3_152_384 + 786_944 + 1_024 + 1_024 + 4_204_032 + 1_024 + 3_591
   assert count(nnx.state(model, nnx.Param)) == want == 11_328_007
 

@@ -9,7 +9,7 @@ import pytest
 from conftest import tiny
 from flax import nnx
 
-from mola_jax import config_lib
+from mola_jax import config_lib, plan
 from mola_jax.models import Ctx, build, predict, predict_per_segment
 from mola_jax.models.adapters import LoRABank, MoLABank, SegmentParam, segment_rows
 
@@ -25,8 +25,8 @@ def batch(b=3, length=96, d=7, f=4, seed=0):
 def adapted(cfg, segments, *, seed=1, method="mola"):
   """A stage-2 model whose backbone is a copy of a stage-1 model's; adapters B set to random values."""
   cfg.method = method
-  base = build(cfg, channels=7, marks=4, pred_len=24, segments=0, rngs=nnx.Rngs(0))
-  model = build(cfg, channels=7, marks=4, pred_len=24, segments=segments, rngs=nnx.Rngs(seed))
+  base = build(plan.model_spec(cfg), channels=7, marks=4, pred_len=24, segments=0, rngs=nnx.Rngs(0))
+  model = build(plan.model_spec(cfg), channels=7, marks=4, pred_len=24, segments=segments, rngs=nnx.Rngs(seed))
   nnx.update(model, nnx.state(base))
   return base, model
 
@@ -39,12 +39,12 @@ def graph_mode(request):
 
 def test_itransformer_shapes_and_param_count():
   cfg = config_lib.default()  # ETTh1 sizes
-  model = build(cfg, channels=7, marks=4, pred_len=24, segments=0, rngs=nnx.Rngs(0))
+  model = build(plan.model_spec(cfg), channels=7, marks=4, pred_len=24, segments=0, rngs=nnx.Rngs(0))
   assert predict(model, batch(), Ctx()).shape == (3, 1, 24, 7)
   # docs/method.md §4.5: the official iTransformer on ETTh1 with S = 24 has 214,936 parameters.
   assert sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))) == 214_936
   cfg.method = "mola"
-  model = build(cfg, channels=7, marks=4, pred_len=24, segments=4, rngs=nnx.Rngs(0))
+  model = build(plan.model_spec(cfg), channels=7, marks=4, pred_len=24, segments=4, rngs=nnx.Rngs(0))
   assert predict(model, batch(), Ctx(segments=4)).shape == (3, 4, 24, 7)
   # 4 adapted 128x128 matrices: 4·P·r·(128+128) + 4·K·P adapter parameters.
   assert sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.LoRAParam))) == 4 * 6 * 8 * 256 + 4 * 4 * 6
@@ -112,14 +112,14 @@ def test_factored_application_equals_dense_delta(method):
   # Small layers (iTransformer's 128 x 128 with 6 rank-8 experts) keep the dense form.
   assert not MoLABank(128, 128, segments=2, experts=6, rank=8, a_std=0.01, rngs=nnx.Rngs(0)).factored
   forced = MoLABank(128, 128, segments=2, experts=6, rank=8, a_std=0.01, rngs=nnx.Rngs(0), factored=True)
-  assert forced.factored  # --config.mola.factored=True
+  assert forced.factored  # --config.technique.mola.factored=True
 
 
 def test_batched_segments_equal_one_pass_per_segment(graph_mode):
   """The K-axis forward (shared prefix, one einsum) equals K separate passes, each a K=1 model holding only
   segment k's mixture, as the official per-segment loop computes it."""
   cfg = tiny()
-  cfg.mola.targets = ("ffn", "attn")  # the K axis then starts in the first attention block
+  cfg.adapt.targets = ("ffn", "attn")  # the K axis then starts in the first attention block
   _, model = adapted(cfg, segments=3)
   for path, var in nnx.iter_graph(model):
     if isinstance(var, nnx.LoRAParam) and path[-1] == "b":
@@ -139,7 +139,7 @@ def test_batched_segments_equal_one_pass_per_segment(graph_mode):
 
 
 def test_instance_norm_makes_the_forecast_affine_equivariant():
-  model = build(tiny(), channels=7, marks=4, pred_len=24, segments=0, rngs=nnx.Rngs(0))
+  model = build(plan.model_spec(tiny()), channels=7, marks=4, pred_len=24, segments=0, rngs=nnx.Rngs(0))
   x = batch()
   out = np.asarray(predict(model, x, Ctx()))
   shifted = dict(x, x=3.0 * x["x"] + 5.0)
@@ -147,7 +147,7 @@ def test_instance_norm_makes_the_forecast_affine_equivariant():
 
 
 def test_dropout_is_active_in_training_and_off_in_eval():
-  model = build(tiny(), channels=7, marks=4, pred_len=24, segments=0, rngs=nnx.Rngs(0))
+  model = build(plan.model_spec(tiny()), channels=7, marks=4, pred_len=24, segments=0, rngs=nnx.Rngs(0))
   x = batch()
   eval1, eval2 = (np.asarray(predict(model, x, Ctx())) for _ in range(2))
   np.testing.assert_array_equal(eval1, eval2)

@@ -137,8 +137,8 @@ def test_a_table_that_shards_weights_over_both_processes_gives_the_same_results(
 
 def test_the_scaling_study_spans_both_processes(tmp_path):
   out = tmp_path / "scaling"
-  launch("-m", "mola_jax.scaling", *SYNTHETIC[:2], "--workdir", str(out), "--batches=8", "--steps=1", "--warmup=1",
-         "--config.mola.num_experts=2")  # fmt: skip
+  launch("-m", "mola_jax.lab.scaling", *SYNTHETIC[:2], "--workdir", str(out), "--study.batches=8", "--study.steps=1",
+         "--study.warmup=1")  # fmt: skip
   rows = json.loads((out / "scaling.json").read_text())["rows"]
   assert [row["mesh"] for row in rows][:2] == ["2x1", "4x1"]  # the default list starts at one device a process
   assert all(row["flops_per_step"] > 0 and row["step_seconds"] > 0 for row in rows)
@@ -148,8 +148,8 @@ def test_a_reproduction_runs_its_cells_on_both_processes_and_writes_once(single,
   """One cell (stage 1 + stage 2 of MoLA at the synthetic config's T and S, one seed) of `reproduce`, every
   process training it, process 0 writing the study's files: the cell equals the single-process run."""
   study = tmp_path / "study"
-  launch("-m", "mola_jax.reproduce", *SYNTHETIC, *DATA_PARALLEL, "--workdir", str(study),
-         "--config.reproduce.horizons=(48,)", "--config.reproduce.methods=('mola',)", "--config.reproduce.num_seeds=1",
-         "--config.reproduce.segment_options=config")  # fmt: skip
+  launch("-m", "mola_jax.lab.reproduce", *SYNTHETIC, *DATA_PARALLEL, "--workdir", str(study),
+         "--study.horizons=(48,)", "--study.methods=('mola',)", "--study.num_seeds=1",
+         "--study.segment_options=config")  # fmt: skip
   assert (study / "table.csv").is_file() and (study / "per_step_T48.png").is_file()
   assert_same_results(study / "cells" / "mola-T48-S24-seed2023", single, logged=("adapt", "test"))

@@ -1,4 +1,4 @@
-"""Data-driven segment lengths (mola_jax/periods.py): periods found on synthetic series with known cycles and on
+"""Data-driven segment lengths (mola_jax/lab/periods.py): periods found on synthetic series with known cycles and on
 none at all, and the segment lengths they propose."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mola_jax.periods import candidates, dominant_periods
+from mola_jax.lab.periods import candidates, dominant_periods
 
 T = np.arange(6000)
 RNG = np.random.default_rng(0)

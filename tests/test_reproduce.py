@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 from conftest import REPO, tiny
 
-from mola_jax import config_lib, reproduce
+from mola_jax import config_lib
 from mola_jax.errors import ConfigError
+from mola_jax.lab import reproduce, study
+from mola_jax.lab.stats import ci95
 
 
 def test_every_dataset_config_loads_and_validates():
@@ -33,29 +35,37 @@ def test_every_dataset_config_loads_and_validates():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     cfg = module.get_config()
-    for h in cfg.reproduce.horizons:
+    for h in reproduce.horizons_of(cfg, reproduce.defaults()):  # every horizon a study runs by default
       cfg.horizon = h
       config_lib.validate(cfg)
+  assert reproduce.horizons_of(config_lib.load("national_illness"), reproduce.defaults()) == [24, 36, 48, 60]
 
 
 def test_ci95_is_the_student_t_interval():
-  assert reproduce.ci95([0.5]) == 0.0
+  assert ci95([0.5]) == 0.0
   # n = 3, sample std 0.1: t(0.975, 2) = 4.3027 -> 4.3027 * 0.1 / sqrt(3)
-  assert reproduce.ci95([0.4, 0.5, 0.6]) == pytest.approx(4.302653 * 0.1 / np.sqrt(3), rel=1e-5)
+  assert ci95([0.4, 0.5, 0.6]) == pytest.approx(4.302653 * 0.1 / np.sqrt(3), rel=1e-5)
+
+
+def settings(methods=("mtf", "mola"), num_seeds=1, **more):
+  s = reproduce.defaults()
+  s.horizons, s.methods, s.num_seeds = (48,), methods, num_seeds
+  s.update(**more)
+  return s
 
 
 def test_reproduce_selects_on_validation_shares_stage1_and_resumes(tmp_path, monkeypatch):
   cfg = tiny()
   cfg.data.name, cfg.data.synthetic_rows = "synthetic", 1200
   cfg.segment_options = {"48": (24, 16)}
-  cfg.reproduce.horizons, cfg.reproduce.methods, cfg.reproduce.num_seeds = (48,), ("mtf", "lora", "mola"), 2
-  rows = reproduce.run(cfg, tmp_path)
+  s = settings(("mtf", "lora", "mola"), 2)
+  rows = reproduce.run(cfg, s, tmp_path)
 
   assert [(r["method"], r["horizon"], r["seeds"]) for r in rows] == [("mtf", 48, 2), ("lora", 48, 2), ("mola", 48, 2)]
   assert sum(r["winner"] for r in rows) == 1
   assert min(rows, key=lambda r: r["test_mse_mean"])["winner"]
   with (tmp_path / "table.csv").open() as f:
-    assert tuple(next(csv.reader(f))) == reproduce.TABLE_COLUMNS
+    assert tuple(next(csv.reader(f))) == tuple(rows[0])
   with (tmp_path / "selection.csv").open() as f:
     selection = list(csv.DictReader(f))
   for method in ("lora", "mola"):
@@ -68,37 +78,35 @@ def test_reproduce_selects_on_validation_shares_stage1_and_resumes(tmp_path, mon
   stage1 = sorted(p.name for p in (tmp_path / "pretrain").iterdir())
   chosen = {r["method"]: r["segment_len"] for r in rows}
   assert stage1 == sorted({"S16-seed2023", "S24-seed2023"} | {f"S{chosen[m]}-seed2024" for m in ("lora", "mola")})
-  for name in ("table.md", "per_step_T48.png", "windows_T48.png"):
+  for name in ("table.md", "per_step_T48.png", "windows_T48.png", "config.json", "study.json"):
     assert (tmp_path / name).stat().st_size > 0
 
   # Rerunning trains nothing and gives the same table.
-  monkeypatch.setattr(reproduce, "train_and_evaluate", lambda *a: pytest.fail("a finished cell was retrained"))
-  assert reproduce.run(cfg, tmp_path) == rows
+  monkeypatch.setattr(study, "train_and_evaluate", lambda *a: pytest.fail("a finished cell was retrained"))
+  assert reproduce.run(cfg, s, tmp_path) == rows
 
 
 def test_a_second_recipe_reuses_the_first_studys_stage1_and_mtf_runs(tmp_path, monkeypatch):
   cfg = tiny()
   cfg.data.name, cfg.data.synthetic_rows = "synthetic", 1200
   cfg.segment_len = 24
-  cfg.reproduce.horizons, cfg.reproduce.methods, cfg.reproduce.num_seeds = (48,), ("mtf", "mola"), 1
-  reproduce.run(cfg, tmp_path / "official")
+  reproduce.run(cfg, settings(), tmp_path / "official")
 
   improved = tiny()
   improved.update_from_flattened_dict({"data.name": "synthetic", "data.synthetic_rows": 1200, "segment_len": 24})
-  improved.reproduce.horizons, improved.reproduce.methods, improved.reproduce.num_seeds = (48,), ("mtf", "mola"), 1
   improved.adapt.selection = "per_segment"  # a stage-2 change only
-  improved.reproduce.reuse_from = str(tmp_path / "official")
+  reuse = settings(reuse_from=str(tmp_path / "official"))
   trained = []
-  real = reproduce.train_and_evaluate
-  monkeypatch.setattr(reproduce, "train_and_evaluate", lambda c, w: trained.append((c.method, c.stage)) or real(c, w))
-  rows = reproduce.run(improved, tmp_path / "improved")
+  real = study.train_and_evaluate
+  monkeypatch.setattr(study, "train_and_evaluate", lambda c, w: trained.append((c.method, c.stage)) or real(c, w))
+  rows = reproduce.run(improved, reuse, tmp_path / "improved")
   assert trained == [("mola", "adapt")]  # stage 1 and mtf came from the first study
   assert not (tmp_path / "improved" / "pretrain").exists()
-  assert rows[0]["test_mse_mean"] == reproduce.run(cfg, tmp_path / "official")[0]["test_mse_mean"]  # same mtf
+  assert rows[0]["test_mse_mean"] == reproduce.run(cfg, settings(), tmp_path / "official")[0]["test_mse_mean"]
 
   improved.pretrain.lr = 1e-3  # a different stage-1 recipe is a different run: trained here, not reused
   trained.clear()
-  reproduce.run(improved, tmp_path / "changed")
+  reproduce.run(improved, reuse, tmp_path / "changed")
   assert ("mtf", "all") in trained and ("mola", "pretrain") in trained
 
 
@@ -108,26 +116,21 @@ def test_auto_segments_add_whole_periods_and_reuse_the_config_options_runs(tmp_p
   cfg = tiny()
   cfg.data.name, cfg.data.synthetic_rows = "synthetic", 1200
   cfg.segment_options = {"48": (16,)}
-  cfg.reproduce.horizons, cfg.reproduce.methods, cfg.reproduce.num_seeds = (48,), ("mtf", "mola"), 1
-  cfg.reproduce.segment_options = "config"
-  reproduce.run(cfg, tmp_path / "paper")
+  reproduce.run(cfg, settings(segment_options="config"), tmp_path / "paper")
   assert not (tmp_path / "paper" / "periods.json").exists()  # config: the options alone, nothing detected
 
-  cfg.reproduce.segment_options, cfg.reproduce.reuse_from = "auto", str(tmp_path / "paper")
+  auto = settings(segment_options="auto", reuse_from=str(tmp_path / "paper"))
   trained = []
-  real = reproduce.train_and_evaluate
-  monkeypatch.setattr(
-    reproduce, "train_and_evaluate", lambda c, w: trained.append((c.stage, c.segment_len)) or real(c, w)
-  )
-  reproduce.run(cfg, tmp_path / "auto")
+  real = study.train_and_evaluate
+  monkeypatch.setattr(study, "train_and_evaluate", lambda c, w: trained.append((c.stage, c.segment_len)) or real(c, w))
+  reproduce.run(cfg, auto, tmp_path / "auto")
   assert 24 in json.loads((tmp_path / "auto" / "periods.json").read_text())["periods"]
   with (tmp_path / "auto" / "selection.csv").open() as f:
     assert sorted(int(r["segment_len"]) for r in csv.DictReader(f) if r["method"] == "mola") == [16, 24]
   assert trained == [("pretrain", 24), ("adapt", 24)]  # S = 16's stage 1 and 2 and mtf came from the first study
 
-  cfg.reproduce.segment_options = "weekly"
   with pytest.raises(ConfigError, match="segment_options"):
-    reproduce.run(cfg, tmp_path / "bad")
+    reproduce.run(cfg, settings(segment_options="weekly"), tmp_path / "bad")
 
 
 def test_a_run_made_before_a_config_key_existed_is_the_same_run():
@@ -135,8 +138,10 @@ def test_a_run_made_before_a_config_key_existed_is_the_same_run():
   cfg = config_lib.default()
   new = json.loads(cfg.to_json_best_effort())
   old = json.loads(cfg.to_json_best_effort())
-  del old["mola"]["fourier_scale"], old["data"]["val_protocol"]
-  assert reproduce.run_identity(old) == reproduce.run_identity(new)
-  assert reproduce.pretrain_identity(old) == reproduce.pretrain_identity(new)
-  old["mola"]["rank"] = 4
-  assert reproduce.run_identity(old) != reproduce.run_identity(new)
+  del old["technique"]["mola"]["a_std"], old["data"]["val_protocol"]
+  assert study.run_identity(old) == study.run_identity(new)
+  assert study.pretrain_identity(old) == study.pretrain_identity(new)
+  old["technique"]["mola"]["rank"] = 4
+  assert study.run_identity(old) != study.run_identity(new)
+  old["technique"]["mola"]["rank"], old["technique"]["lora"]["rank"] = 8, 4  # another method's settings: no matter
+  assert study.run_identity(old) == study.run_identity(new)

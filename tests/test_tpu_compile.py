@@ -1,5 +1,5 @@
 """TPU programs without a TPU: both stages of the synthetic config, AOT-compiled for a v5e-4 slice (v5e:2x2) by
-XLA's TPU compiler from libtpu, under data parallelism and the segment table (mola_jax/aot.py)."""
+XLA's TPU compiler from libtpu, under data parallelism and the segment table (mola_jax/lab/aot.py)."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ pytestmark = pytest.mark.skipif(
 
 def test_both_stages_compile_for_a_v5e_slice_and_fit_its_memory(tmp_path):
   proc = subprocess.run(
-    [sys.executable, "-m", "mola_jax.aot", "--config", "synthetic", "--topology", "v5e:2x2", "--model_axis", "2",
-     "--rules", "data_parallel,segment", "--workdir", str(tmp_path)],
+    [sys.executable, "-m", "mola_jax.lab.aot", "--config", "synthetic", "--study.topology=v5e:2x2",
+     "--study.model_axis=2", "--study.rules=data_parallel,segment", "--workdir", str(tmp_path)],
     cwd=REPO, capture_output=True, text=True, timeout=600, env=dict(os.environ, JAX_PLATFORMS="cpu"),
   )  # fmt: skip
   assert proc.returncode == 0, proc.stderr[-3000:]

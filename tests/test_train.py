@@ -44,15 +44,24 @@ def test_a_real_stage2_fit_moves_only_the_adapters(graph, tmp_path, monkeypatch)
   stage = run_plan.method_stages[1]
   series = data.load_series(cfg.data)
   with nnx.set_graph_mode(graph):
-    model = build(cfg, channels=7, marks=4, pred_len=stage.pred_len, segments=stage.segments, rngs=nnx.Rngs(stage.seed))
+    model = build(
+      plan.model_spec(cfg),
+      channels=7,
+      marks=4,
+      pred_len=stage.pred_len,
+      segments=stage.segments,
+      rngs=nnx.Rngs(stage.seed),
+    )
     checkpointing.load_backbone(
       model,
       checkpointing.stage_dir(tmp_path, "pretrain"),
-      checkpointing.backbone_identity(cfg, series, run_plan.segment_len),
+      checkpointing.backbone_identity(run_plan.model, series, run_plan.segment_len),
     )
     backbone = leaves(nnx.state(model, nnx.Not(nnx.LoRAParam)))
     adapters = leaves(nnx.state(model, nnx.LoRAParam))
-    fit(model, stage, series=series, cfg=cfg, workdir=tmp_path, meta={}, log=metrics.MetricsLog(tmp_path / "m"))
+    log = metrics.MetricsLog(tmp_path / "m")
+    fit(model, stage, series=series, loop=run_plan.loop, evaluation=run_plan.evaluation, workdir=tmp_path, meta={},
+        log=log)  # fmt: skip
     after = leaves(nnx.state(model, nnx.Not(nnx.LoRAParam)))
   assert len(after) == len(backbone) > 10
   for a, b in zip(backbone, after, strict=True):
@@ -64,7 +73,7 @@ def test_stopped_segments_rows_stay_put_through_the_step():
   """The step restores a stopped segment's rows of the per-segment parameters (a zero gradient would still move
   them through Adam's momentum); the shared experts and the active segments' rows train."""
   cfg = tiny()
-  model = build(cfg, channels=7, marks=4, pred_len=8, segments=3, rngs=nnx.Rngs(0))
+  model = build(plan.model_spec(cfg), channels=7, marks=4, pred_len=8, segments=3, rngs=nnx.Rngs(0))
   tx = steps.make_tx(steps.lr_schedule(1e-2, 10))
   graphdef, state, frozen = steps.init_state(model, "adapt", tx, jax.random.key_data(jax.random.key(0)))
   seg_before, shared_before = leaves(state["params"][0]), leaves(state["params"][1])
@@ -106,15 +115,19 @@ def test_stage2_parameters_are_not_another_seeds_backbone():
   cfg.seed += 1
   next_backbone = plan.make(cfg).method_stages[0]
   assert mine.seed != next_backbone.seed
-  a = build(cfg, channels=7, marks=4, pred_len=mine.pred_len, segments=mine.segments, rngs=nnx.Rngs(mine.seed))
-  b = build(cfg, channels=7, marks=4, pred_len=mine.pred_len, segments=0, rngs=nnx.Rngs(next_backbone.seed))
+  a = build(
+    plan.model_spec(cfg), channels=7, marks=4, pred_len=mine.pred_len, segments=mine.segments, rngs=nnx.Rngs(mine.seed)
+  )
+  b = build(
+    plan.model_spec(cfg), channels=7, marks=4, pred_len=mine.pred_len, segments=0, rngs=nnx.Rngs(next_backbone.seed)
+  )
   assert not np.array_equal(np.asarray(a.embed.kernel[...]), np.asarray(b.embed.kernel[...]))
 
 
 def test_a_non_finite_value_on_a_padded_row_does_not_reach_the_sums():
   """The eval step selects the real rows instead of multiplying by the mask (0 * nan = nan)."""
   cfg = tiny()
-  model = build(cfg, channels=7, marks=4, pred_len=24, segments=0, rngs=nnx.Rngs(0))
+  model = build(plan.model_spec(cfg), channels=7, marks=4, pred_len=24, segments=0, rngs=nnx.Rngs(0))
   graphdef, states = steps.eval_states(model)
   step = steps.make_eval_step(graphdef, segments=1)
   rng = np.random.default_rng(0)
@@ -147,19 +160,21 @@ def test_segment_stopper_follows_the_official_rule():
 def test_eval_scores_every_window_once(data_dir):
   cfg = tiny()
   series = data.load_series(cfg.data)
-  model = build(cfg, channels=7, marks=4, pred_len=96, segments=0, rngs=nnx.Rngs(0))
+  model = build(plan.model_spec(cfg), channels=7, marks=4, pred_len=96, segments=0, rngs=nnx.Rngs(0))
   graphdef, states = steps.eval_states(model)
   src = data.window_source(series, "test", 96, 96)
   acc = steps.empty_acc(96)
   step = steps.make_eval_step(graphdef, segments=1)
-  for batch in data.eval_batches(src, 32):  # 87 full batches and one holding a single window
-    acc = step(acc, states, batch)
+  windows = data.DeviceWindows(src)
+  for idx, mask in zip(*data.eval_order(src, 32), strict=True):  # 87 full batches and one holding a single window
+    acc = step(acc, states, windows.take(idx, mask))
   assert int(acc["count"]) == 2785
   # Same sums as a plain numpy pass over all windows.
   from mola_jax.models import Ctx, predict
 
-  preds = np.concatenate([np.asarray(predict(model, b, Ctx()))[:, 0][b["mask"]] for b in data.eval_batches(src, 500)])
-  ys = np.stack([src[i]["y"] for i in range(len(src))])
+  every = data.host_batch(src, np.arange(len(src)))
+  preds = np.asarray(predict(model, every, Ctx()))[:, 0]
+  ys = every["y"]
   np.testing.assert_allclose(float(acc["sq"].sum()) / ys.size, np.mean((preds - ys) ** 2), rtol=1e-4)
 
 
@@ -235,13 +250,12 @@ def test_per_segment_selection_keeps_each_segments_best_epoch(tmp_path, monkeypa
   curves = np.array([r["val_mse_per_segment"] for r in records if r["stage"] == "adapt"])  # [epochs + 1, K]
   assert curves.shape == (5, 3)
 
-  from mola_jax import plan
+  from mola_jax.evaluation import evaluate_split
   from mola_jax.inference import load_run
-  from mola_jax.train import evaluate_split
 
-  run = load_run(tmp_path / "run")
+  run, run_plan = load_run(tmp_path / "run"), plan.make(cfg)
   series = data.load_series(cfg.data)
-  val = evaluate_split(run.model, series=series, cfg=cfg, stage=plan.make(cfg).final, split="val")
+  val = evaluate_split(run.model, run_plan.final, series=series, evaluation=run_plan.evaluation, split="val")
   np.testing.assert_allclose(val["per_segment_mse"], curves.min(axis=0), rtol=1e-5)
 
 

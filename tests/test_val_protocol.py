@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import tiny
 
-from mola_jax import config_lib, data, metrics
+from mola_jax import config_lib, data, evaluation
 from mola_jax.data.sources import WindowSource
 from mola_jax.errors import ConfigError
 from mola_jax.train import train_and_evaluate
@@ -47,7 +47,7 @@ def test_the_official_order_shuffles_per_epoch_and_drops_the_last_partial_batch(
 
 def test_full_is_the_global_mean_and_official_the_mean_of_batch_means():
   src, dev = windows()
-  full = metrics.evaluate(zero_forecaster, None, dev, batch_size=5, segments=2)
+  full = evaluation.evaluate(zero_forecaster, None, dev, batch_size=5, segments=2)
   every = np.stack([truth(src, i) for i in range(14)])  # [14, T, D]
   assert full["windows"] == 14
   np.testing.assert_allclose(full["mse"], (every**2).mean(), rtol=1e-6)
@@ -55,7 +55,7 @@ def test_full_is_the_global_mean_and_official_the_mean_of_batch_means():
     full["per_segment_mse"], [(every[:, :2] ** 2).mean(), (every[:, 2:] ** 2).mean()], rtol=1e-6
   )
 
-  official = metrics.evaluate_official(zero_forecaster, None, dev, 4, 2, seed=3, epoch=2)
+  official = evaluation.evaluate_official(zero_forecaster, None, dev, 4, 2, seed=3, epoch=2)
   batches = [np.stack([truth(src, i) for i in idx]) for idx in data.val_order(src, 4, seed=3, epoch=2)]
   assert official["windows"] == 12
   np.testing.assert_allclose(official["mse"], np.mean([(b**2).mean() for b in batches]), rtol=1e-6)

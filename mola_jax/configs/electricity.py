@@ -2,7 +2,7 @@
 The file is not distributed offline: put electricity.csv (Autoformer bundle) into $MOLA_DATA_DIR or pass
 --config.data.path; without it the run stops with a clear error before doing anything.
 
-    python -m mola_jax.reproduce --config configs/electricity.py --workdir runs/repro_electricity
+    python -m mola_jax.lab.reproduce --config configs/electricity.py --workdir runs/repro_electricity
 """
 
 from mola_jax import config_lib

@@ -4,10 +4,10 @@
     python -m mola_jax.train --config configs/etth1.py --config.method=mtf --workdir runs/etth1_mtf
     python -m mola_jax.train --config configs/etth1.py --config.horizon=336 --config.segment_len=84 ...
 
-A reproduction study (`python -m mola_jax.reproduce`) adds segment lengths found in the data to the paper's
-options unless `--config.reproduce.segment_options=config`. `--config configs/etth1.py:fixed_s` keeps only the
-default (first) segment length per horizon, nothing added, so a study trains one S instead of choosing between
-several on validation.
+A reproduction study (`python -m mola_jax.lab.reproduce`) adds segment lengths found in the data to the paper's
+options unless `--study.segment_options=config`. `--config configs/etth1.py:fixed_s` keeps only the default
+(first) segment length per horizon; with `--study.segment_options=config` nothing is added, so a study trains
+one S instead of choosing between several on validation.
 """
 
 from mola_jax import config_lib
@@ -20,7 +20,6 @@ def get_config(variant: str | None = None):
   cfg.data.name = "ETTh1"
   if variant == "fixed_s":
     cfg.segment_options = {h: options[:1] for h, options in config_lib.SEGMENT_OPTIONS.items()}
-    cfg.reproduce.segment_options = "config"
   elif variant is not None:
     raise config_lib.ConfigError(f"unknown variant {variant!r} of configs/etth1.py; use one of {', '.join(VARIANTS)}")
   return cfg

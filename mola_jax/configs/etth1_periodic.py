@@ -9,8 +9,10 @@ The options were narrowed on single-seed validation MSE (docs/results.md, "Segme
 Everything else, stage 1 included, is the official recipe, so mtf and stage-1 runs are identical to
 configs/etth1.py's and a study can reuse them:
 
-    python -m mola_jax.reproduce --config configs/etth1_periodic.py --workdir runs/repro_etth1_periodic \
-        --config.reproduce.reuse_from=runs/repro_etth1
+    python -m mola_jax.lab.reproduce --config configs/etth1_periodic.py --workdir runs/repro_etth1_periodic \
+        --study.methods='("mtf","mola")' --study.segment_options=config --study.reuse_from=runs/repro_etth1
+
+(--study.segment_options=config: these options were chosen by hand; add nothing found in the data.)
 """
 
 from mola_jax import config_lib
@@ -20,6 +22,4 @@ def get_config():
   cfg = config_lib.default()
   cfg.data.name = "ETTh1"
   cfg.segment_options = {"96": (24,), "192": (24, 48), "336": (48,), "720": (240,)}
-  cfg.reproduce.methods = ("mtf", "mola")
-  cfg.reproduce.segment_options = "config"  # these options were chosen by hand; add nothing found in the data
   return cfg

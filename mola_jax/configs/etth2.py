@@ -1,7 +1,7 @@
 """ETTh2 with iTransformer and the official MoLA recipe (docs/method.md §8: the ETT sizes, d_model = d_ff = 128).
 
 python -m mola_jax.train --config configs/etth2.py --workdir runs/etth2
-python -m mola_jax.reproduce --config configs/etth2.py --workdir runs/repro_etth2
+python -m mola_jax.lab.reproduce --config configs/etth2.py --workdir runs/repro_etth2
 """
 
 from mola_jax import config_lib

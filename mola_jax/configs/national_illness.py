@@ -1,7 +1,8 @@
 """National illness (ILI, 7 weekly series). OUTSIDE THE PAPER: look-back 36, horizons 24/36/48/60 as in the
-field's ILI protocol (docs/protocol.md §1); the segment options are ours (two divisors of each horizon).
+field's ILI protocol (docs/protocol.md §1); the segment options are ours (two divisors of each horizon). A
+study runs every horizon that has options.
 
-    python -m mola_jax.reproduce --config configs/national_illness.py --workdir runs/repro_ili
+    python -m mola_jax.lab.reproduce --config configs/national_illness.py --workdir runs/repro_ili
 """
 
 from mola_jax import config_lib
@@ -14,5 +15,4 @@ def get_config():
   cfg.data.label_len = 18
   cfg.horizon = 24
   cfg.segment_options = {"24": (12, 6), "36": (12, 18), "48": (24, 12), "60": (12, 30)}
-  cfg.reproduce.horizons = (24, 36, 48, 60)
   return cfg

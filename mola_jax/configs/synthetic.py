@@ -17,5 +17,5 @@ def get_config():
   cfg.model.itransformer.update(d_model=32, d_ff=32, n_heads=4, e_layers=1)
   cfg.pretrain.epochs = 2
   cfg.adapt.epochs = 2
-  cfg.mola.update(num_experts=2, rank=2)
+  cfg.technique.mola.update(num_experts=2, rank=2)
   return cfg

@@ -1,7 +1,7 @@
 """Weather (21 channels, 10-minute steps) with iTransformer: 3 layers, d_model = d_ff = 512, batch 32
 (docs/method.md §8). Like every dataset in the field's scripts, it gets the 4 hourly time features.
 
-    python -m mola_jax.reproduce --config configs/weather.py --workdir runs/repro_weather
+    python -m mola_jax.lab.reproduce --config configs/weather.py --workdir runs/repro_weather
 """
 
 from mola_jax import config_lib

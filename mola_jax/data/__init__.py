@@ -1,25 +1,17 @@
-"""Data layer: benchmark CSVs -> standardised window sources (sources.py) -> grain batches and window orders
-(pipeline.py) -> batches gathered on the device (device.py)."""
+"""Data layer: benchmark CSVs -> standardised series and the windows of each split (sources.py) -> which windows
+each batch holds (orders.py) -> batches gathered on the device from those indices (device.py)."""
 
-from mola_jax.data.device import DeviceWindows
-from mola_jax.data.pipeline import (
-  epoch_seed,
-  eval_batches,
-  eval_order,
-  num_eval_batches,
-  num_train_batches,
-  pad_with_mask,
-  train_batches,
-  train_order,
-  val_order,
-)
+from mola_jax.data.device import DeviceWindows, gather
+from mola_jax.data.orders import epoch_seed, eval_order, num_eval_batches, num_train_batches, train_order, val_order
 from mola_jax.data.sources import (
   DATASETS,
   DataError,
   DatasetInfo,
   Series,
   WindowSource,
+  build_series,
   checked_frame,
+  host_batch,
   load_csv,
   load_series,
   min_rows,
@@ -33,27 +25,27 @@ from mola_jax.data.sources import (
 
 __all__ = [
   "DATASETS",
-  "DeviceWindows",
   "DataError",
   "DatasetInfo",
+  "DeviceWindows",
   "Series",
   "WindowSource",
+  "build_series",
+  "checked_frame",
   "epoch_seed",
-  "eval_batches",
   "eval_order",
+  "gather",
+  "host_batch",
   "load_csv",
   "load_series",
-  "checked_frame",
-  "read_csv",
-  "read_frame",
   "min_rows",
   "num_eval_batches",
   "num_train_batches",
-  "pad_with_mask",
+  "read_csv",
+  "read_frame",
   "resolve_path",
   "split_borders",
   "time_features",
-  "train_batches",
   "train_order",
   "val_order",
   "window_source",

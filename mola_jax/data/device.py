@@ -2,7 +2,8 @@
 
 Training and evaluation hand the step a few bytes per batch (the window indices) instead of building every batch
 on the host: on a small machine, host work per step competes with the step itself for the same cores. The
-indices come from data.pipeline (`train_order`, `eval_order`), so the batches are exactly the grain pipeline's.
+indices come from data.orders (`train_order`, `eval_order`). `gather` is the one window gather of the package:
+`DeviceWindows.take` jits it alone, and a program that loops over batches on the device calls it in its body.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from mola_jax import sharding
 from mola_jax.data.sources import WindowSource
 
 
-@functools.partial(jax.jit, static_argnames=("seq_len", "pred_len", "layout"))
-def _gather(values, marks, idx, mask, *, seq_len: int, pred_len: int, layout) -> dict:
-  del layout  # keys the compiled program by the active mesh layout, which `constrain` reads while tracing
+def gather(values, marks, idx, mask=None, *, seq_len: int, pred_len: int) -> dict:
+  """values [rows, D], marks [rows, F], idx int [B] (window i starts at row i) -> {"x": [B, L, D], "x_mark":
+  [B, L, F], "y": [B, H, D], "y_mark": [B, H, F]} (and "mask" [B] if given), split along the window axis by the
+  `batch` rule under a mesh."""
 
   def window(i):
     cut = jax.lax.dynamic_slice_in_dim
@@ -29,11 +31,16 @@ def _gather(values, marks, idx, mask, *, seq_len: int, pred_len: int, layout) ->
       "y_mark": cut(marks, i + seq_len, pred_len),
     }
 
-  batch = jax.vmap(window)(idx)  # {"x": [B, L, D], "x_mark": [B, L, F], "y": [B, H, D], "y_mark": [B, H, F]}
+  batch = jax.vmap(window)(idx)
   if mask is not None:
     batch["mask"] = mask
-  # Under a mesh: every leaf split along its window axis by the `batch` rule (a no-op without one).
   return jax.tree.map(lambda a: sharding.constrain(a, ("batch",) + (None,) * (a.ndim - 1)), batch)
+
+
+@functools.partial(jax.jit, static_argnames=("seq_len", "pred_len", "layout"))
+def _take(values, marks, idx, mask, *, seq_len: int, pred_len: int, layout) -> dict:
+  del layout  # keys the compiled program by the active mesh layout, which `constrain` reads while tracing
+  return gather(values, marks, idx, mask, seq_len=seq_len, pred_len=pred_len)
 
 
 class DeviceWindows:
@@ -50,6 +57,6 @@ class DeviceWindows:
     added as "mask" (an eval batch)."""
     if sharding.current() is not None:  # else jit moves the host arrays itself, for less than device_put costs
       idx, mask = sharding.replicate((idx, mask))
-    return _gather(
+    return _take(
       self.values, self.marks, idx, mask, seq_len=self.seq_len, pred_len=self.pred_len, layout=sharding.current()
     )

@@ -534,7 +534,7 @@ def load_series(data_cfg) -> Series:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class WindowSource:
-  """Grain random-access source over one split: window i reads rows start+i ... start+i+seq_len+pred_len-1."""
+  """The windows of one split: window i reads rows start+i ... start+i+seq_len+pred_len-1."""
 
   values: np.ndarray  # the whole standardised series [rows, D]
   marks: np.ndarray  # [rows, F]
@@ -561,6 +561,13 @@ class WindowSource:
       "y": self.values[j:k],
       "y_mark": self.marks[j:k],
     }  # [H, D], [H, F]
+
+
+def host_batch(src: WindowSource, idx, mask=None) -> dict:
+  """The windows `idx` of `src` stacked on the host (numpy), as data.DeviceWindows.take gathers them on the device:
+  for tests and tools that need a batch in hand."""
+  batch = {k: np.stack([src[int(i)][k] for i in idx]) for k in ("x", "x_mark", "y", "y_mark")}
+  return batch | ({"mask": np.asarray(mask, bool)} if mask is not None else {})
 
 
 def window_source(series: Series, split: str, seq_len: int, pred_len: int) -> WindowSource:

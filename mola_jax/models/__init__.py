@@ -1,4 +1,11 @@
-"""Backbone registry and the one forward function every stage and method uses."""
+"""The backbone registry, the model a stage trains (a backbone with its S-step head and, in stage 2, the method's
+banks), and the one forward function every stage and method uses.
+
+A backbone is one registry entry: its class, which declares its own default sizes (DEFAULTS, the config's
+cfg.model.<name>), the layer groups its dense layers belong to (GROUPS: the names it passes to make_adapter),
+which of them stage 2 adapts unless --config.adapt.targets says otherwise (ADAPTED_GROUPS), and whether it has a
+separate head (HEAD). A method is one entry of techniques.TECHNIQUES.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +13,11 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 from flax import nnx
 
 from mola_jax.errors import ConfigError
-from mola_jax.models import tuners
+from mola_jax.models import techniques
 from mola_jax.models.adapters import SegmentParam, no_adapter, segment_rows
 from mola_jax.models.autoformer import Autoformer
 from mola_jax.models.dlinear import DLinear
@@ -28,76 +36,81 @@ BACKBONES = {
   "autoformer": Autoformer,
 }
 
-# A backbone class declares the layer groups its layers belong to (GROUPS: the names it passes to make_adapter)
-# and which of them get adapters unless --config.mola.targets says otherwise (ADAPTED_GROUPS), and whether it
-# has a head a per-segment head can replace (HEAD).
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """What a model is built from, taken from the config once (plan.make): the backbone and its sizes, the look-back,
+  and the method with its settings and the layer groups it adapts."""
+
+  backbone: str
+  sizes: ml_collections.ConfigDict  # cfg.model.<backbone>
+  seq_len: int
+  method: str
+  settings: ml_collections.ConfigDict  # cfg.technique.<method>
+  targets: tuple[str, ...]  # adapted layer groups
+  official_init: bool  # the official code's initialisation of the banks (cfg.adapt.official_init)
+
+  @property
+  def technique(self) -> techniques.Technique:
+    return techniques.TECHNIQUES[self.method]
 
 
 def layer_groups(backbone: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
   """-> (groups the backbone offers, groups adapted by default). A backbone with a separate head (HEAD) also
-  offers "head": the dense methods then adapt it as well (e.g. --config.mola.targets="('ffn','head')")."""
+  offers "head": the dense methods then adapt it as well (e.g. --config.adapt.targets="('ffn','head')")."""
   cls = BACKBONES[backbone]
   return cls.GROUPS + (("head",) if getattr(cls, "HEAD", False) else ()), cls.ADAPTED_GROUPS
 
 
-def adapted_groups(cfg) -> tuple[str, ...]:
-  """The layer groups that get adapters in stage 2: --config.mola.targets if set, else the method's default on
-  the backbone (tuners.default_groups)."""
-  if cfg.mola.targets is not None:
-    return tuple(cfg.mola.targets)
-  if cfg.method not in tuners.TUNERS:
-    return ()
-  return tuners.default_groups(cfg.method, *layer_groups(cfg.backbone))
+def adapted_groups(backbone: str, method: str, targets: tuple | None) -> tuple[str, ...]:
+  """The layer groups stage 2 adapts: `targets` if set, else the method's default on the backbone."""
+  if targets is not None:
+    return tuple(targets)
+  technique = techniques.TECHNIQUES[method]
+  return technique.default_groups(*layer_groups(backbone)) if technique.two_stage else ()
 
 
-def validate(cfg) -> None:
-  """ConfigError for a backbone or a layer group that does not exist."""
-  if cfg.backbone not in BACKBONES:
-    raise ConfigError(f"unknown backbone {cfg.backbone!r}; use one of {', '.join(sorted(BACKBONES))}")
-  if cfg.mola.targets is not None:
-    offered, default = layer_groups(cfg.backbone)
-    bad = set(cfg.mola.targets) - set(offered)
-    if bad:
-      raise ConfigError(
-        f"unknown mola.targets {sorted(bad)} for backbone {cfg.backbone}; it offers {offered} (default {default})"
-      )
-  if cfg.method not in tuners.TUNERS:
+def validate(backbone: str, method: str, targets: tuple | None, selection: str) -> None:
+  """ConfigError for a backbone or a layer group that does not exist, or a method the backbone cannot take."""
+  if backbone not in BACKBONES:
+    raise ConfigError(f"unknown backbone {backbone!r}; use one of {', '.join(sorted(BACKBONES))}")
+  offered, default = layer_groups(backbone)
+  if targets is not None and set(targets) - set(offered):
+    bad = sorted(set(targets) - set(offered))
+    raise ConfigError(f"unknown adapt.targets {bad} for backbone {backbone}; it offers {offered} (default {default})")
+  technique = techniques.TECHNIQUES[method]
+  if not technique.two_stage:
     return
-  groups, kind = adapted_groups(cfg), tuners.TUNERS[cfg.method]
-  needs = {"ia3": ("attn",) + tuners.FFN_GROUPS, "block": tuners.FFN_GROUPS}.get(kind)
-  if needs is not None and not set(groups) & set(needs):
+  needs = technique.needs
+  if needs is not None and not set(adapted_groups(backbone, method, targets)) & set(needs):
     raise ConfigError(
-      f"method {cfg.method} adapts attention or FFN blocks ({', '.join(needs)}); backbone "
-      f"{cfg.backbone} offers {layer_groups(cfg.backbone)[0]}: use mola, lora, fourier or mofourier"
+      f"method {method} adapts attention or FFN blocks ({', '.join(needs)}); backbone {backbone} offers "
+      f"{BACKBONES[backbone].GROUPS}: use mola, lora, fourier or mofourier"
     )
-  if cfg.method == "lora_heads" and not getattr(BACKBONES[cfg.backbone], "HEAD", False):
+  if technique.heads and not getattr(BACKBONES[backbone], "HEAD", False):
     raise ConfigError(
-      f"method lora_heads gives every segment its own head; backbone {cfg.backbone} has no separate "
-      "head (its linear maps are the model): use lora or mola"
+      f"method {method} gives every segment its own head; backbone {backbone} has no separate head (its linear "
+      "maps are the model): use lora or mola"
     )
-  if cfg.adapt.selection == "per_segment" and (kind != "dense" or cfg.method == "lora_heads"):
+  if selection == "per_segment" and not technique.changes_weights:
     raise ConfigError(
-      f"adapt.selection=per_segment keeps each segment's weight deltas; method {cfg.method} changes "
-      "no weights: use any_improved, or mola, lora, fourier or mofourier"
+      f"adapt.selection=per_segment keeps each segment's weight deltas; method {method} changes no weights: use "
+      "any_improved, or mola, lora, fourier or mofourier"
     )
 
 
-def build(cfg, *, channels: int, marks: int, pred_len: int, segments: int, rngs: nnx.Rngs) -> nnx.Module:
-  """The backbone of `cfg.backbone` with an S-step head; with segments > 0 and an adapting method, every
-  targeted dense layer also gets an adapter bank over `segments` segments (stage 2)."""
-  model_cfg = cfg.model[cfg.backbone]
-  if segments and cfg.method in tuners.TUNERS:
-    make = tuners.factory(cfg.method, segments, cfg.mola, adapted_groups(cfg), model_cfg.get("dropout", 0.0))
+def build(spec: ModelSpec, *, channels: int, marks: int, pred_len: int, segments: int, rngs: nnx.Rngs) -> nnx.Module:
+  """The backbone of `spec` with a `pred_len`-step head; with segments > 0 and a two-stage method, every targeted
+  layer also gets the method's bank over `segments` segments (stage 2)."""
+  technique = spec.technique
+  if segments and technique.two_stage:
+    experts = spec.settings.num_experts if technique.mixture else 0
+    bank = techniques.Bank(spec.settings, segments, experts, spec.official_init, spec.sizes.get("dropout", 0.0))
+    make = techniques.factory(technique, bank, spec.targets)
   else:
     make = no_adapter
-  return BACKBONES[cfg.backbone](
-    model_cfg,
-    seq_len=cfg.data.seq_len,
-    pred_len=pred_len,
-    channels=channels,
-    marks=marks,
-    rngs=rngs,
-    make_adapter=make,
+  return BACKBONES[spec.backbone](
+    spec.sizes, seq_len=spec.seq_len, pred_len=pred_len, channels=channels, marks=marks, rngs=rngs, make_adapter=make
   )
 
 
@@ -122,4 +135,6 @@ def predict(model: nnx.Module, batch: dict, ctx: Ctx) -> jax.Array:
   return out.swapaxes(0, 1)
 
 
-__all__ = ["BACKBONES", "Ctx", "SegmentParam", "adapted_groups", "build", "layer_groups", "predict", "validate"]
+__all__ = [
+  "BACKBONES", "Ctx", "ModelSpec", "SegmentParam", "adapted_groups", "build", "layer_groups", "predict", "validate",
+]  # fmt: skip

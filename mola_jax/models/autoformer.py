@@ -193,6 +193,21 @@ class DecoderLayer(nnx.Module):
 class Autoformer(nnx.Module):
   """batch {"x": [B, L, D], "x_mark": [B, L, F], "y_mark": [B, K*S, F]} -> [K, B, pred_len = S, D]."""
 
+  # TSLib's Autoformer_ETTh1.sh (factor 3). n_heads splits Q/K/V for per-head adapters only (auto-correlation
+  # averages over heads); each auto-correlation aggregates int(factor * ln L) delays; moving_avg is the odd kernel
+  # of every series decomposition; the encoder FFNs are biased, the decoder's not (as the fork). label_len follows
+  # data.label_len.
+  DEFAULTS = {
+    "d_model": 512,
+    "d_ff": 2048,
+    "n_heads": 8,
+    "e_layers": 2,
+    "d_layers": 1,
+    "factor": 3,
+    "moving_avg": 25,
+    "dropout": 0.1,
+    "label_len": 48,
+  }
   GROUPS = ("ffn", "dec_ffn", "attn")
   HEAD = True  # the decoder's projection: lora_heads gives each segment its own
   ADAPTED_GROUPS = ("ffn",)  # the official MoLA Autoformer adapts the encoder FFN (docs/method.md §9)

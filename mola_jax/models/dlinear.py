@@ -39,8 +39,10 @@ class DLinear(nnx.Module):
   channel, each with its own adapters.
   """
 
+  # moving_avg: the odd kernel of the trend moving average; individual: one pair of linear maps per channel.
+  DEFAULTS = {"moving_avg": 25, "individual": False}
   GROUPS = ("linear",)  # every dense layer of the model: the two maps over time
-  ADAPTED_GROUPS = ("linear",)  # adapted when --config.mola.targets is unset
+  ADAPTED_GROUPS = ("linear",)  # adapted when --config.adapt.targets is unset
 
   def __init__(self, cfg, *, seq_len: int, pred_len: int, channels: int, marks: int, rngs: nnx.Rngs, make_adapter):
     del marks

@@ -236,9 +236,23 @@ class DecoderLayer(nnx.Module):
 class Informer(nnx.Module):
   """batch {"x": [B, L, D], "x_mark": [B, L, F], "y_mark": [B, K*S, F]} -> [K, B, pred_len = S, D]."""
 
+  # TSLib's Informer_ETTh1.sh on run.py's defaults. factor c: c * ceil(ln L) queries get real attention, measured
+  # on c * ceil(ln L_K) sampled keys (the ETTh1 script passes 3; run.py's default is 1, the paper's 5). distil: a
+  # distilling conv (L -> (L + 1) // 2 + 1) after each encoder layer but the last. label_len follows data.label_len.
+  DEFAULTS = {
+    "d_model": 512,
+    "d_ff": 2048,
+    "n_heads": 8,
+    "e_layers": 2,
+    "d_layers": 1,
+    "factor": 3,
+    "distil": True,
+    "dropout": 0.1,
+    "label_len": 48,
+  }
   GROUPS = ("ffn", "dec_ffn", "attn")
   HEAD = True  # the projection: lora_heads gives each segment its own
-  ADAPTED_GROUPS = ("ffn",)  # adapted when --config.mola.targets is unset: the official `encoder.*.ffn`
+  ADAPTED_GROUPS = ("ffn",)  # adapted when --config.adapt.targets is unset: the official `encoder.*.ffn`
 
   def __init__(self, cfg, *, seq_len: int, pred_len: int, channels: int, marks: int, rngs: nnx.Rngs, make_adapter):
     if not 0 < cfg.label_len <= seq_len:

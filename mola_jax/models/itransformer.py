@@ -17,8 +17,10 @@ class ITransformer(nnx.Module):
   "attn" (the Q/K/V/O projections). Embedding, LayerNorms and the head are never adapted.
   """
 
+  # The official MoLA ETTh1 sizes (docs/method.md §8): cfg.model.itransformer.
+  DEFAULTS = {"d_model": 128, "d_ff": 128, "n_heads": 8, "e_layers": 2, "dropout": 0.1}
   GROUPS = ("ffn", "attn")  # the encoder FFN and attention projections
-  ADAPTED_GROUPS = ("ffn",)  # the method's placement (docs/method.md §4.2); --config.mola.targets overrides
+  ADAPTED_GROUPS = ("ffn",)  # the method's placement (docs/method.md §4.2); --config.adapt.targets overrides
   HEAD = True  # lora_heads gives each segment its own
 
   def __init__(self, cfg, *, seq_len: int, pred_len: int, channels: int, marks: int, rngs: nnx.Rngs, make_adapter):

@@ -48,8 +48,12 @@ def patchify(x: jax.Array, patch_len: int, stride: int) -> jax.Array:
 class PatchTST(nnx.Module):
   """batch {"x": [B, L, D]} -> [K', B, pred_len, D]. Time features are not read."""
 
+  # TSLib's ETTh1 settings (scripts/long_term_forecast/ETT_script/PatchTST_ETTh1.sh on run.py's defaults):
+  # n_heads 2 is the T = 96 script's (its 192/336/720 runs pass 8/8/16); dropout is also the flatten head's; the
+  # stride is also the end padding (the replicated last value). Parameter counts: tests/test_backbones.py.
+  DEFAULTS = {"d_model": 512, "d_ff": 2048, "n_heads": 2, "e_layers": 1, "dropout": 0.1, "patch_len": 16, "stride": 8}
   GROUPS = ("ffn", "attn")
-  ADAPTED_GROUPS = ("ffn",)  # adapted when --config.mola.targets is unset
+  ADAPTED_GROUPS = ("ffn",)  # adapted when --config.adapt.targets is unset
   HEAD = True  # the flatten head: lora_heads gives each segment its own
 
   def __init__(self, cfg, *, seq_len: int, pred_len: int, channels: int, marks: int, rngs: nnx.Rngs, make_adapter):

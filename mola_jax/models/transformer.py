@@ -8,7 +8,7 @@ k*S ... (k+1)*S - 1 (docs/method.md §9), so the decoder carries the segment axi
 
 Adapted layer groups: "ffn" (both FFN dense layers of every encoder layer), "dec_ffn" (the same in every decoder
 layer) and "attn" (Q/K/V/O of every attention, encoder and decoder). Unset targets adapt the encoder and decoder
-FFNs; `--config.mola.targets="('ffn',)"` gives the encoder-only placement that docs/method.md §9 reports for the
+FFNs; `--config.adapt.targets="('ffn',)"` gives the encoder-only placement that docs/method.md §9 reports for the
 official MoLA Transformer.
 """
 
@@ -111,9 +111,12 @@ class DecoderLayer(nnx.Module):
 class Transformer(nnx.Module):
   """batch {"x": [B, L, D], "x_mark": [B, L, F], "y_mark": [B, K*S, F]} -> [K, B, pred_len = S, D]."""
 
+  # TSLib's ETTh1 settings (run.py's defaults: d_model 512, d_ff 2048, dropout 0.1, exact GELU, embed timeF).
+  # label_len (known decoder steps) follows data.label_len (config_lib).
+  DEFAULTS = {"d_model": 512, "d_ff": 2048, "n_heads": 8, "e_layers": 2, "d_layers": 1, "dropout": 0.1, "label_len": 48}
   GROUPS = ("ffn", "dec_ffn", "attn")
   HEAD = True  # the projection: lora_heads gives each segment its own
-  ADAPTED_GROUPS = ("ffn", "dec_ffn")  # adapted when --config.mola.targets is unset
+  ADAPTED_GROUPS = ("ffn", "dec_ffn")  # adapted when --config.adapt.targets is unset
 
   def __init__(self, cfg, *, seq_len: int, pred_len: int, channels: int, marks: int, rngs: nnx.Rngs, make_adapter):
     if not 0 < cfg.label_len <= seq_len:

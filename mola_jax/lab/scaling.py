@@ -2,9 +2,9 @@
 compiled memory and FLOPs per device, then time it.
 
     XLA_FLAGS=--xla_force_host_platform_device_count=8 \\
-      python -m mola_jax.scaling --config configs/etth1.py --workdir runs/scaling       # 8 simulated CPU devices
-    python -m mola_jax.scaling --config configs/etth1.py --workdir /shared/scaling \\
-      --meshes=8x1,16x1,32x1,16x2 --batches=256,1024 --rules=segment                   # a pod (launch/README.md)
+      python -m mola_jax.lab.scaling --config etth1 --workdir runs/scaling           # 8 simulated CPU devices
+    python -m mola_jax.lab.scaling --config etth1 --workdir /shared/scaling \\
+      --study.meshes=8x1,16x1,32x1,16x2 --study.batches=256,1024 --study.rules=segment   # a pod (launch/README.md)
 
 Writes DIR/scaling.csv (mesh, devices, global_batch, step_seconds, windows_per_second, bytes_per_device,
 flops_per_step), DIR/scaling.json (the same rows plus the memory breakdown, FLOPs per device, compile time and
@@ -14,8 +14,8 @@ the run's settings) and DIR/scaling.png (throughput and scaling efficiency again
   segments, on real windows of the config's dataset. Weights are random: the cost does not depend on them.
 * bytes_per_device = arguments + outputs + temporaries - donated (aliased) buffers of the compiled program, per
   device. flops_per_step = the compiled per-device FLOPs x devices (XLA's cost analysis; CPU counts are
-  approximate). step_seconds = throughput: of 3 repeats of `--steps` steps dispatched back to back (one wait at
-  the end of each), after `--warmup` untimed ones, the median repeat's seconds per step.
+  approximate). step_seconds = throughput: of 3 repeats of `--study.steps` steps dispatched back to back (one
+  wait at the end of each), after `--study.warmup` untimed ones, the median repeat's seconds per step.
 * Scaling efficiency = (throughput(n) / throughput(n0)) / (n / n0), n0 the smallest device count measured at the
   same global batch (strong scaling).
 * Simulated CPU devices share the host's cores, so their timings show the program's overheads, not speed-up;
@@ -32,16 +32,17 @@ import statistics
 import time
 
 import jax
+import ml_collections
 import numpy as np
-from absl import app, flags, logging
+from absl import logging
 from flax import nnx
-from ml_collections import config_flags
 
-from mola_jax import cli, config_lib, data, plan, runtime, sharding, steps
+from mola_jax import config_lib, data, plan, runtime, sharding, steps
 from mola_jax import workdir as workdir_lib
+from mola_jax.lab import study
 from mola_jax.models import build
 
-REPEATS = 3  # timed repeats of `--steps` steps each; the median repeat's seconds per step is reported
+REPEATS = 3  # timed repeats of `--study.steps` steps each; the median repeat's seconds per step is reported
 
 COLUMNS = (
   "mesh",
@@ -72,19 +73,20 @@ def parse_meshes(text: str | None, n: int, processes: int = 1) -> list[tuple[int
   try:
     meshes = [tuple(int(v) for v in item.lower().split("x")) for item in text.split(",") if item.strip()]
   except ValueError:
-    raise config_lib.ConfigError(f"--meshes {text!r}: use DATAxMODEL items such as 8x1,4x2") from None
+    raise config_lib.ConfigError(f"study.meshes {text!r}: use DATAxMODEL items such as 8x1,4x2") from None
   for m in meshes:
     if len(m) != 2 or min(m) < 1 or math.prod(m) > n:
-      raise config_lib.ConfigError(f"--meshes: {m} is not DATAxMODEL with at most {n} devices")
+      raise config_lib.ConfigError(f"study.meshes: {m} is not DATAxMODEL with at most {n} devices")
   return meshes
 
 
 def model_and_batches(cfg, stage_name: str, batch_sizes):
   """-> (graphdef, host state, segments, {global batch: host batch}) for the study's step."""
   series = data.load_series(cfg.data)
-  stage = next(st for st in plan.make(cfg).method_stages if st.name == stage_name)
+  run_plan = plan.make(cfg)
+  stage = next(st for st in run_plan.method_stages if st.name == stage_name)
   model = build(
-    cfg,
+    run_plan.model,
     channels=series.values.shape[1],
     marks=series.marks.shape[1],
     pred_len=stage.pred_len,
@@ -94,7 +96,7 @@ def model_and_batches(cfg, stage_name: str, batch_sizes):
   graphdef, state = nnx.split(model)
   k = stage.segments
   src = data.window_source(series, "train", cfg.data.seq_len, stage.window)
-  batches = {b: data.train_batches(src, b, seed=cfg.seed, epoch=1)[0] for b in batch_sizes}
+  batches = {b: data.host_batch(src, data.train_order(src, b, seed=cfg.seed, epoch=1)[0]) for b in batch_sizes}
   return graphdef, jax.tree.map(np.asarray, state), k, batches
 
 
@@ -105,7 +107,7 @@ def measure(layout, graphdef, host_state, batch, *, stage: str, segments: int, c
     sharding.place_model(model)
     tx = steps.make_tx(steps.lr_schedule(cfg[stage].lr, 1000, cfg[stage].lr_decay))
     graphdef, state, frozen = steps.init_state(model, stage, tx, jax.random.key_data(jax.random.key(cfg.seed)))
-    step = steps.make_train_step(graphdef, tx, segments=segments, share_prefix_dropout=cfg.mola.share_prefix_dropout)
+    step = steps.make_train_step(graphdef, tx, segments=segments, share_prefix_dropout=cfg.adapt.share_prefix_dropout)
     args = step.place(state, frozen, batch, steps.training_segments([True] * segments))
     t0 = time.perf_counter()
     compiled = step.lower(*args).compile()
@@ -194,15 +196,15 @@ def plot(rows: list[dict], path: pathlib.Path, title: str) -> None:
 def run(cfg, workdir, *, meshes: str | None, batches: str, rules: str, stage: str, warmup: int, timed: int) -> list:
   plan.make(cfg)  # every config check
   if rules not in sharding.RULES:
-    raise config_lib.ConfigError(f"unknown --rules {rules!r}; use one of {', '.join(sharding.RULES)}")
+    raise config_lib.ConfigError(f"unknown study.rules {rules!r}; use one of {', '.join(sharding.RULES)}")
   if stage not in ("adapt", "pretrain"):
-    raise config_lib.ConfigError(f"--stage must be adapt or pretrain, not {stage!r}")
-  if stage == "adapt" and cfg.method == "mtf":
-    raise config_lib.ConfigError("method mtf has no stage 2; use --stage=pretrain or another --config.method")
+    raise config_lib.ConfigError(f"study.stage must be adapt or pretrain, not {stage!r}")
+  if stage == "adapt" and not plan.make(cfg).two_stage:
+    raise config_lib.ConfigError(f"method {cfg.method} has no stage 2; use --study.stage=pretrain or another method")
   try:
     batch_sizes = [int(b) for b in batches.split(",") if b.strip()]
   except ValueError:
-    raise config_lib.ConfigError(f"--batches {batches!r}: use integers such as 32,128") from None
+    raise config_lib.ConfigError(f"study.batches {batches!r}: use integers such as 32,128") from None
   mesh_list = parse_meshes(meshes, jax.device_count(), jax.process_count())
   graphdef, host_state, k, host_batches = model_and_batches(cfg, stage, batch_sizes)
   workdir = pathlib.Path(workdir)
@@ -234,72 +236,65 @@ def run(cfg, workdir, *, meshes: str | None, batches: str, rules: str, stage: st
           flush=True,
         )
   if lead and rows:
-    with workdir_lib.atomic(workdir / "scaling.csv") as tmp, tmp.open("w", newline="") as f:
-      writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-      writer.writeheader()
-      writer.writerows(rows)
-    for r, e in zip(rows, efficiency(rows), strict=True):
-      r["efficiency"] = e
-    settings = {
-      "dataset": cfg.data.name,
-      "backbone": cfg.backbone,
-      "method": cfg.method,
-      "stage": stage,
-      "horizon": cfg.horizon,
-      "segments": k,
-      "rules": rules,
-      "platform": jax.devices()[0].platform,
-      "device_kind": jax.devices()[0].device_kind,
-      "processes": jax.process_count(),
-      "jax": jax.__version__,
-      "warmup": warmup,
-      "timed_steps": timed,
-    }
-    workdir_lib.write_json(workdir / "scaling.json", {"settings": settings, "rows": rows}, indent=1)
-    title = (
-      f"{cfg.data.name} {cfg.backbone} {cfg.method} stage {stage} (K={k}), rules {rules}, "
-      f"{jax.device_count()} {jax.devices()[0].platform} devices"
-    )
-    plot(rows, workdir / "scaling.png", title)
-    print(f"wrote {workdir / 'scaling.csv'}, scaling.json and scaling.png")
+    write(cfg, workdir, rows, stage=stage, segments=k, rules=rules, warmup=warmup, timed=timed)
   return rows
 
 
-def main(argv) -> None:
-  cfg = flags.FLAGS.config
-  cli.start(argv, cfg.distributed)
-  with cli.user_errors():
-    run(
-      cfg,
-      flags.FLAGS.workdir,
-      meshes=flags.FLAGS.meshes,
-      batches=flags.FLAGS.batches,
-      rules=flags.FLAGS.rules,
-      stage=flags.FLAGS.stage,
-      warmup=flags.FLAGS.warmup,
-      timed=flags.FLAGS.steps,
-    )
+def write(
+  cfg, workdir: pathlib.Path, rows: list[dict], *, stage: str, segments: int, rules: str, warmup: int, timed: int
+):
+  """scaling.csv, scaling.json (with the strong-scaling efficiency and the settings) and scaling.png."""
+  with workdir_lib.atomic(workdir / "scaling.csv") as tmp, tmp.open("w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+  for r, e in zip(rows, efficiency(rows), strict=True):
+    r["efficiency"] = e
+  settings = {
+    "dataset": cfg.data.name,
+    "backbone": cfg.backbone,
+    "method": cfg.method,
+    "stage": stage,
+    "horizon": cfg.horizon,
+    "segments": segments,
+    "rules": rules,
+    "platform": jax.devices()[0].platform,
+    "device_kind": jax.devices()[0].device_kind,
+    "processes": jax.process_count(),
+    "jax": jax.__version__,
+    "warmup": warmup,
+    "timed_steps": timed,
+  }
+  workdir_lib.write_json(workdir / "scaling.json", {"settings": settings, "rows": rows}, indent=1)
+  title = (
+    f"{cfg.data.name} {cfg.backbone} {cfg.method} stage {stage} (K={segments}), rules {rules}, "
+    f"{jax.device_count()} {jax.devices()[0].platform} devices"
+  )
+  plot(rows, workdir / "scaling.png", title)
+  print(f"wrote {workdir / 'scaling.csv'}, scaling.json and scaling.png")
+
+
+def defaults() -> ml_collections.ConfigDict:
+  s = ml_collections.ConfigDict()
+  # DATAxMODEL mesh shapes, e.g. "1x1,2x1,4x1,8x1,4x2,2x4"; "" = powers of two from one device a process up to
+  # every device, plus n/2 x 2 and n/4 x 4.
+  s.meshes = ""
+  s.batches = "32,128"  # global batch sizes (windows per step)
+  s.rules = "segment"  # a sharding.RULES table; on n x 1 meshes every table is data parallel
+  s.stage = "adapt"  # adapt: the stage-2 step with K segments; pretrain: the stage-1 step
+  s.warmup = 2  # untimed steps after compiling
+  s.steps = 5  # timed steps per repeat (3 repeats; the median repeat is reported)
+  return s
 
 
 def command() -> None:
-  """`mola-scaling` / `python -m mola_jax.scaling`."""
-  config_flags.DEFINE_config_file("config", None, cli.CONFIG_HELP, lock_config=True)
-  flags.DEFINE_string("workdir", None, "Where scaling.csv, scaling.json and scaling.png go", required=True)
-  flags.DEFINE_string(
-    "meshes",
-    None,
-    "DATAxMODEL mesh shapes, e.g. 1x1,2x1,4x1,8x1,4x2,2x4 "
-    "(default: powers of two up to all devices, plus n/2 x 2 and n/4 x 4)",
-  )
-  flags.DEFINE_string("batches", "32,128", "Global batch sizes (windows per step)")
-  flags.DEFINE_string(
-    "rules", "segment", "Sharding rules table (sharding.RULES); on n x 1 meshes every table is data parallel"
-  )
-  flags.DEFINE_string("stage", "adapt", "adapt: the stage-2 step with K segments; pretrain: the stage-1 step")
-  flags.DEFINE_integer("warmup", 2, "Untimed steps after compiling")
-  flags.DEFINE_integer("steps", 5, "Timed steps per repeat (3 repeats; the median repeat is reported)")
-  flags.mark_flag_as_required("config")
-  app.run(main, flags_parser=cli.parse_flags)
+  """`mola-scaling` / `python -m mola_jax.lab.scaling`."""
+  study.command(
+    lambda cfg, s, workdir: run(cfg, workdir, meshes=s.meshes or None, batches=s.batches, rules=s.rules,
+                                stage=s.stage, warmup=s.warmup, timed=s.steps),
+    defaults(),
+    "Where scaling.csv, scaling.json and scaling.png go",
+  )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Every fine-tuning technique as a per-segment bank and as a per-segment mixture (models/tuners.py): the frozen
+"""Every fine-tuning technique as a per-segment bank and as a per-segment mixture (models/techniques.py): the frozen
 model at the start (unless the official initialisation is asked for), each bank's arithmetic against a hand
 computation, the backbones where a technique does not apply, and a real stage-2 fit of each."""
 
@@ -15,21 +15,21 @@ from flax import nnx
 
 from mola_jax import config_lib, plan
 from mola_jax.errors import ConfigError
-from mola_jax.models import Ctx, build, predict, tuners
+from mola_jax.models import Ctx, build, predict, techniques
 from mola_jax.train import train_and_evaluate
 
-METHODS = ["mola", "lora", "ia3", "moia3", "adapter", "moadapter", "fourier", "mofourier", "lora_heads"]
+METHODS = [name for name, t in techniques.TECHNIQUES.items() if t.two_stage]  # every stage-2 method
 
 
 def models(method: str, backbone: str = "itransformer", official: bool = False, segments: int = 3):
   cfg = tiny()
-  cfg.method, cfg.backbone, cfg.mola.official_init = method, backbone, official
+  cfg.method, cfg.backbone, cfg.adapt.official_init = method, backbone, official
   cfg.model.patchtst.update(d_model=16, d_ff=32, n_heads=2, e_layers=1)
   cfg.model.transformer.update(d_model=16, d_ff=32, n_heads=2, e_layers=1, d_layers=1)
   cfg.model.informer.update(d_model=16, d_ff=32, n_heads=2, e_layers=2, d_layers=1)
   cfg.model.autoformer.update(d_model=16, d_ff=32, n_heads=2, e_layers=1, d_layers=1)
-  base = build(cfg, channels=7, marks=4, pred_len=8, segments=0, rngs=nnx.Rngs(0))
-  model = build(cfg, channels=7, marks=4, pred_len=8, segments=segments, rngs=nnx.Rngs(1))
+  base = build(plan.model_spec(cfg), channels=7, marks=4, pred_len=8, segments=0, rngs=nnx.Rngs(0))
+  model = build(plan.model_spec(cfg), channels=7, marks=4, pred_len=8, segments=segments, rngs=nnx.Rngs(1))
   nnx.update(model, nnx.state(base))  # the trained backbone, the adapters as initialised
   return base, model
 
@@ -92,7 +92,7 @@ def test_ia3_scales_queries_values_and_the_ffn_hidden_activation():
   rng = np.random.default_rng(0)
   h = jnp.asarray(rng.standard_normal((3, 2, 5, 8)), jnp.float32)  # [K, B, tokens, d]
   w, b = jnp.asarray(rng.standard_normal((8, 8)), jnp.float32), jnp.asarray(rng.standard_normal(8), jnp.float32)
-  out = tuners.IA3Bank(8, where="output", segments=3, experts=0, heads=2, rngs=nnx.Rngs(0))
+  out = techniques.IA3Bank(8, where="output", segments=3, experts=0, heads=2, rngs=nnx.Rngs(0))
   out.scale[...] = jnp.asarray(rng.standard_normal((3, 4)), jnp.float32)  # [K, d_head]
   scale = np.tile(np.asarray(out.scale[...]), (1, 2))  # the same vector for both heads
   np.testing.assert_allclose(
@@ -101,7 +101,7 @@ def test_ia3_scales_queries_values_and_the_ffn_hidden_activation():
     rtol=1e-5,
     atol=1e-5,
   )
-  mixed = tuners.IA3Bank(8, where="input", segments=3, experts=4, heads=None, rngs=nnx.Rngs(0))
+  mixed = techniques.IA3Bank(8, where="input", segments=3, experts=4, heads=None, rngs=nnx.Rngs(0))
   mixed.scale[...] = jnp.asarray(rng.standard_normal((4, 8)), jnp.float32)  # P shared vectors
   logits = np.asarray(mixed.logits[...])
   weights = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)  # [K, P]
@@ -110,7 +110,9 @@ def test_ia3_scales_queries_values_and_the_ffn_hidden_activation():
 
 
 def test_fourier_delta_is_the_real_inverse_fft_of_the_sparse_spectrum():
-  bank = tuners.FourierBank(6, 10, segments=2, experts=0, n=7, official_init=True, rngs=nnx.Rngs(3))  # non-square
+  bank = techniques.FourierBank(
+    6, 10, segments=2, experts=0, n=7, scale=1.0, official_init=True, rngs=nnx.Rngs(3)
+  )  # non-square
   pos, coef = np.asarray(bank.positions[...]), np.asarray(bank.coef[...])
   assert pos.shape == (7, 2) and (pos[:, 0] < 6).all() and (pos[:, 1] < 10).all() and coef.shape == (2, 7)
   assert len({tuple(p) for p in pos}) == 7  # distinct positions, over the whole non-square grid
@@ -119,17 +121,17 @@ def test_fourier_delta_is_the_real_inverse_fft_of_the_sparse_spectrum():
     spectrum = np.zeros((6, 10), complex)
     spectrum[pos[:, 0], pos[:, 1]] = coef[k]
     np.testing.assert_allclose(np.asarray(bank.delta()[k]), np.fft.ifft2(spectrum).real, rtol=1e-5, atol=1e-7)
-  mixed = tuners.FourierBank(6, 10, segments=3, experts=2, n=7, official_init=True, rngs=nnx.Rngs(3))
+  mixed = techniques.FourierBank(6, 10, segments=3, experts=2, n=7, scale=1.0, official_init=True, rngs=nnx.Rngs(3))
   w = np.asarray(jax.nn.softmax(mixed.logits[...], axis=-1))  # [K, P]
   per_expert = np.asarray(bank.delta())  # same seed: same positions and spectra, one per expert
   np.testing.assert_allclose(np.asarray(mixed.delta()), np.einsum("kp,pio->kio", w, per_expert), rtol=1e-5, atol=1e-6)
-  scaled = tuners.FourierBank(6, 10, segments=2, experts=0, n=7, official_init=True, rngs=nnx.Rngs(3), scale=150.0)
+  scaled = techniques.FourierBank(6, 10, segments=2, experts=0, n=7, official_init=True, rngs=nnx.Rngs(3), scale=150.0)
   np.testing.assert_allclose(np.asarray(scaled.delta()), 150.0 * np.asarray(bank.delta()), rtol=1e-5, atol=1e-6)
 
 
 def test_a_bottleneck_adapter_adds_its_term_to_the_ffn_output():
   rng = np.random.default_rng(1)
-  bank = tuners.BottleneckBank(8, 3, segments=2, experts=0, dropout_rate=0.0, official_init=True, rngs=nnx.Rngs(0))
+  bank = techniques.BottleneckBank(8, 3, segments=2, experts=0, dropout_rate=0.0, official_init=True, rngs=nnx.Rngs(0))
   y = jnp.asarray(rng.standard_normal((2, 4, 8)), jnp.float32)  # [K, rows, d]
   got = np.asarray(bank(y, Ctx(segments=2)))
   gelu = lambda z: np.asarray(jax.nn.gelu(jnp.asarray(z), approximate=False))
@@ -183,13 +185,13 @@ def test_each_technique_trains_in_stage2_from_one_stage1_model(method, stage1, t
 
 @pytest.mark.parametrize("backbone", ["itransformer", "patchtst"])
 def test_the_head_can_be_adapted_as_one_more_dense_layer(backbone):
-  """--config.mola.targets=('ffn', 'head'): the head gets the method's bank too, starting at the frozen model."""
+  """--config.adapt.targets=('ffn', 'head'): the head gets the method's bank too, starting at the frozen model."""
   cfg = tiny()
-  cfg.backbone, cfg.mola.targets = backbone, ("ffn", "head")
+  cfg.backbone, cfg.adapt.targets = backbone, ("ffn", "head")
   cfg.model.patchtst.update(d_model=16, d_ff=32, n_heads=2, e_layers=1)
   plan.make(cfg)  # a valid config
-  base = build(cfg, channels=7, marks=4, pred_len=8, segments=0, rngs=nnx.Rngs(0))
-  model = build(cfg, channels=7, marks=4, pred_len=8, segments=3, rngs=nnx.Rngs(1))
+  base = build(plan.model_spec(cfg), channels=7, marks=4, pred_len=8, segments=0, rngs=nnx.Rngs(0))
+  model = build(plan.model_spec(cfg), channels=7, marks=4, pred_len=8, segments=3, rngs=nnx.Rngs(1))
   nnx.update(model, nnx.state(base))
   assert model.head.adapter is not None and sum(v.size for v in jax.tree.leaves(nnx.state(model.head, nnx.LoRAParam)))
   x = batch()

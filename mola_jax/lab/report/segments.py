@@ -3,8 +3,8 @@ paper's segment options and MoLA with data-driven ones (auto), each the mean tes
 Student-t 95% interval, the published iTransformer figure beside them, and whether MoLA (auto) beats mtf outside
 the seed spread (the paired 95% interval of the per-seed differences excludes 0), inside it, or loses.
 
-    python tools/segments_summary.py runs/datasets     # reads <dataset>/paper and, where run, <dataset>/auto
-    python tools/segments_summary.py runs/datasets per_segment   # adds MoLA of <dataset>/per_segment, where run
+    python -m mola_jax.lab.report.segments runs/datasets   # reads <dataset>/paper and, where run, <dataset>/auto
+    python -m mola_jax.lab.report.segments runs/datasets per_segment   # adds <dataset>/per_segment, where run
 
 With further study names, each adds a column of MoLA from <dataset>/<name> and its own verdict against mtf.
 """
@@ -16,7 +16,10 @@ import pathlib
 import sys
 
 import numpy as np
-from scipy import stats
+
+from mola_jax.lab.stats import ci95 as ci
+from mola_jax.lab.stats import roots, run_result
+from mola_jax.lab.stats import table as _table
 
 # Published iTransformer test MSE at look-back 96 (Liu et al., ICLR 2024, full-results table). Not produced here.
 PUBLISHED = {
@@ -26,46 +29,18 @@ PUBLISHED = {
 }
 
 
-def run_dir(roots, name: str) -> pathlib.Path | None:
-  """Where run `name` (e.g. "cells/mola-T96-S24-seed2023") lives as a study used it: the first of `roots` (the
-  study, then the study it reused, `reproduce.reuse_from`) that finished it; None if none did."""
-  for root in filter(None, roots):
-    if (pathlib.Path(root) / name / "results.json").is_file():
-      return pathlib.Path(root) / name
-  return None
-
-
-def run_result(roots, name: str) -> dict | None:
-  """results.json of run `name` as the study used it (see run_dir)."""
-  path = run_dir(roots, name)
-  return json.loads((path / "results.json").read_text()) if path else None
-
-
 def chosen_cells(study: pathlib.Path, method: str, horizon: int) -> dict[int, dict]:
   """{seed: results} of the S the study kept for (method, horizon): the S its table reports."""
   table = {(r["method"], r["horizon"]): r for r in _table(study)}
   s = table[(method, horizon)]["segment_len"]
-  roots = (study, json.loads((study / "config.json").read_text())["reproduce"].get("reuse_from"))
+  where = roots(study)
   found = {
     p.parent.name
-    for root in filter(None, roots)
+    for root in filter(None, where)
     for p in pathlib.Path(root).glob(f"cells/{method}-T{horizon}-S{s}-seed*/results.json")
   }
-  results = (run_result(roots, f"cells/{name}") for name in sorted(found))
+  results = (run_result(where, f"cells/{name}") for name in sorted(found))
   return {r["seed"]: r for r in results}
-
-
-def _table(study: pathlib.Path) -> list[dict]:
-  import csv
-
-  with open(study / "table.csv") as f:
-    return [dict(r, horizon=int(r["horizon"]), segment_len=int(r["segment_len"])) for r in csv.DictReader(f)]
-
-
-def ci(values) -> float:
-  """Half-width of the Student-t 95% interval of the mean of `values` (0 for a single value)."""
-  v = np.asarray(values, np.float64)
-  return float(stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size)) if v.size > 1 else 0.0
 
 
 def verdict(mtf: dict, mola: dict) -> str:

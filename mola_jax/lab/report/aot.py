@@ -2,7 +2,7 @@
 per (dataset, T, topology, rules), the per-chip memory of the largest program of each stage against the chip's
 HBM, the train steps' FLOPs per chip and XLA's estimated step times.
 
-    python tools/aot_summary.py runs/aot
+    python -m mola_jax.lab.report.aot runs/aot
 """
 
 from __future__ import annotations

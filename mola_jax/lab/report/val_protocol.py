@@ -1,7 +1,7 @@
 """Compare two reproduce studies that differ only in data.val_protocol (docs/val_protocol_etth1.sh): MoLA's
 margin over mtf under each protocol, and how often the kept epoch differs between them.
 
-    python tools/val_protocol_summary.py runs/val_protocol_etth1    # reads full/ and official/ in it
+    python -m mola_jax.lab.report.val_protocol runs/val_protocol_etth1    # reads full/ and official/ in it
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import sys
 
 import numpy as np
 
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from segments_summary import ci, run_result  # noqa: E402
+from mola_jax.lab.stats import ci95 as ci
+from mola_jax.lab.stats import run_result, settings
 
 
 def table(study: pathlib.Path) -> dict:
@@ -25,8 +25,8 @@ def table(study: pathlib.Path) -> dict:
 def used_runs(study: pathlib.Path) -> dict[str, dict]:
   """{name: results} of the runs behind the study's table: every seed's mtf and MoLA cell at the kept S, and the
   stage-1 run each MoLA cell started from."""
-  config = json.loads((study / "config.json").read_text())  # read once: the first seed and reuse_from
-  roots, first = (study, config["reproduce"].get("reuse_from")), config["seed"]
+  config = json.loads((study / "config.json").read_text())  # read once: the first seed
+  roots, first = (study, settings(study).get("reuse_from")), config["seed"]
   out = {}
   for (method, h), row in table(study).items():
     s = int(row["segment_len"])

@@ -3,7 +3,7 @@ technique beside its per-segment mixture (mean test MSE ± Student-t 95% over se
 interval of mixture − plain over the seeds; then per-segment heads, the official initialisations, unscaled
 FourierFT and mtf.
 
-    python tools/tuners_summary.py runs/tuners_etth1     # reads zero_init, official_init, fourier_unscaled
+    python -m mola_jax.lab.report.techniques runs/tuners_etth1   # reads zero_init, official_init, fourier_unscaled
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ import sys
 
 import numpy as np
 
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from segments_summary import _table, chosen_cells, ci  # noqa: E402
+from mola_jax.lab.report.segments import chosen_cells
+from mola_jax.lab.stats import ci95 as ci
+from mola_jax.lab.stats import table as _table
 
 PAIRS = (("lora", "mola"), ("ia3", "moia3"), ("adapter", "moadapter"), ("fourier", "mofourier"))
 SINGLES = (  # (study, method, label)

@@ -1,17 +1,17 @@
 """Sensitivity sweeps (the paper's Figure 5): config keys x values x seeds, each point an ordinary training run;
 a CSV with Student-t 95% intervals and one plot per swept key.
 
-    python -m mola_jax.sweep --config etth1 --workdir runs/sweep_etth1 \\
-        --config.sweep.grid="mola.rank=2,4,8,16;adapt.lr=1e-4,3e-4,1e-3,3e-3,1e-2;mola.num_experts=1,2,3,6,12"
+    python -m mola_jax.lab.sweep --config etth1 --workdir runs/sweep_etth1 --study.grid="technique.mola.rank=2,4,8,16;\\
+adapt.lr=1e-4,3e-4,1e-3,3e-3,1e-2;technique.mola.num_experts=1,2,3,6,12"
 
-`sweep.grid` is KEY=V1,V2,... items separated by ';' (any config key; values are Python literals).
-`sweep.mode`: one_at_a_time (default: each key varies alone, the others at the config's values, as the paper's
-sensitivity study) or grid (every combination). Seeds: cfg.seed, cfg.seed + 1, ... (`reproduce.num_seeds`); the
+`--study.grid` is KEY=V1,V2,... items separated by ';' (any config key; values are Python literals).
+`--study.mode`: one_at_a_time (default: each key varies alone, the others at the config's values, as the paper's
+sensitivity study) or grid (every combination). Seeds: cfg.seed, cfg.seed + 1, ... (`--study.num_seeds`); the
 horizon and S are the config's. A stage-1 model is trained once per seed and whatever stage-1 settings a point has,
 and shared by every point that agrees on them. Layout of DIR:
   pretrain/S{S}-seed{seed}-{id}/     stage-1 runs ({id}: a digest of what stage 1 depends on)
   points/{point}-seed{seed}/         stage-2 (or mtf) runs; results.json marks a finished one
-  sweep.csv, sweep.md, sweep_{key}.png
+  config.json, study.json, sweep.csv, sweep.md, sweep_{key}.png
 Points that come to the same config (a key set to the config's own value) run once. Rerunning skips finished
 points.
 """
@@ -19,17 +19,27 @@ points.
 from __future__ import annotations
 
 import ast
-import copy
 import hashlib
 import itertools
 import json
 import pathlib
 
+import ml_collections
 import numpy as np
 
-from mola_jax import cli, plan, reproduce, sharding
+from mola_jax import config_lib, plan, sharding
 from mola_jax import workdir as workdir_lib
 from mola_jax.errors import ConfigError
+from mola_jax.lab import study
+from mola_jax.lab.stats import ci95
+
+
+def defaults() -> ml_collections.ConfigDict:
+  s = ml_collections.ConfigDict()
+  s.grid = ""  # KEY=V1,V2,... items separated by ';'
+  s.mode = "one_at_a_time"  # or "grid": every combination
+  s.num_seeds = 3
+  return s
 
 
 def parse_grid(text: str) -> dict[str, tuple]:
@@ -38,39 +48,22 @@ def parse_grid(text: str) -> dict[str, tuple]:
   for item in filter(None, (part.strip() for part in (text or "").split(";"))):
     key, sep, values = item.partition("=")
     if not sep or not values:
-      raise ConfigError(f"sweep.grid item {item!r}: write KEY=V1,V2,... (items separated by ';')")
+      raise ConfigError(f"study.grid item {item!r}: write KEY=V1,V2,... (items separated by ';')")
     try:
       grid[key.strip()] = tuple(ast.literal_eval(v.strip()) for v in values.split(","))
     except (ValueError, SyntaxError):
-      raise ConfigError(f"sweep.grid item {item!r}: values must be Python literals (numbers, strings)") from None
+      raise ConfigError(f"study.grid item {item!r}: values must be Python literals (numbers, strings)") from None
   if not grid:
-    raise ConfigError("sweep.grid is empty; e.g. --config.sweep.grid='mola.rank=2,4,8,16;adapt.lr=1e-4,1e-3'")
+    raise ConfigError("study.grid is empty; e.g. --study.grid='technique.mola.rank=2,4,8,16;adapt.lr=1e-4,1e-3'")
   return grid
 
 
-def with_values(cfg, values: dict):
-  """A copy of `cfg` with dotted keys set; a key the config lacks is a ConfigError."""
-  out = copy.deepcopy(cfg)
-  for dotted, value in values.items():
-    *parents, last = dotted.split(".")
-    node = out
-    for name in parents:
-      if name not in node:
-        raise ConfigError(f"sweep key {dotted!r}: the config has no {name!r}")
-      node = node[name]
-    if last not in node:
-      raise ConfigError(f"sweep key {dotted!r}: the config has no {last!r}")
-    with node.ignore_type():
-      node[last] = value
-  return out
-
-
-def points(cfg, grid: dict) -> list[dict]:
+def points(mode: str, grid: dict) -> list[dict]:
   """The points to run: {key: value} each (one key at a time, or every combination)."""
-  if cfg.sweep.mode == "grid":
+  if mode == "grid":
     return [dict(zip(grid, combo, strict=True)) for combo in itertools.product(*grid.values())]
-  if cfg.sweep.mode != "one_at_a_time":
-    raise ConfigError(f"unknown sweep.mode {cfg.sweep.mode!r}; use one_at_a_time or grid")
+  if mode != "one_at_a_time":
+    raise ConfigError(f"unknown study.mode {mode!r}; use one_at_a_time or grid")
   return [{key: value} for key, values in grid.items() for value in values]
 
 
@@ -82,61 +75,58 @@ def _name(point: dict) -> str:
 def _stage1_id(cell) -> str:
   """A short digest of what a stage-1 run depends on (reproduce's identity of it)."""
   return hashlib.sha1(
-    json.dumps(
-      reproduce.pretrain_identity(json.loads(cell.to_json_best_effort())), sort_keys=True, default=str
-    ).encode()
+    json.dumps(study.pretrain_identity(json.loads(cell.to_json_best_effort())), sort_keys=True, default=str).encode()
   ).hexdigest()[:8]
 
 
 def run_point(cfg, point: dict, seed: int, root: pathlib.Path) -> dict:
   """Train (or reuse) the stage-1 model and the point's run -> its results.json."""
-  cell = with_values(cfg, point)
-  with cell.unlocked():
-    cell.seed = seed
+  cell = config_lib.with_values(cfg, dict(point, seed=seed))
   run_plan = plan.make(cell)
+  out = root / "points" / f"{_name(point)}-seed{seed}"
   if not run_plan.two_stage:
-    return reproduce.run_once(cell, root / "points" / f"{_name(point)}-seed{seed}")
+    return study.run_once(cell, out)
   s = run_plan.segment_len
-  pre = reproduce.cell_cfg(cell, horizon=s, segment_len=s, stage="pretrain")
-  stage1 = reproduce.locate(cfg, pre, root, f"pretrain/S{s}-seed{seed}-{_stage1_id(pre)}")
-  reproduce.run_once(pre, stage1)
-  cell = reproduce.cell_cfg(cell, segment_len=s, stage="adapt", init_from=str(stage1))
-  return reproduce.run_once(cell, root / "points" / f"{_name(point)}-seed{seed}")
+  pre = study.cell_cfg(cell, horizon=s, segment_len=s, stage="pretrain")
+  stage1 = study.locate(None, pre, root, f"pretrain/S{s}-seed{seed}-{_stage1_id(pre)}")
+  study.run_once(pre, stage1)
+  return study.run_once(study.cell_cfg(cell, segment_len=s, stage="adapt", init_from=str(stage1)), out)
 
 
-def run(cfg, workdir) -> list[dict]:
+def run(cfg, settings, workdir) -> list[dict]:
   """Run every missing point, then write sweep.csv, sweep.md and the plots. Returns the table rows."""
-  grid, root = parse_grid(cfg.sweep.grid), pathlib.Path(workdir)
-  todo = points(cfg, grid)
-  seeds = [cfg.seed + i for i in range(cfg.reproduce.num_seeds)]
+  grid, root = parse_grid(settings.grid), pathlib.Path(workdir)
+  todo = points(settings.mode, grid)
+  seeds = [cfg.seed + i for i in range(settings.num_seeds)]
   for point in todo:  # every point's config must be valid before hours of work, not after
-    plan.make(with_values(cfg, point))
-  lead = sharding.is_lead()  # on several processes every point trains on all of them, process 0 writes
-  if lead:
-    root.mkdir(parents=True, exist_ok=True)
-    workdir_lib.write_text(root / "config.json", cfg.to_json_best_effort(indent=2))
+    plan.make(config_lib.with_values(cfg, point))
+  study.save_settings(root, cfg, settings)  # on several processes every point trains on all, process 0 writes
   rows, done = [], {}  # done: (the point's resolved config, seed) -> its results
   for i, point in enumerate(todo, 1):
     results = []
     for seed in seeds:
-      same = (with_values(cfg, point).to_json_best_effort(sort_keys=True), seed)
+      same = (config_lib.with_values(cfg, point).to_json_best_effort(sort_keys=True), seed)
       if same not in done:
         print(f"[sweep {i}/{len(todo)}] {_name(point)} seed={seed}", flush=True)
         done[same] = run_point(cfg, point, seed, root)
       results.append(done[same])
-    mse, mae = [r["test_mse"] for r in results], [r["test_mae"] for r in results]
-    rows.append({**{"key": ";".join(point), "value": ";".join(map(str, point.values()))},
-                 "method": cfg.method, "horizon": cfg.horizon, "segment_len": results[0]["segment_len"],
-                 "seeds": len(seeds), "test_mse_mean": float(np.mean(mse)), "test_mse_ci95": reproduce.ci95(mse),
-                 "test_mae_mean": float(np.mean(mae)), "test_mae_ci95": reproduce.ci95(mae),
-                 "val_mse_mean": float(np.mean([r["val_mse"] for r in results]))})  # fmt: skip
-  if not lead:
-    return rows
-  reproduce.write_csv(root / "sweep.csv", rows)
-  workdir_lib.write_text(root / "sweep.md", markdown(rows))
-  plot(cfg, rows, grid, root)
-  print((root / "sweep.md").read_text())
+    rows.append(row(cfg, point, results))
+  if sharding.is_lead():
+    study.write_csv(root / "sweep.csv", rows)
+    workdir_lib.write_text(root / "sweep.md", markdown(rows))
+    plot(cfg, settings.mode, rows, grid, root)
+  print(markdown(rows))
   return rows
+
+
+def row(cfg, point: dict, results: list[dict]) -> dict:
+  mse, mae = [r["test_mse"] for r in results], [r["test_mae"] for r in results]
+  return {
+    "key": ";".join(point), "value": ";".join(map(str, point.values())), "method": cfg.method,
+    "horizon": cfg.horizon, "segment_len": results[0]["segment_len"], "seeds": len(results),
+    "test_mse_mean": float(np.mean(mse)), "test_mse_ci95": ci95(mse), "test_mae_mean": float(np.mean(mae)),
+    "test_mae_ci95": ci95(mae), "val_mse_mean": float(np.mean([r["val_mse"] for r in results])),
+  }  # fmt: skip
 
 
 def markdown(rows: list[dict]) -> str:
@@ -149,10 +139,10 @@ def markdown(rows: list[dict]) -> str:
   return "\n".join(lines) + "\n"
 
 
-def plot(cfg, rows: list[dict], grid: dict, root: pathlib.Path) -> None:
+def plot(cfg, mode: str, rows: list[dict], grid: dict, root: pathlib.Path) -> None:
   """One plot per swept key (one-at-a-time sweeps): test MSE with its 95% interval against the value; the
   config's own value marked."""
-  if cfg.sweep.mode != "one_at_a_time":
+  if mode != "one_at_a_time":
     return
   import matplotlib
 
@@ -164,8 +154,7 @@ def plot(cfg, rows: list[dict], grid: dict, root: pathlib.Path) -> None:
     x = np.arange(len(values))
     fig, ax = plt.subplots(figsize=(5, 3.2))
     ax.errorbar(x, [r["test_mse_mean"] for r in mine], yerr=[r["test_mse_ci95"] for r in mine], marker="o", capsize=3)
-    default = with_values(cfg, {})  # the config's own value of the key
-    node = default
+    node = cfg  # the config's own value of the key
     for name in key.split("."):
       node = node[name]
     ax.set_xticks(x, [str(v) for v in values])
@@ -180,8 +169,8 @@ def plot(cfg, rows: list[dict], grid: dict, root: pathlib.Path) -> None:
 
 
 def command() -> None:
-  """`mola-sweep` / `python -m mola_jax.sweep`."""
-  cli.config_command(run, "Directory of the whole sweep")
+  """`mola-sweep` / `python -m mola_jax.lab.sweep`."""
+  study.command(run, defaults(), "Directory of the whole sweep")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Where a train step's time goes: a jax.profiler trace of N steps, summarised per XLA op.
 
-    python tools/op_profile.py --config configs/etth1.py [--stage adapt] [--steps 20] \
+    python -m mola_jax.lab.op_profile --config etth1 [--stage adapt] [--steps 20] \
         [--set model.itransformer.dropout=0]
 
 Prints the step's wall time, the summed op time of XLA's worker threads (per step), how much of the wall time
@@ -13,19 +13,19 @@ thread. docs/performance.md quotes its output.
 from __future__ import annotations
 
 import argparse
+import ast
 import collections
 import gzip
 import json
 import pathlib
 import re
-import sys
 import tempfile
 import time
 
 import jax
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from step_time import apply_overrides, load_config  # noqa: E402
+from mola_jax import config_lib, data
+from mola_jax.lab import bench, bench_setup
 
 
 def kind(name: str, hlo: str) -> str:
@@ -93,16 +93,14 @@ def main() -> None:
   parser.add_argument("--out", default=None, help="trace directory (default: a temporary one)")
   parser.add_argument("--set", action="append", default=[], help="KEY=VALUE config override (Python literal)")
   args = parser.parse_args()
-  from mola_jax import bench, data
-
-  cfg = apply_overrides(load_config(args.config), args.set)
-  prob = bench.problem(cfg)
-  setup = bench.train_setup(prob, args.stage)
-  step = bench.compile_step(setup)[0]
+  values = {k: ast.literal_eval(v) for k, v in (item.split("=", 1) for item in args.set)}
+  cfg = config_lib.with_values(config_lib.load(args.config), values)
+  ctx = bench_setup.Context(cfg, bench_setup.Settings.of(bench.defaults()))
+  setup = bench_setup.train_setup(ctx, ctx.problem(), args.stage)
+  step = bench_setup.compile_step(ctx, setup)[0]
   hlo_text = step.as_text()
-  order = data.train_order(setup.src, setup.batch_size, seed=0, epoch=1)
-  windows = data.DeviceWindows(setup.src)
-  batches = [windows.take(idx) for idx in order[:8]]
+  order = data.train_order(setup.windows, setup.batch_size, seed=0, epoch=1)
+  batches = [setup.windows.take(idx) for idx in order[:8]]
   state = setup.state
   for i in range(5):
     state, _ = step(state, setup.frozen, batches[i % 8], setup.active)

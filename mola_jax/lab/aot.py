@@ -1,13 +1,13 @@
 """Compile a config's programs for a TPU slice that is not here: the evidence of what a pod run would need, from any
 machine with `libtpu` installed (`pip install "jax[tpu]"`; no TPU, and also under JAX_PLATFORMS=cpu).
 
-    python -m mola_jax.aot --config etth1 --topology v5e:2x4 --workdir runs/aot
-    python -m mola_jax.aot --config traffic --topology v5e:2x4,v5e:16x16 --rules data_parallel,segment,variate \\
-        --config.horizon=720 --batch_per_shard=32 --workdir runs/aot_traffic
+    python -m mola_jax.lab.aot --config etth1 --study.topology=v5e:2x4 --workdir runs/aot
+    python -m mola_jax.lab.aot --config traffic --study.topology=v5e:2x4,v5e:16x16 \\
+        --study.rules=data_parallel,segment,variate --study.batch_per_shard=16 --config.horizon=720 --workdir DIR
 
 For every topology (jax.experimental.topologies: `v5e:2x4` is a v5e-8 slice, `v5e:16x16` a v5e-256, `v5p:2x2x2`,
 `v4:2x2x2`, `v6e:4x4`, ...) and rules table, the mesh is built from the topology's devices, `data x model` with
-`--model_axis` devices on `model` (1 for data_parallel), and the real train and eval steps of both stages
+`--study.model_axis` devices on `model` (1 for data_parallel), and the real train and eval steps of both stages
 (steps.make_train_step / make_eval_step, the real sharding rules) are lowered on abstract inputs
 (sharding.abstract: shapes, dtypes and shardings, no arrays) and compiled by XLA's TPU compiler. Written to
 DIR/aot.csv and DIR/aot.json, one row per (topology, rules, stage, program):
@@ -18,7 +18,7 @@ DIR/aot.csv and DIR/aot.json, one row per (topology, rules, stage, program):
   (`optimal_seconds`: a roofline of the program on that chip, not a measurement) and the compile time here.
 
 No data file is read for a registry dataset: its channel count comes from the registry, so traffic's 862 variates
-compile without traffic.csv. Global batches: the config's, or `--batch_per_shard` times the `data` axis.
+compile without traffic.csv. Global batches: the config's, or `--study.batch_per_shard` times the `data` axis.
 """
 
 from __future__ import annotations
@@ -29,14 +29,14 @@ import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
-from absl import app, flags
 from flax import nnx
-from ml_collections import config_flags
 
-from mola_jax import cli, data, plan, runtime, sharding, steps
+from mola_jax import data, plan, runtime, sharding, steps
 from mola_jax import workdir as workdir_lib
 from mola_jax.errors import ConfigError
+from mola_jax.lab import study
 from mola_jax.models import build
 
 # HBM per chip, by a substring of jax's device_kind (the vendor's data sheets).
@@ -99,7 +99,12 @@ def stage_programs(cfg, stage: plan.Stage, layout: sharding.Layout, shape: tuple
   channels, marks = shape
   segments = stage.segments if stage.name == plan.ADAPT else 0
   make = lambda: build(
-    cfg, channels=channels, marks=marks, pred_len=stage.pred_len, segments=segments, rngs=nnx.Rngs(stage.seed)
+    plan.model_spec(cfg),
+    channels=channels,
+    marks=marks,
+    pred_len=stage.pred_len,
+    segments=segments,
+    rngs=nnx.Rngs(stage.seed),
   )
   model = nnx.eval_shape(make)
   tx = steps.make_tx(steps.lr_schedule(stage.recipe.lr, 1000, stage.recipe.lr_decay))
@@ -111,7 +116,7 @@ def stage_programs(cfg, stage: plan.Stage, layout: sharding.Layout, shape: tuple
     graphdef,
     tx,
     segments=stage.segments,
-    share_prefix_dropout=cfg.mola.share_prefix_dropout,
+    share_prefix_dropout=stage.name == plan.ADAPT and cfg.adapt.share_prefix_dropout,
     layout=layout,
     compute_dtype=dtype,
     groups=1,  # an accelerator computes the segments as one group (steps.default_groups)
@@ -148,7 +153,7 @@ def compiled_row(lowered) -> dict:
 def mesh_for(devices: list, rules: str, model_axis: int) -> jax.sharding.Mesh:
   model = 1 if rules == "data_parallel" else model_axis
   if len(devices) % model:
-    raise ConfigError(f"--model_axis {model} does not divide the topology's {len(devices)} chips")
+    raise ConfigError(f"study.model_axis {model} does not divide the topology's {len(devices)} chips")
   shape = (len(devices) // model, model)
   return jax.make_mesh(shape, sharding.MESH_AXES, devices=devices, axis_types=(jax.sharding.AxisType.Auto,) * 2)
 
@@ -161,7 +166,7 @@ def global_batches(cfg, stage: plan.Stage, data_axis: int, per_shard: int) -> tu
   if train % data_axis or evaluate % data_axis:
     raise ConfigError(
       f"the global batches ({train} train, {evaluate} eval) do not split over a data axis of {data_axis}; "
-      "set --batch_per_shard=N (N windows per data shard) or change the config's batch sizes"
+      "set --study.batch_per_shard=N (N windows per data shard) or change the config's batch sizes"
     )
   return train, evaluate
 
@@ -171,7 +176,7 @@ def run(cfg, workdir, *, topologies: str, rules: str, model_axis: int, per_shard
   tables = [r.strip() for r in rules.split(",") if r.strip()]
   bad = [r for r in tables if r not in sharding.RULES]
   if bad:
-    raise ConfigError(f"unknown --rules {bad}; use any of {', '.join(sharding.RULES)}")
+    raise ConfigError(f"unknown study.rules {bad}; use any of {', '.join(sharding.RULES)}")
   shape, rows = data_shape(cfg), []
   for topology in filter(None, (t.strip() for t in topologies.split(","))):
     devices = topology_devices(topology)
@@ -212,23 +217,24 @@ def write(workdir: pathlib.Path, rows: list[dict], cfg) -> None:
   print(f"wrote {workdir / 'aot.csv'} and aot.json ({len(rows)} programs)")
 
 
-def main(argv) -> None:
-  cli.start(argv, multi_process=False)
-  f = flags.FLAGS
-  with cli.user_errors():
-    run(f.config, f.workdir, topologies=f.topology, rules=f.rules, model_axis=f.model_axis, per_shard=f.batch_per_shard)
+def defaults() -> ml_collections.ConfigDict:
+  s = ml_collections.ConfigDict()
+  s.topology = "v5e:2x4"  # TPU topologies, comma-separated (v5e:2x4, v5e:16x16, v5p:2x2x2, v4:2x2x2, v6e:4x4, ...)
+  s.rules = "data_parallel"  # sharding rules tables, comma-separated (sharding.RULES)
+  s.model_axis = 4  # chips on the `model` mesh axis for every table but data_parallel
+  s.batch_per_shard = 0  # windows per data shard; 0: the config's global batch sizes
+  return s
 
 
 def command() -> None:
-  """`mola-aot` / `python -m mola_jax.aot`."""
-  config_flags.DEFINE_config_file("config", None, cli.CONFIG_HELP, lock_config=True)
-  flags.DEFINE_string("workdir", None, "Where aot.csv and aot.json go", required=True)
-  flags.DEFINE_string("topology", "v5e:2x4", "TPU topologies, comma-separated (v5e:2x4, v5e:16x16, v5p:2x2x2, ...)")
-  flags.DEFINE_string("rules", "data_parallel", "Sharding rules tables, comma-separated (sharding.RULES)")
-  flags.DEFINE_integer("model_axis", 4, "Chips on the `model` mesh axis for every table but data_parallel")
-  flags.DEFINE_integer("batch_per_shard", 0, "Windows per data shard (0: the config's global batch sizes)")
-  flags.mark_flag_as_required("config")
-  app.run(main, flags_parser=cli.parse_flags)
+  """`mola-aot` / `python -m mola_jax.lab.aot`."""
+  study.command(
+    lambda cfg, s, workdir: run(cfg, workdir, topologies=s.topology, rules=s.rules, model_axis=s.model_axis,
+                                per_shard=s.batch_per_shard),
+    defaults(),
+    "Where aot.csv and aot.json go",
+    multi_process=False,
+  )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,13 +1,15 @@
-"""The fine-tuning techniques beyond LoRA, each per segment and as a per-segment mixture of P shared experts
-(docs/method.md §10), and the registry that tells a backbone which bank each of its layers gets.
+"""Every fine-tuning technique as a bank (MoLA and LoRA banks live in adapters.py), per segment and as a per-segment
+mixture of P shared experts (docs/method.md §10), and the registry of methods: one entry each, mtf included.
 
 A backbone asks `make(group, role, d_in, d_out, rngs, heads=...)` for every place a technique can attach:
   dense roles  q, k, v, o (attention projections), ffn1, ffn2 (FFN), linear (DLinear's maps), head (the head);
                the bank is called as bank(h, kernel, bias) -> the layer's output for all K segments [K, ..., d_out];
   block role   ffn_block (after an FFN branch, before its residual and norm); called as bank(y, ctx) -> [K, ..., d].
-`group` is the layer group the role sits in ("ffn", "attn", "dec_ffn", "linear", "head"): `--config.mola.targets`
+`group` is the layer group the role sits in ("ffn", "attn", "dec_ffn", "linear", "head"): `--config.adapt.targets`
 picks groups. Every technique starts at the frozen model (zero deltas, unit scales, zero up-projections, zero
-spectra) unless `--config.mola.official_init=True` asks for the official code's initialisation.
+spectra) unless `--config.adapt.official_init=True` asks for the official code's initialisation. Each technique's
+own settings are cfg.technique.<name> (e.g. --config.technique.mola.rank=4); the registry at the end holds one
+entry per method, mtf included.
 
 | method            | attaches to                           | per segment k                                          |
 |-------------------|---------------------------------------|--------------------------------------------------------|
@@ -20,9 +22,14 @@ spectra) unless `--config.mola.official_init=True` asks for the official code's 
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
+import ml_collections
 from flax import nnx
+from ml_collections import config_dict
 
 from mola_jax.models.adapters import (
   PER_SEGMENT,
@@ -129,7 +136,7 @@ class FourierBank(nnx.Module):
     step that computes a subset of the segments slice the coefficients alone, and make the mixture a mixture of
     coefficients (the inverse FFT is linear);
   - coefficients start at 0, the frozen model (official_init: N(0, 1));
-  - the change is scaled by `scale` (mola.fourier_scale, default 150: FourierFT's and PEFT's scaling). The official
+  - the change is scaled by `scale` (technique.fourier.scale, default 150: FourierFT's and PEFT's scaling). The official
     code has no scaling (1): ifft2 divides by d_in * d_out, so on a 128 x 128 layer a coefficient moves the weights
     by 1/16384 of itself, and in 10 epochs at lr 1e-3 validation moved by 3e-5 (docs/results.md §8): unscaled,
     the technique stays at the frozen model."""
@@ -142,9 +149,9 @@ class FourierBank(nnx.Module):
     segments: int,
     experts: int,
     n: int,
+    scale: float,
     official_init: bool,
     rngs: nnx.Rngs,
-    scale: float = 1.0,
   ):
     rows, n = experts or segments, min(n, d_in * d_out)
     self.scale = scale
@@ -185,71 +192,140 @@ class HeadBank(nnx.Module):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The registry.
+# The registry: one entry per method. Adding a technique means a bank class above, an entry here and its tests.
 
 
-def _dense(method: str, segments: int, cfg, d_in: int, d_out: int, rngs):
-  low_rank = {"rank": cfg.rank, "a_std": cfg.a_std, "rngs": rngs, "factored": cfg.get("factored")}
-  if method == "mola":
-    return MoLABank(d_in, d_out, segments=segments, experts=cfg.num_experts, **low_rank)
-  if method in ("lora", "lora_heads"):
-    return LoRABank(d_in, d_out, segments=segments, **low_rank)
-  experts = cfg.num_experts if method == "mofourier" else 0
-  return FourierBank(
-    d_in,
-    d_out,
-    segments=segments,
-    experts=experts,
-    n=cfg.get("fourier_n", 100),
-    scale=cfg.get("fourier_scale", 1.0),
-    official_init=cfg.get("official_init", False),
-    rngs=rngs,
+@dataclasses.dataclass(frozen=True)
+class Site:
+  """Where a backbone asks for a bank: role `role` of layer group `group`, a d_in -> d_out layer (`heads`: the
+  attention's head count, for per-head scales)."""
+
+  role: str
+  d_in: int
+  d_out: int
+  heads: int | None
+  rngs: nnx.Rngs
+
+
+@dataclasses.dataclass(frozen=True)
+class Bank:
+  """What every bank of a stage-2 model is built with: the technique's own settings (cfg.technique.<name>), the
+  segment count K, the shared experts P of a mixture (0: one bank row per segment), and two stage-2 settings."""
+
+  settings: ml_collections.ConfigDict
+  segments: int
+  experts: int
+  official_init: bool
+  dropout_rate: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Technique:
+  """A method: how stage 2 changes the frozen backbone (mtf: it has no stage 2, its one stage is a direct
+  T-step forecaster). `kind` says where its banks attach: "dense" (every dense role of the adapted groups),
+  "ia3" (q, v and ffn2's input), "block" (after an FFN branch); `make(bank, site)` builds one."""
+
+  name: str
+  kind: str | None
+  make: Callable[[Bank, Site], nnx.Module] | None
+  settings: Callable[[], dict]  # the defaults of cfg.technique.<name>
+  mixture: bool = False  # P shared experts mixed per segment by softmax(logits[k])
+  heads: bool = False  # every segment also gets its own head (lora_heads)
+
+  @property
+  def two_stage(self) -> bool:
+    """Stage 1 on segments, then stage 2 with this technique; False: mtf, one direct stage."""
+    return self.kind is not None
+
+  @property
+  def changes_weights(self) -> bool:
+    """Its change to a layer is a weight delta, so per-segment selection can keep each segment's (and export can
+    bake them into fixed deltas)."""
+    return self.kind == "dense" and not self.heads
+
+  @property
+  def needs(self) -> tuple[str, ...] | None:
+    """Layer groups of which a backbone must offer at least one (None: any)."""
+    return {"ia3": ("attn",) + FFN_GROUPS, "block": FFN_GROUPS}.get(self.kind)
+
+  def default_groups(self, offered: tuple, backbone_default: tuple) -> tuple:
+    """The layer groups adapted when --config.adapt.targets is unset: IA3 scales the attention and the FFN (the
+    official placement), every other technique the backbone's own default (its FFN)."""
+    return tuple(g for g in offered if g in ("attn",) + FFN_GROUPS) if self.kind == "ia3" else backbone_default
+
+
+ROLES = {"dense": DENSE_ROLES, "ia3": ("q", "v", "ffn2"), "block": ("ffn_block",)}
+
+
+def _low_rank(**extra) -> Callable[[], dict]:
+  # factored: unset -> per layer by cost (adapters.use_factored); True / False forces a form. Speed only.
+  return lambda: dict(rank=8, a_std=0.01, factored=config_dict.placeholder(bool), **extra)
+
+
+def _mola(b: Bank, site: Site) -> nnx.Module:
+  s = b.settings
+  return MoLABank(site.d_in, site.d_out, segments=b.segments, experts=b.experts, rank=s.rank, a_std=s.a_std,
+                  rngs=site.rngs, factored=s.factored)  # fmt: skip
+
+
+def _lora(b: Bank, site: Site) -> nnx.Module:
+  s = b.settings
+  return LoRABank(site.d_in, site.d_out, segments=b.segments, rank=s.rank, a_std=s.a_std, rngs=site.rngs,
+                  factored=s.factored)  # fmt: skip
+
+
+def _fourier(b: Bank, site: Site) -> nnx.Module:
+  return FourierBank(site.d_in, site.d_out, segments=b.segments, experts=b.experts, n=b.settings.n,
+                     scale=b.settings.scale, official_init=b.official_init, rngs=site.rngs)  # fmt: skip
+
+
+def _ia3(b: Bank, site: Site) -> nnx.Module:
+  where, d = ("output", site.d_out) if site.role in ("q", "v") else ("input", site.d_in)
+  heads = site.heads if where == "output" else None
+  return IA3Bank(d, where=where, segments=b.segments, experts=b.experts, heads=heads, rngs=site.rngs)
+
+
+def _adapter(b: Bank, site: Site) -> nnx.Module:
+  r = b.settings.dim or max(1, site.d_in // 4)  # unset: d_model / 4, the official width
+  return BottleneckBank(site.d_in, r, segments=b.segments, experts=b.experts, dropout_rate=b.dropout_rate,
+                        official_init=b.official_init, rngs=site.rngs)  # fmt: skip
+
+
+EXPERTS = 6  # P of every mixture (the scripts pass 6; the official CLI default was 3)
+FOURIER = {"n": 100, "scale": 150.0}  # FourierFT: coefficients per spectrum (the official 100), its paper's scaling 150
+# The bottleneck width r; unset -> d_model / 4 (the official). A function: each config gets its own placeholder.
+adapter_settings = lambda **extra: dict(dim=config_dict.placeholder(int), **extra)
+
+TECHNIQUES: dict[str, Technique] = {
+  t.name: t
+  for t in (
+    Technique("mtf", None, None, dict),
+    Technique("mola", "dense", _mola, _low_rank(num_experts=EXPERTS), mixture=True),
+    Technique("lora", "dense", _lora, _low_rank()),
+    Technique("lora_heads", "dense", _lora, _low_rank(), heads=True),
+    Technique("ia3", "ia3", _ia3, dict),
+    Technique("moia3", "ia3", _ia3, lambda: {"num_experts": EXPERTS}, mixture=True),
+    Technique("adapter", "block", _adapter, adapter_settings),
+    Technique("moadapter", "block", _adapter, lambda: adapter_settings(num_experts=EXPERTS), mixture=True),
+    Technique("fourier", "dense", _fourier, lambda: dict(FOURIER)),
+    Technique("mofourier", "dense", _fourier, lambda: dict(FOURIER, num_experts=EXPERTS), mixture=True),
   )
+}
 
 
-TUNERS = {  # method -> what it attaches to (see the module docstring)
-  "mola": "dense", "lora": "dense", "fourier": "dense", "mofourier": "dense", "lora_heads": "dense",
-  "ia3": "ia3", "moia3": "ia3", "adapter": "block", "moadapter": "block",
-}  # fmt: skip
-
-
-def default_groups(method: str, groups: tuple, adapted: tuple) -> tuple:
-  """The layer groups a method adapts when --config.mola.targets is unset: IA3 scales the attention and the FFN
-  (the official placement), every other method the backbone's own default (its FFN)."""
-  return tuple(g for g in groups if g in ("attn",) + FFN_GROUPS) if TUNERS[method] == "ia3" else adapted
-
-
-def factory(method: str, segments: int, cfg, targets: tuple, dropout_rate: float = 0.0):
-  """-> make(group, role, d_in, d_out, rngs, heads=None) for a backbone to call at each place an adapter can go;
-  it returns the method's bank there, or None."""
-  kind, experts = TUNERS[method], cfg.num_experts if method.startswith("mo") else 0
+def factory(technique: Technique, bank: Bank, targets: tuple):
+  """-> make(group, role, d_in, d_out, rngs, heads=None) for a backbone to call at each place a bank can go; it
+  returns the technique's bank there, or None."""
 
   def make(group: str, role: str, d_in: int, d_out: int, rngs: nnx.Rngs, heads: int | None = None):
+    site = Site(role, d_in, d_out, heads, rngs)
     if role == "head":  # a per-segment head (lora_heads), or the head as one more adapted dense layer
-      if method == "lora_heads":
-        return HeadBank(d_in, d_out, segments=segments, official_init=cfg.get("official_init", False), rngs=rngs)
-      return _dense(method, segments, cfg, d_in, d_out, rngs) if kind == "dense" and "head" in targets else None
-    if group not in targets:
+      if technique.heads:
+        return HeadBank(d_in, d_out, segments=bank.segments, official_init=bank.official_init, rngs=rngs)
+      return technique.make(bank, site) if technique.kind == "dense" and "head" in targets else None
+    if group not in targets or role not in ROLES[technique.kind]:
       return None
-    if kind == "dense" and role in DENSE_ROLES:
-      return _dense(method, segments, cfg, d_in, d_out, rngs)
-    if kind == "ia3" and role in ("q", "v", "ffn2"):
-      where, d = ("output", d_out) if role in ("q", "v") else ("input", d_in)
-      return IA3Bank(
-        d, where=where, segments=segments, experts=experts, heads=heads if where == "output" else None, rngs=rngs
-      )
-    if kind == "block" and role == "ffn_block":
-      r = cfg.get("adapter_dim") or max(1, d_in // 4)
-      return BottleneckBank(
-        d_in,
-        r,
-        segments=segments,
-        experts=experts,
-        dropout_rate=dropout_rate,
-        official_init=cfg.get("official_init", False),
-        rngs=rngs,
-      )
-    return None
+    return technique.make(bank, site)
 
   return make
 
@@ -259,4 +335,4 @@ def has_delta(bank) -> bool:
   return hasattr(bank, "delta")
 
 
-__all__ = ["TUNERS", "AdapterConst", "BottleneckBank", "FourierBank", "HeadBank", "IA3Bank", "factory"]
+__all__ = ["TECHNIQUES", "AdapterConst", "Bank", "BottleneckBank", "FourierBank", "HeadBank", "IA3Bank", "Technique"]

@@ -1,0 +1,155 @@
+"""Every score of a model, in one place: the validation score that early stopping and selection read, the test
+pass, and the split-conformal prediction intervals calibrated on the validation windows. The eval step's device
+sums become numbers here, with one host read per evaluated split.
+
+    scores = validate(eval_step, states, windows, evaluation, segments, batch_size=B, epoch=e)   # fit
+    test = evaluate_split(model, stage, series=series, evaluation=evaluation)                    # train, once
+    calibration = calibrate(model, stage, series=series, evaluation=evaluation)  # -> <workdir>/conformal.json
+    coverage(model, stage, calibration, series=series, evaluation=evaluation)    # -> results.json
+
+Intervals. The score of a window is its residual in units of its own look-back's spread: |y - y_hat| / sigma,
+with sigma the standard deviation of the window's input over the look-back, per channel (standardised units, at
+least SCALE_FLOOR). For a level 1 - a, the multiplier q of step t and channel d is the ceil((n + 1)(1 - a))-th
+smallest of the n validation scores at (t, d), and a forecast's band is y_hat +- q * sigma of its own input. If
+validation and test windows are exchangeable, the truth lies within it with probability at least 1 - a, step by
+step (Vovk et al. 2005; locally weighted as Lei et al. 2018).
+
+Why the look-back's spread: a split's errors follow its volatility, and the splits of a series differ in it.
+On ETTh1 the validation months are rougher than the test months (val MSE about twice the test MSE): plain
+residual quantiles (sigma = 1) covered 88.7% / 97.1% of the test split at 80% / 95%, the weighted bands 83.4% /
+96.1%, and narrower (tests/test_api.py's run). The validation split also chose the model, which makes the bands
+slightly optimistic; results.json reports the coverage they reach on the test split.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from mola_jax import data, plan, sharding, steps
+from mola_jax.plan import Evaluation
+
+MAX_CALIBRATION_WINDOWS = 2000  # evenly spaced over the split: bounds host memory at long horizons
+SCALE_FLOOR = 0.05  # standardised units: a flat look-back (a constant channel) still gets a band
+
+# ---------------------------------------------------------------------------------------------------------------
+# Scores: every window of a split (or the official protocol's batches), summed on the device, read once.
+
+
+def summarise(acc: dict, segments: int, channels: int) -> dict:
+  """Device sums from the eval step -> metrics; one host read. Global element means (docs/protocol.md §7)."""
+  acc = sharding.fetch(acc)
+  n = int(acc["count"])
+  per_step = acc["sq"] / (n * channels)  # [T]
+  return {
+    "mse": float(acc["sq"].sum() / (n * per_step.size * channels)),
+    "mae": float(acc["abs"].sum() / (n * per_step.size * channels)),
+    "per_step_mse": per_step.tolist(),
+    "per_segment_mse": per_step.reshape(segments, -1).mean(axis=1).tolist(),
+    "windows": n,
+  }
+
+
+def evaluate(eval_step, states, windows: data.DeviceWindows, batch_size: int, segments: int) -> dict:
+  """Every window of a split once, in order (the last batch padded and masked)."""
+  acc = steps.empty_acc(windows.pred_len)
+  for idx, mask in zip(*data.eval_order(windows, batch_size), strict=True):
+    acc = eval_step(acc, states, windows.take(idx, mask))
+  return summarise(acc, segments, windows.values.shape[-1])
+
+
+def evaluate_official(
+  eval_step, states, windows: data.DeviceWindows, batch_size: int, segments: int, *, seed: int, epoch: int
+) -> dict:
+  """The official code's validation score (data.val_protocol="official"): shuffled batches of `batch_size` drawn
+  by (seed, epoch), the incomplete last batch dropped, and each number the mean over batches of the batch's own
+  mean (per step, so per segment too). Batch means are summed on the device: one host read, as `evaluate`."""
+  order = data.val_order(windows, batch_size, seed=seed, epoch=epoch)  # [n, B]
+  mask = np.ones(batch_size, bool)
+  sums = None  # {"sq", "abs"}: [T] sums of the batches' per-step means
+  for idx in order:
+    acc = eval_step(steps.empty_acc(windows.pred_len), states, windows.take(idx, mask))
+    means = {k: acc[k] / acc["count"] for k in ("sq", "abs")}  # this batch's per-step sums / its windows
+    sums = means if sums is None else jax.tree.map(jnp.add, sums, means)
+  # As device sums of `len(order)` "windows", each holding one batch's means: summarise divides by that count.
+  return summarise(sums | {"count": len(order)}, segments, windows.values.shape[-1]) | {"windows": order.size}
+
+
+def validate(eval_step, states, windows, evaluation: Evaluation, segments: int, *, batch_size: int, epoch: int):
+  """The validation score that early stopping and selection read, under `evaluation.protocol`: "full" (every
+  window in order, one global mean: `evaluate`) or "official" (`evaluate_official` with the stage's training
+  batch size). The test pass always uses `evaluate`."""
+  if evaluation.protocol == "official":
+    return evaluate_official(eval_step, states, windows, batch_size, segments, seed=evaluation.seed, epoch=epoch)
+  return evaluate(eval_step, states, windows, evaluation.batch_size, segments)
+
+
+def evaluate_split(model: nnx.Module, stage: plan.Stage, *, series, evaluation: Evaluation, split="test") -> dict:
+  """One pass over every window of `split`, in order: the test split once, after training (never used for
+  selection). The eval step is the one validation used (make_eval_step is cached), so nothing compiles again."""
+  graphdef, states = steps.eval_states(model, stage.name)
+  windows = data.DeviceWindows(data.window_source(series, split, evaluation.seq_len, stage.window))
+  step = steps.make_eval_step(graphdef, segments=stage.segments, compute_dtype=evaluation.compute_dtype)
+  return evaluate(step, states, windows, evaluation.batch_size, stage.segments)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Prediction intervals.
+
+
+def lookback_scale(x: np.ndarray) -> np.ndarray:
+  """x [n, L, D] (standardised) -> sigma [n, D]: each window's per-channel spread over its look-back."""
+  return np.maximum(x.std(axis=1), SCALE_FLOOR)
+
+
+def forecasts(model: nnx.Module, stage: plan.Stage, *, series, evaluation: Evaluation, split: str, max_windows=None):
+  """Yield (forecast [b, T, D], truth [b, T, D], look-back scale [b, D]) on the host (standardised units), for the
+  windows of `split` in order (at most `max_windows`, evenly spaced)."""
+  graphdef, states = steps.eval_states(model, stage.name)
+  step = steps.make_predict_step(graphdef, segments=stage.segments, compute_dtype=evaluation.compute_dtype)
+  windows = data.DeviceWindows(data.window_source(series, split, evaluation.seq_len, stage.window))
+  picked = np.arange(windows.size)
+  if max_windows is not None and windows.size > max_windows:
+    picked = np.unique(np.linspace(0, windows.size - 1, max_windows).astype(np.int64))
+  size = evaluation.batch_size
+  for start in range(0, len(picked), size):
+    idx = picked[start : start + size]
+    padded = np.resize(idx, size)  # one static batch shape: one compiled program
+    batch = windows.take(padded.astype(np.int32))
+    pred, y, x = sharding.fetch((step(states, batch), batch["y"], batch["x"]))  # on every process
+    n = len(idx)
+    yield pred[:n], y[:n], lookback_scale(x[:n])
+
+
+def calibrate(model: nnx.Module, stage: plan.Stage, *, series, evaluation: Evaluation) -> dict:
+  """-> {"levels": [...], "multiplier": [L][T][D] (of the look-back scale), "scale_floor", "windows": n} from the
+  validation split."""
+  levels = evaluation.intervals
+  windows = forecasts(
+    model, stage, series=series, evaluation=evaluation, split="val", max_windows=MAX_CALIBRATION_WINDOWS
+  )
+  scores = np.concatenate([np.abs(p - y) / scale[:, None, :] for p, y, scale in windows])  # [n, T, D]
+  n = len(scores)
+  ranked = np.sort(scores, axis=0)
+  q = [ranked[min(math.ceil((n + 1) * level), n) - 1] for level in levels]  # each [T, D]
+  return {"levels": list(levels), "multiplier": np.stack(q).tolist(), "scale_floor": SCALE_FLOOR, "windows": n}
+
+
+def coverage(model: nnx.Module, stage: plan.Stage, calibration: dict, *, series, evaluation: Evaluation) -> dict:
+  """Empirical coverage on the test split, per level: the fraction of (window, step, channel) whose truth lies
+  inside the band, and the band's mean width (standardised units)."""
+  q = np.asarray(calibration["multiplier"])  # [L, T, D]
+  inside, width, total = np.zeros(len(q)), np.zeros(len(q)), 0
+  for pred, y, scale in forecasts(model, stage, series=series, evaluation=evaluation, split="test"):
+    half = q[:, None] * scale[None, :, None, :]  # [L, b, T, D]
+    inside += (np.abs(pred - y)[None] <= half).sum(axis=(1, 2, 3))
+    width += 2 * half.sum(axis=(1, 2, 3))
+    total += pred.size
+  return {
+    f"{level:g}": {"coverage": float(inside[i] / total), "mean_width": float(width[i] / total)}
+    for i, level in enumerate(calibration["levels"])
+  }

@@ -1,0 +1,340 @@
+"""The benchmark's machinery: the problems it measures (data, T, S), each stage's train step as fit builds it, the
+ahead-of-time compile of a program, and the timed loop. Nothing here outlives a benchmark run: what is worth
+keeping between measurements (loaded series, random models, compiled programs) lives in a `Context` that the run
+makes and drops.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import pathlib
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from mola_jax import config_lib, data, evaluation, plan, runtime, steps
+from mola_jax.models import build, predict, predict_per_segment
+
+
+def unshared_prefix(model, batch, ctx):
+  """`predict` with the layers before the first adapted layer computed K times (Ctx.share_prefix=False)."""
+  return predict(model, batch, dataclasses.replace(ctx, share_prefix=False))
+
+
+FORWARDS = {"batched": predict, "loop": predict_per_segment, "unshared_prefix": unshared_prefix}
+
+# CI mode asserts no speed, so its compiles skip the backend's optimisation passes: about 4x less compile time.
+CHEAP_COMPILES = {"xla_backend_optimization_level": 0}
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """The study's settings (--study.*), with CI mode (`tiny`) applied."""
+
+  tiny: bool
+  repeats: int
+  warmup: int
+  repeat_seconds: float
+  min_steps: int
+  max_steps: int
+  segments: tuple
+  horizons: tuple
+  channels: tuple
+  sweep_loop: bool
+  accuracy_steps: int
+  matmul_size: int
+  compiler_options: dict | None = None  # XLA options of every compile
+
+  @classmethod
+  def of(cls, s: ml_collections.ConfigDict) -> Settings:
+    names = [f.name for f in dataclasses.fields(cls) if f.name != "compiler_options"]
+    out = cls(**{n: tuple(s[n]) if isinstance(s[n], (list, tuple)) else s[n] for n in names})
+    if out.tiny:  # every code path, a few steps each
+      out = dataclasses.replace(
+        out, repeats=2, warmup=1, repeat_seconds=0.0, min_steps=3, max_steps=3, segments=out.segments[:2],
+        horizons=out.horizons[:1], channels=out.channels[:1], sweep_loop=False, accuracy_steps=3,
+        matmul_size=min(out.matmul_size, 256), compiler_options=CHEAP_COMPILES,
+      )  # fmt: skip
+    if out.repeats < 1 or out.min_steps < 1 or out.max_steps < out.min_steps or out.warmup < 0:
+      raise config_lib.ConfigError(
+        "study.repeats and study.min_steps must be >= 1, study.max_steps >= study.min_steps and study.warmup >= 0"
+      )
+    return out
+
+
+@dataclasses.dataclass
+class Problem:
+  cfg: ml_collections.ConfigDict  # the config with this problem's data, horizon and segment_len
+  series: data.Series
+  horizon: int  # T
+  s: int  # S
+  k: int  # K = T / S
+
+  @property
+  def channels(self) -> int:
+    return int(self.series.values.shape[1])
+
+  @property
+  def marks(self) -> int:
+    return int(self.series.marks.shape[1])
+
+  def shape(self) -> dict:
+    return {"T": self.horizon, "S": self.s, "K": self.k, "D": self.channels}
+
+  def changed(self, **values) -> Problem:
+    """This problem with config keys changed (dotted), e.g. changed(**{"technique.mola.factored": True})."""
+    return dataclasses.replace(self, cfg=config_lib.with_values(self.cfg, values))
+
+
+@dataclasses.dataclass
+class Context:
+  """One benchmark run: its settings and what its measurements share (figures, rows, and caches that die with it)."""
+
+  cfg: ml_collections.ConfigDict
+  st: Settings
+  workdir: pathlib.Path | None = None  # where measurements that train whole runs keep them
+  figures: dict = dataclasses.field(default_factory=dict)  # flat key -> value (bench.json)
+  rows: list = dataclasses.field(default_factory=list)  # the table of timed steps
+  named: dict = dataclasses.field(default_factory=dict)  # row name -> row
+  skipped: list = dataclasses.field(default_factory=list)
+  series: dict = dataclasses.field(default_factory=dict)
+  models: dict = dataclasses.field(default_factory=dict)
+  compiled: dict = dataclasses.field(default_factory=dict)
+
+  def problem(self, *, horizon=None, segment_len=None, channels=None) -> Problem:
+    """The config's data (or synthetic data of `channels` channels) at horizon T with segment length S."""
+    values = {k: v for k, v in (("horizon", horizon), ("segment_len", segment_len)) if v is not None}
+    if channels is not None:
+      values |= {"data.name": "synthetic", "data.path": None, "data.synthetic_channels": channels}
+    cfg = config_lib.with_values(self.cfg, values)
+    run_plan = plan.make(cfg)
+    d = cfg.data
+    key = (d.name, d.path, d.seq_len, d.synthetic_rows, d.synthetic_channels)
+    if key not in self.series:
+      self.series[key] = data.load_series(d)
+    series = self.series[key]
+    for split in ("train", "test"):  # raises DataError if T does not fit the splits
+      data.window_source(series, split, d.seq_len, cfg.horizon)
+    return Problem(cfg, series, cfg.horizon, run_plan.segment_len, run_plan.segments)
+
+  def model(self, prob: Problem, stage: str, seed: int = 0) -> nnx.Module:
+    """One random model per shape, stage and seed (eager initialisation costs seconds on a CPU)."""
+    key = (model_key(prob.cfg), tuple(prob.shape().items()), stage, seed)
+    if key not in self.models:
+      self.models[key] = new_model(prob, stage, seed)
+    return self.models[key]
+
+  def aot(self, fn, *args, key: tuple):
+    """-> (compiled executable, {compile_seconds, flops_per_call, bytes_per_device, temp_bytes, cached}): a program
+    is compiled once per run; `key` (what the traced function closes over) and the arguments' shapes identify it."""
+    leaves, tree = jax.tree.flatten(args)
+    full = (key, str(tree), tuple((tuple(np.shape(x)), str(x.dtype)) for x in leaves))
+    if full in self.compiled:
+      compiled, info = self.compiled[full]
+      return compiled, info | {"cached": True}
+    t0 = time.perf_counter()
+    options = self.st.compiler_options
+    compiled = fn.lower(*args).compile(compiler_options=options) if options else fn.lower(*args).compile()
+    info = {"compile_seconds": time.perf_counter() - t0, "cached": False} | runtime.compiled_cost(compiled)
+    self.compiled[full] = compiled, info
+    return compiled, info
+
+  def add(self, row: dict) -> dict:
+    self.rows.append(row)
+    self.named[row["name"]] = row
+    print(
+      f"{row['name']:<34} {row['windows_per_s']:10.1f} windows/s  {row['step_ms']:8.2f} ms/step  "
+      f"{row['flops_per_step'] / 1e9:8.3f} GFLOP/step  compile {row['compile_seconds']:5.1f} s",
+      flush=True,
+    )
+    return row
+
+
+def model_key(cfg) -> str:
+  """What a step's program depends on beyond its arguments' shapes: the model, its adapters, the look-back."""
+  spec = plan.model_spec(cfg)
+  return json.dumps(
+    [spec.backbone, spec.method, spec.sizes.to_dict(), spec.settings.to_dict(), spec.targets, spec.seq_len],
+    sort_keys=True,
+    default=str,
+  )
+
+
+def new_model(prob: Problem, stage: str, seed: int = 0) -> nnx.Module:
+  segments = 0 if stage == plan.PRETRAIN else prob.k
+  spec = plan.model_spec(prob.cfg)
+  return build(spec, channels=prob.channels, marks=prob.marks, pred_len=prob.s, segments=segments, rngs=nnx.Rngs(seed))
+
+
+@dataclasses.dataclass
+class Setup:
+  """One stage's train step and everything it is called with."""
+
+  step: object  # the jitted step (steps.make_train_step)
+  graphdef: object
+  state: dict  # donated by the step: never reuse after a call
+  frozen: object
+  active: tuple  # the step's (segment ids, active mask): every segment trains
+  windows: data.DeviceWindows  # the train split on the device
+  batch_size: int
+  segments: int
+  seed: int
+  key: tuple  # what the step closes over, for the compile cache (Context.aot)
+
+
+def train_setup(ctx: Context, prob: Problem, stage: str, *, forward="batched", dtype=None, share_dropout=None,
+                model=None, seed=0, groups=None) -> Setup:  # fmt: skip
+  """The stage's train step as fit builds it (recipe, schedule, split), on a fresh copy of `model`'s state."""
+  cfg = prob.cfg
+  recipe = cfg.pretrain if stage == plan.PRETRAIN else cfg.adapt
+  k = 1 if stage == plan.PRETRAIN else prob.k
+  src = data.window_source(prob.series, "train", cfg.data.seq_len, prob.s if stage == plan.PRETRAIN else prob.horizon)
+  model = model or ctx.model(prob, stage, seed)
+  per_epoch = data.num_train_batches(src, recipe.batch_size)
+  tx = steps.make_tx(steps.lr_schedule(recipe.lr, per_epoch, recipe.lr_decay))
+  graphdef, state, frozen = steps.init_state(model, stage, tx, jax.random.key_data(jax.random.key(seed)))
+  state = jax.tree.map(jnp.copy, state)  # the step donates it; the model keeps its own arrays
+  share = cfg.adapt.share_prefix_dropout if share_dropout is None else share_dropout
+  step = steps.make_train_step(
+    graphdef, tx, segments=k, share_prefix_dropout=share, forward=FORWARDS[forward], compute_dtype=dtype, groups=groups
+  )
+  key = ("train", model_key(cfg), stage, forward, dtype or "float32", share, k, recipe.lr, per_epoch, groups)
+  segs = steps.training_segments([True] * k)
+  return Setup(step, graphdef, state, frozen, segs, data.DeviceWindows(src), recipe.batch_size, k, seed, key)
+
+
+def fit_batches(windows: data.DeviceWindows, batch_size: int, seed: int):
+  """Training batches as fit makes them (gathered on the device from each epoch's window order), forever."""
+  for epoch in itertools.count(1):
+    for idx in data.train_order(windows, batch_size, seed=seed, epoch=epoch):
+      yield windows.take(idx)
+
+
+def make_scan(step, windows: data.DeviceWindows):
+  """chunk(state, frozen, starts [n, B], active) -> (state, losses [n]): n train steps in one jitted lax.scan over
+  the split held on the device, each batch gathered there by data.gather, the package's one window gather."""
+  values, marks, seq, pred = windows.values, windows.marks, windows.seq_len, windows.pred_len
+
+  def chunk(state, frozen, starts, active):
+    def body(st, idx):
+      return step(st, frozen, data.gather(values, marks, idx, seq_len=seq, pred_len=pred), active)
+
+    return jax.lax.scan(body, state, starts)
+
+  return jax.jit(chunk, donate_argnums=0)
+
+
+def compile_step(ctx: Context, setup: Setup):
+  """The setup's train step compiled ahead of time for its batches -> (executable, info)."""
+  first = next(fit_batches(setup.windows, setup.batch_size, setup.seed))
+  return ctx.aot(setup.step, setup.state, setup.frozen, first, setup.active, key=setup.key)
+
+
+def timed(run, state, inputs, *, windows_per_call: int, st: Settings, min_calls=None, warmup=None):
+  """Median throughput of `run(state, next(inputs)) -> (state, out)` over st.repeats timed repeats, after
+  st.warmup untimed calls and one more that sets how many calls a repeat makes. A repeat ends with one
+  block_until_ready; nothing inside it reads a value back. -> ({windows_per_s, call_seconds, calls_per_repeat,
+  repeat_seconds}, state)."""
+  for _ in range(st.warmup if warmup is None else warmup):
+    state, out = run(state, next(inputs))
+  jax.block_until_ready(state)
+  t0 = time.perf_counter()
+  state, out = run(state, next(inputs))
+  jax.block_until_ready((state, out))
+  one = time.perf_counter() - t0
+  lo = st.min_steps if min_calls is None else min_calls
+  calls = int(np.clip(math.ceil(st.repeat_seconds / max(one, 1e-9)), lo, max(lo, st.max_steps)))
+  seconds = []
+  for _ in range(st.repeats):
+    t0 = time.perf_counter()
+    for _ in range(calls):
+      state, out = run(state, next(inputs))
+    jax.block_until_ready((state, out))  # the only sync of a repeat
+    seconds.append(time.perf_counter() - t0)
+  per_call = statistics.median(seconds) / calls
+  info = {"windows_per_s": windows_per_call / per_call, "call_seconds": per_call, "calls_per_repeat": calls}
+  return info | {"repeat_seconds": seconds}, state
+
+
+def step_inputs(setup: Setup, mode: str):
+  """What a timed train step reads: `pipeline` fit's batches (new indices per step, gathered on the device),
+  `device` 8 batches already on the device, cycled."""
+  if mode == "pipeline":
+    return fit_batches(setup.windows, setup.batch_size, setup.seed)
+  if mode == "device":
+    order = data.train_order(setup.windows, setup.batch_size, seed=setup.seed, epoch=1)[:8]
+    return itertools.cycle([jax.block_until_ready(setup.windows.take(idx)) for idx in order])
+  raise ValueError(f"unknown mode {mode!r}")
+
+
+def measure_train(ctx: Context, prob: Problem, stage: str, *, mode="pipeline", forward="batched", dtype=None,
+                  share_dropout=None, name="", groups=None) -> dict:  # fmt: skip
+  """Compile and time one stage's train step in one mode and variant -> a row (added to the context)."""
+  setup = train_setup(ctx, prob, stage, forward=forward, dtype=dtype, share_dropout=share_dropout, groups=groups)
+  b, frozen, active = setup.batch_size, setup.frozen, setup.active
+  compiled, info = compile_step(ctx, setup)
+  flops, per_call = info["flops_per_call"], 1  # XLA counts a loop body once: a scan's FLOPs per step are these
+  if mode == "scan":
+    starts = data.train_order(setup.windows, b, seed=setup.seed, epoch=1)
+    starts = jax.device_put(starts[: ctx.st.max_steps] if ctx.st.tiny else starts)
+    per_call = len(starts)
+    scan = make_scan(setup.step, setup.windows)
+    compiled, info = ctx.aot(scan, setup.state, frozen, starts, active, key=setup.key + ("scan", setup.windows.size))
+    run, inputs = (lambda state, _: compiled(state, frozen, starts, active)), itertools.repeat(None)
+  else:
+    run, inputs = (lambda state, batch: compiled(state, frozen, batch, active)), step_inputs(setup, mode)
+  scan = mode == "scan"  # a call is a whole epoch: its calibration call is warm-up enough
+  timing, _ = timed(run, setup.state, inputs, windows_per_call=b * per_call, st=ctx.st, min_calls=1 if scan else None,
+                    warmup=0 if scan else None)  # fmt: skip
+  step_seconds = timing["call_seconds"] / per_call
+  variant = forward + ("" if dtype in (None, "float32") else f"_{dtype}") + ("_shared_dropout" if share_dropout else "")
+  return ctx.add({
+    "name": name or f"stage{1 if stage == plan.PRETRAIN else 2}_{forward}_{mode}", "stage": stage,
+    "variant": variant, "mode": mode, **prob.shape(), "K": setup.segments, "batch_size": b,
+    "windows_per_s": timing["windows_per_s"], "step_ms": 1e3 * step_seconds, "flops_per_step": flops,
+    "gflop_per_s": flops / step_seconds / 1e9, "bytes_per_device": info["bytes_per_device"],
+    "temp_bytes": info["temp_bytes"], "compile_seconds": info["compile_seconds"], "compile_cached": info["cached"],
+    "steps_per_repeat": timing["calls_per_repeat"] * per_call,
+    "steps_per_epoch": data.num_train_batches(setup.windows, b),
+  })  # fmt: skip
+
+
+def randomise_adapters(model: nnx.Module, seed: int = 0) -> None:
+  """Give every adapter parameter a random value (B = 0 at init would make all segments trivially equal)."""
+  rng = np.random.default_rng(seed)  # host noise: nothing to compile
+  noise = lambda x: jnp.asarray(np.asarray(x) + 0.05 * rng.standard_normal(x.shape).astype(x.dtype))
+  nnx.update(model, jax.tree.map(noise, nnx.state(model, nnx.LoRAParam)))
+
+
+def measure_eval(ctx: Context, prob: Problem, model: nnx.Module, *, stage: str, forward="batched", dtype=None,
+                 repeats=None) -> dict:  # fmt: skip
+  """Compile the eval step, then time evaluation.evaluate over the whole test split (every window, padded last
+  batch) -> {seconds, windows_per_s, compile_seconds, flops_per_batch, mse, per_step_mse}."""
+  cfg, k = prob.cfg, 1 if stage == plan.PRETRAIN else prob.k
+  src = data.window_source(prob.series, "test", cfg.data.seq_len, prob.s if stage == plan.PRETRAIN else prob.horizon)
+  graphdef, states = steps.eval_states(model, stage)
+  step = steps.make_eval_step(graphdef, segments=k, forward=FORWARDS[forward], compute_dtype=dtype)
+  windows, size = data.DeviceWindows(src), cfg.data.eval_batch_size
+  first = windows.take(*(part[0] for part in data.eval_order(src, size)))
+  key = ("eval", model_key(cfg), stage, forward, dtype or "float32", k)
+  compiled, info = ctx.aot(step, steps.empty_acc(src.pred_len), states, first, key=key)
+  run = lambda: evaluation.evaluate(compiled, states, windows, size, k)
+  result, seconds = run(), []  # the first: warm-up
+  for _ in range(repeats or ctx.st.repeats):
+    t0 = time.perf_counter()
+    run()  # ends with one host read of the sums
+    seconds.append(time.perf_counter() - t0)
+  sec = statistics.median(seconds)
+  return {
+    "seconds": sec, "windows_per_s": result["windows"] / sec, "windows": result["windows"],
+    "batches": data.num_eval_batches(src, size), "compile_seconds": info["compile_seconds"],
+    "flops_per_batch": info["flops_per_call"], "mse": result["mse"], "per_step_mse": result["per_step_mse"],
+  }  # fmt: skip

@@ -1,0 +1,265 @@
+"""The evidence in one command: horizons x methods x seeds, S chosen on validation, a table with 95% CIs.
+
+    python -m mola_jax.lab.reproduce --config etth1 --workdir runs/repro_etth1
+    python -m mola_jax.lab.reproduce --config etth1 --workdir DIR \
+        --study.horizons='(96,)' --study.methods='("mtf","mola")' --study.num_seeds=1
+
+Layout of DIR (every cell is an ordinary training workdir, so every tool that reads one works here too):
+  pretrain/S{S}-seed{seed}/        one stage-1 model per (S, seed), shared by every method at every horizon
+  cells/{method}-T{T}-S{S}-seed{seed}/   stage 2 (or mtf) runs; results.json marks a finished cell
+  config.json, study.json          the run config and the study's settings
+  selection.csv                    validation MSE of each S option (first seed) and the S chosen
+  table.csv, table.md              the result table; per_step_T{T}.png, windows_T{T}.png
+
+Runs of stage 1 and mtf do not depend on the stage-2 recipe: with --study.reuse_from=OTHER_STUDY those that
+OTHER_STUDY finished with the same data, model, pretrain recipe and seed are used from there, and so is any
+stage-2 run it finished with the very same config.
+
+Segment length: for each (method, horizon) every option is trained with the first seed and the one with the
+lower validation MSE is kept; the other seeds run the chosen S only. The test split never influences it. The
+options are the config's segment_options, and with --study.segment_options=auto also whole multiples of the
+series' dominant period, detected on the training split (lab/periods.py; periods.json). Rerunning the command
+skips finished cells and redoes unfinished ones from scratch. On several processes (jax.distributed) every cell
+trains on all of them and process 0 writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import time
+
+import ml_collections
+import numpy as np
+from ml_collections import config_dict
+
+from mola_jax import data, plan, sharding
+from mola_jax import workdir as workdir_lib
+from mola_jax.errors import ConfigError
+from mola_jax.lab import periods, study
+from mola_jax.lab.stats import ci95
+from mola_jax.models.techniques import TECHNIQUES
+
+
+def defaults() -> ml_collections.ConfigDict:
+  s = ml_collections.ConfigDict()
+  s.horizons = config_dict.placeholder(tuple)  # unset: every horizon the config has segment options for
+  s.methods = ("mtf", "lora", "mola")
+  s.num_seeds = 3  # seeds cfg.seed, cfg.seed + 1, ...
+  # Another study's workdir whose finished runs (stage 1, mtf, stage 2) are reused when they are the same runs.
+  s.reuse_from = config_dict.placeholder(str)
+  # The segment lengths each horizon tries (chosen on validation): "auto", the config's segment_options plus up
+  # to two whole multiples of the series' dominant period found on the training split (lab/periods.py), with
+  # at most max_segments segments; "config", the config's options alone (the paper's). auto is the default
+  # because on ETTh1 it was no worse at any horizon and better on average (docs/results.md §11); where the data
+  # has no usable period it proposes nothing new.
+  s.segment_options = "auto"
+  s.max_segments = 8
+  return s
+
+
+@dataclasses.dataclass
+class Book:
+  """What the study has found so far."""
+
+  results: dict = dataclasses.field(default_factory=dict)  # (method, T, S, seed) -> results.json
+  dirs: dict = dataclasses.field(default_factory=dict)  # (method, T, S, seed) -> the run's workdir
+  chosen: dict = dataclasses.field(default_factory=dict)  # (method, T) -> S
+  selection: list = dataclasses.field(default_factory=list)  # rows of selection.csv
+
+
+def horizons_of(cfg, settings) -> list[int]:
+  if settings.horizons is not None:
+    return [int(h) for h in settings.horizons]
+  return sorted(int(h) for h in cfg.segment_options)
+
+
+def segment_options(cfg, method: str, horizon: int, found, max_segments: int) -> tuple[int, ...]:
+  """The S options of a cell: T for mtf; cfg.segment_len if set; else the config's options for T, and with
+  detected periods `found` (segment_options="auto") whole multiples of them (periods.candidates)."""
+  if not TECHNIQUES[method].two_stage:
+    return (horizon,)
+  if cfg.segment_len is not None:
+    return (cfg.segment_len,)
+  options = tuple(cfg.segment_options.get(str(horizon), ()))
+  if not options:
+    raise ConfigError(f"no segment_options for horizon {horizon}; add them to the config")
+  if found is None:
+    return options
+  return periods.candidates(horizon, found, paper=options, max_segments=max_segments)
+
+
+def detect_periods(cfg, settings, horizons: list[int], workdir: pathlib.Path) -> list[int] | None:
+  """segment_options="auto": the dominant periods of the training split (written to periods.json); else None."""
+  if settings.segment_options not in ("config", "auto"):
+    raise ConfigError(f"unknown study.segment_options {settings.segment_options!r}; use config or auto")
+  if settings.segment_options == "config":
+    return None
+  series = data.load_series(cfg.data)
+  train = series.values[slice(*series.borders["train"])]  # the training split only: nothing of val or test
+  found = periods.dominant_periods(train, max_period=max(horizons) // 2)
+  if sharding.is_lead():
+    workdir_lib.write_json(workdir / "periods.json", {"periods": found, "rows": len(train)})
+  print(f"[reproduce] periods of the training split: {found or 'none'}", flush=True)
+  return found
+
+
+def run_cell(cfg, settings, workdir: pathlib.Path, method: str, horizon: int, s: int, seed: int) -> tuple:
+  """One cell (its stage-1 model first, for a two-stage method) -> (results, its workdir)."""
+  rel = f"cells/{method}-T{horizon}-S{s}-seed{seed}"
+  if not TECHNIQUES[method].two_stage:
+    cell = study.cell_cfg(cfg, method=method, horizon=horizon, segment_len=None, seed=seed, stage="all")
+    cell_dir = study.locate(settings.reuse_from, cell, workdir, rel)
+    return study.run_once(cell, cell_dir), cell_dir
+  # Stage 1 is the backbone alone, whatever the method: one run (made as mola's) serves every method.
+  pre = study.cell_cfg(cfg, method="mola", horizon=s, segment_len=s, seed=seed, stage="pretrain")
+  stage1 = study.locate(settings.reuse_from, pre, workdir, f"pretrain/S{s}-seed{seed}")
+  study.run_once(pre, stage1)
+  cell = study.cell_cfg(
+    cfg, method=method, horizon=horizon, segment_len=s, seed=seed, stage="adapt", init_from=str(stage1)
+  )
+  cell_dir = study.locate(settings.reuse_from, cell, workdir, rel, identity=study.run_identity)
+  return study.run_once(cell, cell_dir), cell_dir
+
+
+def run(cfg, settings, workdir) -> list[dict]:
+  """Run every missing cell and write the table, the selection and the plots. Returns the table rows."""
+  workdir = pathlib.Path(workdir)
+  seeds = [cfg.seed + i for i in range(settings.num_seeds)]
+  horizons, methods = horizons_of(cfg, settings), list(settings.methods)
+  for method in methods:  # fail on a bad request before hours of work, not after
+    plan.make(study.cell_cfg(cfg, method=method, horizon=horizons[0]))
+  study.save_settings(workdir, cfg, settings)
+  found = detect_periods(cfg, settings, horizons, workdir)
+  book, t0 = Book(), time.perf_counter()
+  cells = [(seed, h, m) for seed in seeds for h in horizons for m in methods]
+  for i, (seed, horizon, method) in enumerate(cells, 1):
+    options = segment_options(cfg, method, horizon, found, settings.max_segments)
+    options = (book.chosen[(method, horizon)],) if seed != seeds[0] else options
+    for s in options:
+      elapsed = time.perf_counter() - t0
+      print(f"[reproduce {i}/{len(cells)}] {method} T={horizon} S={s} seed={seed} ({elapsed:.0f}s elapsed)", flush=True)
+      key = (method, horizon, s, seed)
+      book.results[key], book.dirs[key] = run_cell(cfg, settings, workdir, method, horizon, s, seed)
+    if seed == seeds[0]:
+      choose(book, method, horizon, options, seed)
+  rows = table_rows(cfg, book, seeds, horizons, methods)
+  write(workdir, book, rows, seeds, horizons, methods)
+  print(table_markdown(rows))
+  return rows
+
+
+def choose(book: Book, method: str, horizon: int, options, seed: int) -> None:
+  """The option with the lower validation MSE of the first seed, and its selection.csv rows."""
+  vals = {s: book.results[(method, horizon, s, seed)]["val_mse"] for s in options}
+  book.chosen[(method, horizon)] = min(vals, key=vals.get)
+  for s in options:
+    book.selection.append({
+      "method": method, "horizon": horizon, "segment_len": s, "seed": seed, "val_mse": vals[s],
+      "test_mse": book.results[(method, horizon, s, seed)]["test_mse"], "chosen": s == book.chosen[(method, horizon)],
+    })  # fmt: skip
+
+
+def write(workdir: pathlib.Path, book: Book, rows: list[dict], seeds, horizons, methods) -> None:
+  lead = sharding.is_lead()
+  if lead:
+    study.write_csv(workdir / "selection.csv", book.selection)
+    study.write_csv(workdir / "table.csv", rows)
+    workdir_lib.write_text(workdir / "table.md", table_markdown(rows))
+  # Every process: the plots load runs, and a restore on several processes is a collective. Process 0 saves.
+  plot(workdir, book, seeds, horizons, methods, save=lead)
+
+
+def table_rows(cfg, book: Book, seeds, horizons, methods) -> list[dict]:
+  rows = []
+  for horizon in horizons:
+    block = []
+    for method in methods:
+      s = book.chosen[(method, horizon)]
+      runs = [book.results[(method, horizon, s, seed)] for seed in seeds]
+      mse, mae = [r["test_mse"] for r in runs], [r["test_mae"] for r in runs]
+      block.append({
+        "dataset": runs[0]["dataset"], "backbone": cfg.backbone, "method": method, "horizon": horizon,
+        "segment_len": s, "seeds": len(seeds), "test_mse_mean": float(np.mean(mse)), "test_mse_ci95": ci95(mse),
+        "test_mae_mean": float(np.mean(mae)), "test_mae_ci95": ci95(mae), "winner": False,
+      })  # fmt: skip
+    min(block, key=lambda r: r["test_mse_mean"])["winner"] = True
+    rows += block
+  return rows
+
+
+def table_markdown(rows: list[dict]) -> str:
+  lines = [
+    "| dataset | backbone | method | T | S | seeds | test MSE (±95% CI) | test MAE (±95% CI) |",
+    "|---|---|---|---|---|---|---|---|",
+  ]
+  for r in rows:
+    mse = f"{r['test_mse_mean']:.4f} ± {r['test_mse_ci95']:.4f}"
+    mae = f"{r['test_mae_mean']:.4f} ± {r['test_mae_ci95']:.4f}"
+    mse = f"**{mse}**" if r["winner"] else mse
+    lines.append(
+      f"| {r['dataset']} | {r['backbone']} | {r['method']} | {r['horizon']} | {r['segment_len']} | "
+      f"{r['seeds']} | {mse} | {mae} |"
+    )
+  return "\n".join(lines) + "\n\nBold: the lowest mean test MSE at that horizon.\n"
+
+
+def plot(workdir: pathlib.Path, book: Book, seeds, horizons, methods, save: bool = True) -> None:
+  """Per-step test MSE (mean over seeds) of every method, and a few test windows of the target channel; written
+  if `save`."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  for horizon in horizons:
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for method in methods:
+      s = book.chosen[(method, horizon)]
+      curve = np.mean([book.results[(method, horizon, s, seed)]["per_step_test_mse"] for seed in seeds], axis=0)
+      ax.plot(np.arange(1, horizon + 1), curve, label=f"{method} (S={s})" if TECHNIQUES[method].two_stage else method)
+    ax.set(xlabel="forecast step", ylabel="test MSE", title=f"Test MSE per forecast step, T={horizon}")
+    ax.legend()
+    fig.tight_layout()
+    if save:
+      workdir_lib.save_figure(fig, workdir / f"per_step_T{horizon}.png", dpi=120)
+    plt.close(fig)
+    runs = {m: book.dirs[(m, horizon, book.chosen[(m, horizon)], seeds[0])] for m in methods}
+    plot_windows(workdir / f"windows_T{horizon}.png", runs, horizon, save)
+
+
+def plot_windows(path: pathlib.Path, run_dirs: dict, horizon: int, save: bool) -> None:
+  """Three test windows of the target channel: history, truth and every method's forecast."""
+  import matplotlib.pyplot as plt
+
+  from mola_jax.inference import load_run
+
+  runs = {m: load_run(d) for m, d in run_dirs.items()}
+  first = next(iter(runs.values()))
+  series = data.load_series(first.cfg.data)
+  src = data.window_source(series, "test", first.cfg.data.seq_len, horizon)
+  picks = np.linspace(0, len(src) - 1, 3).astype(int)
+  batch = data.host_batch(src, picks)
+  fig, axes = plt.subplots(len(picks), 1, figsize=(8, 2.6 * len(picks)), squeeze=False)
+  ch, seq_len = -1, batch["x"].shape[1]  # the target channel (OT), last by construction
+  future = np.arange(seq_len, seq_len + horizon)
+  for row, ax in enumerate(axes[:, 0]):
+    ax.plot(np.arange(seq_len), batch["x"][row, :, ch], color="gray", lw=1, label="history")
+    ax.plot(future, batch["y"][row, :, ch], color="black", lw=1.2, label="truth")
+    for method, run_ in runs.items():
+      ax.plot(future, run_.forecast(batch)[row, :, ch], lw=1, label=method)
+    ax.set_title(f"test window {picks[row]}, channel {series.columns[ch]} (standardised)", fontsize=9)
+  fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="upper center", ncol=len(runs) + 2, fontsize=8)
+  fig.tight_layout(rect=(0, 0, 1, 0.96))
+  if save:
+    workdir_lib.save_figure(fig, path, dpi=110)
+  plt.close(fig)
+
+
+def command() -> None:
+  """`mola-reproduce` / `python -m mola_jax.lab.reproduce`."""
+  study.command(run, defaults(), "Directory of the whole study")
+
+
+if __name__ == "__main__":
+  command()
