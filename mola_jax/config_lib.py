@@ -121,7 +121,11 @@ def default() -> ml_collections.ConfigDict:
   cfg.intervals = (0.8, 0.95)
   cfg.tensorboard = True  # TensorBoard summaries in <workdir>/tb beside metrics.jsonl
   cfg.profile_steps = 0  # N > 0: a jax.profiler trace of N steady-state train steps per stage in <workdir>/profile
-  cfg.log_every = 50  # steps between progress-bar updates (each one reads a loss back from the device)
+  # Train steps per program call: an epoch runs on the device in chunks of this many steps, each one jitted lax.scan
+  # (mola_jax/fit.py); the host dispatches, reads losses and may save a resume point only between chunks. Speed
+  # only (the same steps, to float rounding); 1 = a dispatch per step. 128: the host's share of a step under an
+  # 8-device mesh is then 0.14 ms (docs/performance.md), and an ETTh1 epoch is 3 calls.
+  cfg.chunk_steps = 128
 
   # Device mesh and sharding (mola_jax/sharding.py; recipes in launch/README.md).
   cfg.mesh = ml_collections.ConfigDict()
@@ -151,6 +155,7 @@ def default() -> ml_collections.ConfigDict:
 _MOVED_TO_ADAPT = ("targets", "share_prefix_dropout", "official_init")
 _TECHNIQUE_NAMES = {"fourier_n": "n", "fourier_scale": "scale", "adapter_dim": "dim"}
 _STUDY_KEYS = ("bench", "reproduce", "sweep")  # the studies' settings, now their own (mola_jax/lab)
+_DROPPED = _STUDY_KEYS + ("log_every",)  # log_every: the progress bar now moves at chunk ends
 
 
 def upgrade(saved: dict) -> dict:
@@ -158,7 +163,7 @@ def upgrade(saved: dict) -> dict:
   `technique.<method>.*`; the studies' keys dropped. The one place an old config is brought up to date (loading a
   run, comparing configs for resume and reuse); a config of today's keys comes back unchanged."""
   out = copy.deepcopy(saved)
-  for key in _STUDY_KEYS:
+  for key in _DROPPED:
     out.pop(key, None)
   old = out.pop("mola", None)
   if old is None:
@@ -252,6 +257,8 @@ def validate(cfg) -> None:
   s = segment_len(cfg)
   if s <= 0 or cfg.horizon % s:
     raise ConfigError(f"horizon {cfg.horizon} is not divisible by segment_len {s}; pick S with horizon % S == 0")
+  if cfg.chunk_steps < 1:
+    raise ConfigError(f"chunk_steps must be at least 1, got {cfg.chunk_steps}")
   if cfg.data.val_protocol not in ("full", "official"):
     raise ConfigError(f"unknown data.val_protocol {cfg.data.val_protocol!r}; use full or official")
   if cfg.data.features != "M":

@@ -41,8 +41,7 @@ SCALE_FLOOR = 0.05  # standardised units: a flat look-back (a constant channel) 
 
 
 def summarise(acc: dict, segments: int, channels: int) -> dict:
-  """Device sums from the eval step -> metrics; one host read. Global element means (docs/protocol.md §7)."""
-  acc = sharding.fetch(acc)
+  """One run's sums (host numpy: "sq", "abs" [T], "count") -> metrics. Global element means (docs/protocol.md §7)."""
   n = int(acc["count"])
   per_step = acc["sq"] / (n * channels)  # [T]
   return {
@@ -54,47 +53,68 @@ def summarise(acc: dict, segments: int, channels: int) -> dict:
   }
 
 
-def evaluate(eval_step, states, windows: data.DeviceWindows, batch_size: int, segments: int) -> dict:
-  """Every window of a split once, in order (the last batch padded and masked)."""
-  acc = steps.empty_acc(windows.pred_len)
-  for idx, mask in zip(*data.eval_order(windows, batch_size), strict=True):
-    acc = eval_step(acc, states, windows.take(idx, mask))
-  return summarise(acc, segments, windows.values.shape[-1])
+def batch_sums(program, states, windows: data.DeviceWindows, idx: np.ndarray, mask: np.ndarray) -> dict:
+  """The eval chunk `program` (steps.make_eval_chunk) over batches idx, mask [R, n, B], EVAL_CHUNK at a time ->
+  per-batch sums on the device {"sq": [n, R, T], "abs": [n, R, T], "count": [n, R]}."""
+  r, n, b = idx.shape
+  e = steps.EVAL_CHUNK
+  calls = -(-n // e)
+  pad = lambda a: np.concatenate([a, np.zeros((r, calls * e - n, b), a.dtype)], axis=1)
+  idx, mask = pad(idx), pad(mask)
+  series = (windows.values, windows.marks)
+  parts = []
+  for c in range(calls):
+    cut = slice(c * e, (c + 1) * e)
+    valid = np.arange(c * e, (c + 1) * e) < n
+    parts.append(program(states, series, *sharding.replicate((idx[:, cut], mask[:, cut], valid))))
+  return jax.tree.map(lambda *xs: jnp.concatenate(xs)[:n], *parts)
 
 
-def evaluate_official(
-  eval_step, states, windows: data.DeviceWindows, batch_size: int, segments: int, *, seed: int, epoch: int
-) -> dict:
-  """The official code's validation score (data.val_protocol="official"): shuffled batches of `batch_size` drawn
-  by (seed, epoch), the incomplete last batch dropped, and each number the mean over batches of the batch's own
-  mean (per step, so per segment too). Batch means are summed on the device: one host read, as `evaluate`."""
-  order = data.val_order(windows, batch_size, seed=seed, epoch=epoch)  # [n, B]
-  mask = np.ones(batch_size, bool)
-  sums = None  # {"sq", "abs"}: [T] sums of the batches' per-step means
-  for idx in order:
-    acc = eval_step(steps.empty_acc(windows.pred_len), states, windows.take(idx, mask))
-    means = {k: acc[k] / acc["count"] for k in ("sq", "abs")}  # this batch's per-step sums / its windows
-    sums = means if sums is None else jax.tree.map(jnp.add, sums, means)
-  # As device sums of `len(order)` "windows", each holding one batch's means: summarise divides by that count.
-  return summarise(sums | {"count": len(order)}, segments, windows.values.shape[-1]) | {"windows": order.size}
+def evaluate(program, states, windows: data.DeviceWindows, batch_size: int, segments: int, runs: int = 1) -> list:
+  """Every window of a split once, in order (the last batch padded and masked), for each of `runs` runs stacked in
+  `states` -> their metrics. One host read."""
+  idx, mask = data.eval_order(windows, batch_size)  # [n, B]
+  sums = batch_sums(program, states, windows, np.stack([idx] * runs), np.stack([mask] * runs))
+  total = sharding.fetch(jax.tree.map(lambda x: x.sum(axis=0), sums))  # [R, T], [R]
+  channels = windows.values.shape[-1]
+  return [summarise(steps.unstack(total, i), segments, channels) for i in range(runs)]
 
 
-def validate(eval_step, states, windows, evaluation: Evaluation, segments: int, *, batch_size: int, epoch: int):
-  """The validation score that early stopping and selection read, under `evaluation.protocol`: "full" (every
-  window in order, one global mean: `evaluate`) or "official" (`evaluate_official` with the stage's training
-  batch size). The test pass always uses `evaluate`."""
-  if evaluation.protocol == "official":
-    return evaluate_official(eval_step, states, windows, batch_size, segments, seed=evaluation.seed, epoch=epoch)
-  return evaluate(eval_step, states, windows, evaluation.batch_size, segments)
+def evaluate_official(program, states, windows, batch_size: int, segments: int, *, seeds, epoch: int) -> list:
+  """The official code's validation score (data.val_protocol="official") of each run (its own seed): shuffled
+  batches of `batch_size` drawn by (seed, epoch), the incomplete last batch dropped, and each number the mean over
+  batches of the batch's own mean (per step, so per segment too). One host read, as `evaluate`."""
+  idx = np.stack([data.val_order(windows, batch_size, seed=seed, epoch=epoch) for seed in seeds])  # [R, n, B]
+  sums = batch_sums(program, states, windows, idx, np.ones(idx.shape, bool))
+  means = {k: (sums[k] / sums["count"][..., None]).sum(axis=0) for k in ("sq", "abs")}  # [R, T]: sum of means
+  means = sharding.fetch(means)
+  n, channels = idx.shape[1], windows.values.shape[-1]
+  # As sums of `n` "windows", each holding one batch's means: summarise divides by that count.
+  return [
+    summarise({"sq": means["sq"][i], "abs": means["abs"][i], "count": n}, segments, channels)
+    | {"windows": n * batch_size}
+    for i in range(len(seeds))
+  ]
+
+
+def validate(program, states, windows, evaluations, segments: int, *, batch_size: int, epoch: int) -> list:
+  """The validation score of each run (evaluations: their settings) that early stopping and selection read,
+  under the protocol: "full" (every window in order, one global mean: `evaluate`) or "official"
+  (`evaluate_official` with the stage's training batch size). The test pass always uses `evaluate`."""
+  if evaluations[0].protocol == "official":
+    seeds = [ev.seed for ev in evaluations]
+    return evaluate_official(program, states, windows, batch_size, segments, seeds=seeds, epoch=epoch)
+  return evaluate(program, states, windows, evaluations[0].batch_size, segments, runs=len(evaluations))
 
 
 def evaluate_split(model: nnx.Module, stage: plan.Stage, *, series, evaluation: Evaluation, split="test") -> dict:
   """One pass over every window of `split`, in order: the test split once, after training (never used for
-  selection). The eval step is the one validation used (make_eval_step is cached), so nothing compiles again."""
+  selection). The eval program is the one validation used (make_eval_chunk is cached), so nothing compiles again."""
   graphdef, states = steps.eval_states(model, stage.name)
   windows = data.DeviceWindows(data.window_source(series, split, evaluation.seq_len, stage.window))
-  step = steps.make_eval_step(graphdef, segments=stage.segments, compute_dtype=evaluation.compute_dtype)
-  return evaluate(step, states, windows, evaluation.batch_size, stage.segments)
+  program = steps.make_eval_chunk(graphdef, segments=stage.segments, seq_len=windows.seq_len,
+                                  pred_len=windows.pred_len, compute_dtype=evaluation.compute_dtype)  # fmt: skip
+  return evaluate(program, steps.stack([states]), windows, evaluation.batch_size, stage.segments)[0]
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ class Loop:
 
   seed: int
   compute_dtype: str  # cfg.compute_dtype: "float32", or "bfloat16" on float32 master weights
-  log_every: int  # steps between progress-bar updates
+  chunk_steps: int  # train steps per program call (a lax.scan on the device)
   checkpoint_every_seconds: float
   checkpoint_every_steps: int  # 0: by time only
   profile_steps: int  # N > 0: a profiler trace of N steady-state steps per stage
@@ -115,7 +115,7 @@ def loop(cfg) -> Loop:
   return Loop(
     seed=cfg.seed,
     compute_dtype=cfg.compute_dtype,
-    log_every=cfg.log_every,
+    chunk_steps=cfg.chunk_steps,
     checkpoint_every_seconds=cfg.checkpoint_every_seconds,
     checkpoint_every_steps=cfg.checkpoint_every_steps,
     profile_steps=cfg.profile_steps,

@@ -96,7 +96,8 @@ def compiled_cost(compiled) -> dict:
 class StepProfiler:
   """A jax.profiler trace of `steps` steady-state train steps into `directory` (`--config.profile_steps=N`): it
   starts after `skip` steps of the stage (the compile and the first dispatches are not steady state) and stops N
-  steps later, or at the end of the epoch. Open it with TensorBoard's profile plugin or Perfetto (README)."""
+  steps later, or at the end of the epoch; called at chunk ends, so it traces whole chunks. Open it with
+  TensorBoard's profile plugin or Perfetto (README)."""
 
   def __init__(self, directory, steps: int, skip: int = 5):
     self.directory, self.steps, self.skip, self.tracing = directory, steps, skip, False
@@ -105,7 +106,7 @@ class StepProfiler:
     """Call after each train step with the stage's step count (1-based) and the step's outputs."""
     if self.steps <= 0:
       return
-    if step == self.skip and not self.tracing:
+    if step >= self.skip and not self.tracing:
       jax.block_until_ready(out)
       jax.profiler.start_trace(str(self.directory))
       self.tracing = True

@@ -178,14 +178,17 @@ class Layout:
   def sharding(self, names, shape, *, even: bool = True) -> NamedSharding:
     return NamedSharding(self.mesh, self.spec(names, shape, even=even))
 
-  def state_shardings(self, tree):
+  def state_shardings(self, tree, lead: int = 0):
     """A NamedSharding for every array of `tree` (params, optimizer state, stats, keys; concrete or
     jax.ShapeDtypeStruct): a Variable's from its `logical_axes`, anything else replicated. Optimizer moments
-    are Variables that carry their parameter's metadata, so they follow their parameter."""
+    are Variables that carry their parameter's metadata, so they follow their parameter. `lead`: leading axes the
+    metadata does not name (the run axis of runs stacked side by side), replicated."""
 
     def one(x):
       if isinstance(x, nnx.Variable):
-        return x.replace(self.sharding(x.get_metadata().get("logical_axes"), x.shape))
+        names = x.get_metadata().get("logical_axes")
+        names = (None,) * lead + tuple(names) if names and lead else names
+        return x.replace(self.sharding(names, x.shape))
       return self.sharding(None, np.shape(x))
 
     return jax.tree.map(one, tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
@@ -273,10 +276,11 @@ def place_model(model: nnx.Module) -> None:
     nnx.update(model, jax.tree.map(_put, state, layout.state_shardings(state)))
 
 
-def abstract(tree, layout: Layout):
-  """`tree` as jax.ShapeDtypeStructs with the layout's shardings: an orbax restore target or an AOT input."""
+def abstract(tree, layout: Layout, lead: int = 0):
+  """`tree` as jax.ShapeDtypeStructs with the layout's shardings (`lead` unnamed leading axes): an orbax restore
+  target or an AOT input."""
   return jax.tree.map(
-    lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s), tree, layout.state_shardings(tree)
+    lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s), tree, layout.state_shardings(tree, lead)
   )
 
 
@@ -303,21 +307,22 @@ def global_batch(batch: dict, layout: Layout) -> dict:
 
 
 class ShardedStep:
-  """`fn` jitted with in/out shardings from the layout: argument `batch_argnum` by the batch rule, every other
-  argument (and every output) by `state_shardings`. The shardings are derived from the first arguments of
-  each structure; every call places its arguments first (a no-op for arrays already placed, a transfer for
-  host arrays)."""
+  """`fn` jitted with in/out shardings from the layout: argument `batch_argnum` (if any) by the batch rule, every
+  other argument (and every output) by `state_shardings` (`lead` axes unnamed, e.g. a run axis). The shardings
+  and the jitted function are made once per argument signature (one flatten of the arguments and their shapes);
+  a call passes device arrays as they are (a step's outputs already have its shardings) and places only host
+  arrays, so a step costs the host a dictionary lookup, not a placement per leaf."""
 
-  def __init__(self, fn, layout: Layout, *, batch_argnum: int, donate_argnums=()):
+  def __init__(self, fn, layout: Layout, *, batch_argnum: int | None, donate_argnums=(), lead: int = 0):
     self.fn, self.layout, self.batch_argnum, self.donate_argnums = fn, layout, batch_argnum, donate_argnums
-    self._cache: dict = {}
+    self.lead, self._cache = lead, {}
 
   def shardings(self, *args):
     ins = tuple(
-      self.layout.batch_shardings(a) if i == self.batch_argnum else self.layout.state_shardings(a)
+      self.layout.batch_shardings(a) if i == self.batch_argnum else self.layout.state_shardings(a, self.lead)
       for i, a in enumerate(args)
     )
-    outs = self.layout.state_shardings(jax.eval_shape(self._traced, *args))
+    outs = self.layout.state_shardings(jax.eval_shape(self._traced, *args), self.lead)
     return ins, outs
 
   def _traced(self, *args):
@@ -328,41 +333,52 @@ class ShardedStep:
       _LAYOUT.reset(token)
 
   def _jitted(self, args):
-    key = tuple((jax.tree.structure(a), tuple((np.shape(x), str(x.dtype)) for x in jax.tree.leaves(a))) for a in args)
+    leaves, tree = jax.tree.flatten(args)
+    key = (tree, tuple((np.shape(x), str(getattr(x, "dtype", None) or np.result_type(x))) for x in leaves))
     if key not in self._cache:
       ins, outs = self.shardings(*args)
-      self._cache[key] = (
-        jax.jit(self._traced, in_shardings=ins, out_shardings=outs, donate_argnums=self.donate_argnums),
-        ins,
-      )
-    return self._cache[key]
-
-  def _prepare(self, args):
-    args = list(args)
-    if isinstance(args[self.batch_argnum], dict):
-      args[self.batch_argnum] = global_batch(args[self.batch_argnum], self.layout)
-    jitted, ins = self._jitted(args)
-    return jitted, tuple(jax.tree.map(_put, a, s) for a, s in zip(args, ins, strict=True))
+      jitted = jax.jit(self._traced, in_shardings=ins, out_shardings=outs, donate_argnums=self.donate_argnums)
+      self._cache[key] = jitted, ins
+    return (*self._cache[key], leaves)
 
   def place(self, *args) -> tuple:
     """The arguments as the compiled step wants them (global arrays with the step's in_shardings)."""
-    return self._prepare(args)[1]
+    args = list(args)
+    if self.batch_argnum is not None and isinstance(args[self.batch_argnum], dict):
+      args[self.batch_argnum] = global_batch(args[self.batch_argnum], self.layout)
+    ins = self._jitted(args)[1]
+    return tuple(jax.tree.map(_put, a, s) for a, s in zip(args, ins, strict=True))
 
   def lower(self, *args):
     """AOT: lower on placed arrays or on jax.ShapeDtypeStructs (see `abstract`)."""
     return self._jitted(list(args))[0].lower(*args)
 
+  def bind(self, *args):
+    """The jitted program of these arguments' signature, shardings fixed: called again with placed arguments of
+    that signature, it costs the host jax's own dispatch and none of this wrapper's work (fit binds its chunk
+    program once per stage and segment bucket)."""
+    return self._jitted(args)[0]
+
   def __call__(self, *args):
-    jitted, args = self._prepare(args)
+    jitted, _, leaves = self._jitted(args)
+    if not all(isinstance(x, jax.Array) for x in leaves):  # host arrays: place them (rare)
+      args = self.place(*args)
     return jitted(*args)
+
+  def _cache_size(self) -> int:
+    return sum(jitted._cache_size() for jitted, _ in self._cache.values())
 
 
 def replicate(tree):
-  """Host arrays -> device arrays, replicated on every device of the active mesh (None leaves stay None)."""
+  """Host arrays -> device arrays, replicated on every device of the active mesh (None leaves stay None); one
+  transfer for the whole tree where every device is this process's."""
   layout = current()
   if layout is None:
     return jax.device_put(tree)
-  return jax.tree.map(lambda x: _put(x, NamedSharding(layout.mesh, P())), tree)
+  everywhere = NamedSharding(layout.mesh, P())
+  if everywhere.is_fully_addressable:
+    return jax.device_put(tree, everywhere)
+  return jax.tree.map(lambda x: _put(x, everywhere), tree)
 
 
 def commit(tree):
@@ -389,12 +405,18 @@ def _put(x, sharding: NamedSharding):
   return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
-def jit(fn, *, batch_argnum: int, donate_argnums=(), layout: Layout | None = None):
+def bind(program, *args):
+  """`program` (from `jit`) fixed to the signature of `args`: ShardedStep.bind under a layout; a plain jax.jit
+  already dispatches from its own cache."""
+  return program.bind(*args) if isinstance(program, ShardedStep) else program
+
+
+def jit(fn, *, batch_argnum: int | None, donate_argnums=(), layout: Layout | None = None, lead: int = 0):
   """`jax.jit(fn, donate_argnums=...)` outside a layout; a ShardedStep under one (or under `layout`)."""
   layout = layout or current()
   if layout is None:
     return jax.jit(fn, donate_argnums=donate_argnums)
-  return ShardedStep(fn, layout, batch_argnum=batch_argnum, donate_argnums=donate_argnums)
+  return ShardedStep(fn, layout, batch_argnum=batch_argnum, donate_argnums=donate_argnums, lead=lead)
 
 
 # ---------------------------------------------------------------------------------------------------------------

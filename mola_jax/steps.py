@@ -17,7 +17,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from mola_jax import sharding
+from mola_jax import data, sharding
 from mola_jax.models import Ctx, SegmentParam, predict
 from mola_jax.models.adapters import segment_rows
 
@@ -96,31 +96,28 @@ def default_groups() -> int:
   return len(os.sched_getaffinity(0)) if jax.default_backend() == "cpu" else 1
 
 
-def make_train_step(
+def train_step_fn(
   graphdef,
   tx: optax.GradientTransformation,
   *,
   segments: int,
   share_prefix_dropout: bool,
-  layout: sharding.Layout | None = None,
   forward=predict,
   compute_dtype: str | None = None,
   groups: int | None = None,
 ):
-  """step(state, frozen, batch, (ids, active)) -> (state, loss). state = {params, opt, stats, key} is donated.
+  """The train step, unjitted: step(state, frozen, batch, (ids, active)) -> (state, loss), state = {params, opt,
+  stats, key}.
 
   The step computes the segments `ids` (int32 [K_a], a subset of 0 .. segments - 1) and trains those whose
   `active` (bool [K_a]) is set (`training_segments` makes the pair): loss = sum over them of the segment MSE (a
-  sum, as the official code: docs/method.md §6). Training passes the segments that have not early-stopped as
-  `ids`, so a stopped segment costs nothing (a step compiles once per number of active segments: at most K
-  programs a run); `ids` = all segments with
-  `active` = the stopper's mask computes every segment and trains the active ones (the same numbers, to float
-  rounding, for models without batch statistics). Dropout masks follow the segment ids (layers.keep_mask).
-  Under a mesh (`layout`, else the active `sharding.use`) the step is jitted with explicit in/out shardings
-  (sharding.ShardedStep); without one it is the plain jax.jit.
-  forward(model, batch, ctx) -> [B, K_a, S, D]: `predict` (one batched pass), or e.g. `predict_per_segment` (the
-  official K passes) for benchmarks. compute_dtype: e.g. "bfloat16" runs the forward and backward pass in that
-  dtype on float32 master params (see `caster`); None or "float32" is the plain float32 step."""
+  sum, as the official code: docs/method.md §6). Training passes the segments that have not early-stopped (padded
+  to one of at most two sizes, `segment_buckets`), so a stopped segment costs nothing or little; the padding
+  segments are computed, kept out of the loss, their rows held, and kept out of BatchNorm's running statistics.
+  Dropout masks follow the segment ids (layers.keep_mask), so a segment draws the same masks whichever others
+  run beside it. forward(model, batch, ctx) -> [B, K_a, S, D]: `predict` (one batched pass), or e.g.
+  `predict_per_segment` (the official K passes) for benchmarks. compute_dtype: e.g. "bfloat16" runs the forward
+  and backward pass in that dtype on float32 master params (see `caster`); None or "float32" is the plain step."""
   cast = caster(compute_dtype)
   groups = default_groups() if groups is None else groups
 
@@ -131,7 +128,8 @@ def make_train_step(
     if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):  # raw key data, as fit keeps it
       key = jax.random.wrap_key_data(key)
     ctx = Ctx(key=key, share_prefix_dropout=share_prefix_dropout)
-    pred, new_stats = train_forward(graphdef, (seg, train, stats, frozen), batch, ctx, ids, groups, forward)
+    states = (seg, train, stats, frozen)
+    pred, new_stats = train_forward(graphdef, states, batch, ctx, ids, groups, forward, active=active)
     if cast is not None:
       pred = pred.astype(jnp.float32)
       # running statistics keep their float32 dtype (and so the step its one compiled shape)
@@ -150,15 +148,78 @@ def make_train_step(
     seg = hold_stopped(seg, state["params"][0], jnp.zeros(segments, bool).at[ids].set(active))
     return {"params": (seg, train), "opt": opt, "stats": stats, "key": key}, loss
 
+  return step
+
+
+def make_train_step(graphdef, tx, *, segments, share_prefix_dropout, layout=None, forward=predict,
+                    compute_dtype=None, groups=None):  # fmt: skip
+  """train_step_fn jitted alone (the state donated): step(state, frozen, batch, (ids, active)) -> (state, loss),
+  one dispatch per step, for the benchmark and the tests (fit runs chunks of steps: make_train_chunk). Under a
+  mesh (`layout`, else the active `sharding.use`) jitted with explicit in/out shardings (sharding.ShardedStep)."""
+  step = train_step_fn(graphdef, tx, segments=segments, share_prefix_dropout=share_prefix_dropout, forward=forward,
+                       compute_dtype=compute_dtype, groups=groups)  # fmt: skip
   return sharding.jit(step, batch_argnum=2, donate_argnums=0, layout=layout)
 
 
-def train_forward(graphdef, states, batch, ctx: Ctx, ids, groups: int, forward=predict):
+def over_runs(fn, runs: int):
+  """`fn` of one run, applied to arguments that carry a leading run axis R (several runs trained side by side:
+  seeds in one program). vmap for R > 1; for R = 1 the axis is squeezed away inside the program, so a single run
+  computes exactly its own step."""
+  if runs > 1:
+    return jax.vmap(fn)
+  return lambda *args: jax.tree.map(lambda x: x[None], fn(*jax.tree.map(lambda x: x[0], args)))
+
+
+def make_train_chunk(graphdef, tx, *, segments: int, seq_len: int, pred_len: int, runs: int = 1,
+                     share_prefix_dropout: bool = False, forward=predict, compute_dtype=None, groups=None,
+                     layout=None):  # fmt: skip
+  """C train steps of R runs as one jitted, donated lax.scan, each batch gathered on the device inside the body:
+  chunk(state, frozen, series, idx, segs, valid, live) -> (state, losses [C, R]).
+
+  state, frozen: the runs' train states and frozen rests stacked on a leading axis [R, ...]; series: the split's
+  (values [rows, D], marks [rows, F]); idx int32 [R, C, B]: each run's window indices of each step; segs:
+  (ids int32 [R, K_a], active bool [R, K_a]); valid bool [C]: steps beyond an epoch's end (a last, shorter
+  chunk) are skipped by a conditional, so every chunk has one shape and a stage one program per segment bucket;
+  live bool [R]: a run that has finished is held (its state, optimizer state included, does not move)."""
+  step = train_step_fn(graphdef, tx, segments=segments, share_prefix_dropout=share_prefix_dropout, forward=forward,
+                       compute_dtype=compute_dtype, groups=groups)  # fmt: skip
+
+  def chunk(state, frozen, series, idx, segs, valid, live):
+    values, marks = series
+
+    def one(st, fr, i, sg, lv):  # one run, one step
+      new, loss = step(st, fr, data.gather(values, marks, i, seq_len=seq_len, pred_len=pred_len), sg)
+      if runs > 1:  # a single run trains until it is done, so only side-by-side runs are ever held
+        new, loss = jax.tree.map(lambda n, o: jnp.where(lv, n, o), new, st), jnp.where(lv, loss, 0.0)
+      return new, loss
+
+    def body(st, c):
+      do = lambda st: over_runs(one, runs)(st, frozen, idx[:, c], segs, live)
+      return jax.lax.cond(valid[c], do, lambda st: (st, jnp.zeros(runs, jnp.float32)), st)
+
+    return jax.lax.scan(body, state, jnp.arange(idx.shape[1]))
+
+  return sharding.jit(chunk, batch_argnum=None, donate_argnums=0, layout=layout, lead=1)
+
+
+def segment_buckets(segments: int, multiple: int = 1) -> tuple[int, ...]:
+  """The sizes a stage-2 step computes its active segments in: all K, and half of them (rounded up to a multiple
+  of `multiple`, the CPU's groups): at most two programs per stage whatever K is; a step pads the active segments
+  with stopped ones to the smaller size that holds them, so it computes at most twice what it needs."""
+  half = -(-segments // 2)  # ceil(K / 2)
+  half = min(segments, -(-half // multiple) * multiple)
+  return tuple(sorted({half, segments}))
+
+
+def train_forward(graphdef, states, batch, ctx: Ctx, ids, groups: int, forward=predict, active=None):
   """The training forecast [B, K_a, S, D] of the segments `ids` in `groups` independent passes over groups of
-  segments, and the batch statistics they leave. states = (segment params, other trainable, stats, frozen)."""
+  segments, and the batch statistics they leave (`active` [K_a]: the segments whose statistics count; padding
+  segments are left out of BatchNorm's running averages). states = (segment params, other trainable, stats,
+  frozen)."""
   seg, train, stats, frozen = states
   preds = []
   for part in split_groups(ids.shape[0], groups):
+    ctx = dataclasses.replace(ctx, active=None if active is None else active[part])
     # copy=True: fresh Variables at this trace level, so that a forward pass may update its BatchStats in place
     # (a BatchNorm in training); merging the jit-level Variables themselves makes that a TraceContextError.
     # A group starts from the statistics the group before it left: the same sequential updates as one pass.
@@ -169,53 +230,89 @@ def train_forward(graphdef, states, batch, ctx: Ctx, ids, groups: int, forward=p
   return jnp.concatenate(preds, axis=1), stats
 
 
-def training_segments(active, skip_stopped: bool = True, multiple: int = 1) -> tuple[jax.Array, jax.Array]:
-  """The train step's (ids, active) for a stopper's mask `active` bool [K]: the active segments, padded with
-  stopped ones (computed, kept out of the loss) to a multiple of `multiple`, or (skip_stopped=False) every
-  segment. [True] * K: every segment trains.
-
-  multiple = the step's `groups` on a CPU: a pass over 3 of 4 segments in 2 groups takes as long as over all 4
-  (the longer group sets the pace), so it reuses the 4-segment program instead of compiling one more."""
+def training_segments(active, skip_stopped: bool = True, sizes: tuple[int, ...] | None = None):
+  """The train step's (ids, active) for a stopper's mask `active` bool [K] (or [R, K] for R runs side by side):
+  the active segments, padded with stopped ones (computed, kept out of the loss) to the smallest of `sizes`
+  (segment_buckets; default: exactly the active ones) that holds the most active of any run, or
+  (skip_stopped=False) every segment. [True] * K: every segment trains."""
   active = np.asarray(active, bool)
+  runs = active.reshape(-1, active.shape[-1])  # [R, K]
+  k = runs.shape[1]
   if not skip_stopped:
-    return jnp.arange(len(active), dtype=jnp.int32), jnp.asarray(active)
-  n = int(active.sum())
-  pad = min(-n % multiple, len(active) - n) if n else 0
-  ids = np.sort(np.concatenate([np.flatnonzero(active), np.flatnonzero(~active)[:pad]]))
-  return jnp.asarray(ids, jnp.int32), jnp.asarray(active[ids])
+    ids, mask = np.tile(np.arange(k), (len(runs), 1)), runs
+  else:
+    most = int(runs.sum(axis=1).max())
+    fits = [n for n in sorted(sizes) if n >= most] if sizes else [most]
+    size = max(fits[0] if fits else k, 1)  # a run with nothing left to train still computes one (it is held)
+    pad = lambda r: np.flatnonzero(~r)[: size - int(r.sum())]
+    ids = np.stack([np.sort(np.concatenate([np.flatnonzero(r)[:size], pad(r)])) for r in runs])
+    mask = np.take_along_axis(runs, ids, axis=1)
+  ids, mask = jnp.asarray(ids, jnp.int32), jnp.asarray(mask)
+  return (ids, mask) if active.ndim == 2 else (ids[0], mask[0])
 
 
-@functools.lru_cache(maxsize=32)
-def make_eval_step(
-  graphdef,
-  *,
-  segments: int,
-  layout: sharding.Layout | None = None,
-  forward=predict,
-  compute_dtype: str | None = None,
-  groups: int | None = None,
-):
-  """step(acc, states, batch) -> acc: sums of squared and absolute errors per forecast step over the real
-  (mask == True) windows and all channels, plus the window count. states = (segment params, *the rest of the
-  model's state), the split `eval_states` makes. Accumulating on device means one host read per evaluation, not
-  one per batch. Sharded under a mesh as make_train_step; `forward`, `compute_dtype` and `groups` as there (the
-  errors are accumulated in float32 either way). One step per model structure and settings: validation and the
-  test pass of a run share one compiled program.
-  Padded rows (mask False) are selected out, not multiplied by 0, so a non-finite value there cannot leak."""
+def eval_step_fn(graphdef, *, segments: int, forward=predict, compute_dtype=None, groups=None):
+  """The eval step, unjitted: step(states, batch) -> {"sq": [T], "abs": [T], "count": []}, the sums of squared
+  and absolute errors per forecast step over the batch's real (mask == True) windows and all channels, and their
+  count. states = (segment params, *the rest of the model's state), the split `eval_states` makes. Padded rows
+  are selected out, not multiplied by 0, so a non-finite value there cannot leak. Errors accumulate in float32."""
   cast = caster(compute_dtype)
   groups = default_groups() if groups is None else groups
 
-  def step(acc, states, batch):
+  def step(states, batch):
     pred = eval_forward(graphdef, states, batch, segments=segments, groups=groups, forward=forward, cast=cast)
     err = pred - batch["y"]  # [B, T, D]
     real = batch["mask"][:, None, None]  # [B, 1, 1]
     return {
-      "sq": acc["sq"] + jnp.sum(jnp.where(real, err**2, 0.0), axis=(0, 2)),  # [T]
-      "abs": acc["abs"] + jnp.sum(jnp.where(real, jnp.abs(err), 0.0), axis=(0, 2)),  # [T]
-      "count": acc["count"] + jnp.sum(batch["mask"]),
+      "sq": jnp.sum(jnp.where(real, err**2, 0.0), axis=(0, 2)),  # [T]
+      "abs": jnp.sum(jnp.where(real, jnp.abs(err), 0.0), axis=(0, 2)),  # [T]
+      "count": jnp.sum(batch["mask"]),
     }
 
+  return step
+
+
+@functools.lru_cache(maxsize=32)
+def make_eval_step(graphdef, *, segments: int, layout=None, forward=predict, compute_dtype=None, groups=None):
+  """eval_step_fn jitted alone: step(acc, states, batch) -> acc + the batch's sums (acc donated; steps.empty_acc
+  to start), one dispatch per batch, for the benchmark and the tests (evaluation runs chunks: make_eval_chunk)."""
+  one = eval_step_fn(graphdef, segments=segments, forward=forward, compute_dtype=compute_dtype, groups=groups)
+  step = lambda acc, states, batch: jax.tree.map(jnp.add, acc, one(states, batch))
   return sharding.jit(step, batch_argnum=2, donate_argnums=0, layout=layout)
+
+
+EVAL_CHUNK = 8  # eval batches per call: every split is scored by one program, its last call padded
+
+
+@functools.lru_cache(maxsize=32)
+def make_eval_chunk(graphdef, *, segments: int, seq_len: int, pred_len: int, runs: int = 1, forward=predict,
+                    compute_dtype=None, groups=None, layout=None):  # fmt: skip
+  """The eval step of a model structure as an eval chunk (`eval_chunk`). Validation and the test pass of a stage
+  share this one program (cached per model structure and settings)."""
+  one = eval_step_fn(graphdef, segments=segments, forward=forward, compute_dtype=compute_dtype, groups=groups)
+  return eval_chunk(one, seq_len=seq_len, pred_len=pred_len, runs=runs, layout=layout)
+
+
+def eval_chunk(one, *, seq_len: int, pred_len: int, runs: int = 1, layout=None):
+  """EVAL_CHUNK eval batches of R runs as one jitted lax.scan, gathered on the device inside the body:
+  chunk(states, series, idx, mask, valid) -> per-batch sums {"sq": [E, R, T], "abs": [E, R, T], "count": [E, R]}.
+  one(states, batch) -> a batch's sums (eval_step_fn); states: the runs' eval states stacked [R, ...]; series: the
+  split's (values, marks); idx int32 [R, E, B], mask bool [R, E, B]: each run's windows, padded and masked;
+  valid bool [E]: batches beyond the split's end are skipped by a conditional."""
+
+  def chunk(states, series, idx, mask, valid):
+    values, marks = series
+    zeros = lambda: {"sq": jnp.zeros((runs, pred_len)), "abs": jnp.zeros((runs, pred_len)),
+                     "count": jnp.zeros(runs, jnp.int32)}  # fmt: skip
+    batch = lambda i, m: data.gather(values, marks, i, m, seq_len=seq_len, pred_len=pred_len)
+
+    def body(_, e):
+      do = lambda: over_runs(lambda st, i, m: one(st, batch(i, m)), runs)(states, idx[:, e], mask[:, e])
+      return None, jax.lax.cond(valid[e], do, zeros)
+
+    return jax.lax.scan(body, None, jnp.arange(idx.shape[1]))[1]
+
+  return sharding.jit(chunk, batch_argnum=None, layout=layout, lead=1)
 
 
 def eval_forward(graphdef, states, batch, *, segments: int, groups: int, forward=predict, cast=None) -> jax.Array:
@@ -245,6 +342,16 @@ def eval_states(model: nnx.Module, stage: str = "adapt") -> tuple[nnx.GraphDef, 
   step takes it, the way the training loop splits it (so validation and the test pass share one program)."""
   graphdef, params, stats, frozen = split(model, stage)
   return graphdef, (*params, stats, frozen)
+
+
+def stack(trees: list):
+  """Trees of the same structure -> one tree whose arrays carry a leading run axis [R, ...]."""
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def unstack(tree, r: int):
+  """Run r's slice of a stacked tree."""
+  return jax.tree.map(lambda x: x[r], tree)
 
 
 def empty_acc(horizon: int) -> dict:

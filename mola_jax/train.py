@@ -13,6 +13,7 @@ The path of a run, in the order `train_and_evaluate` reads, and where each part 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pathlib
 
@@ -22,7 +23,7 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 from mola_jax import checkpointing, cli, data, evaluation, metrics, plan, runtime, sharding, workdir
-from mola_jax.errors import CheckpointError
+from mola_jax.errors import CheckpointError, ConfigError
 from mola_jax.fit import fit
 from mola_jax.models import build
 
@@ -31,36 +32,66 @@ def train_and_evaluate(cfg, workdir_path, *, overwrite: bool = False) -> dict:
   """Run what `cfg` asks for in `workdir_path` and return the results dict (also written to results.json).
   Rerunning it on the same workdir resumes where the last attempt stopped. With `cfg.mesh.shape` set, the whole
   run happens on that device mesh: state born sharded, steps jitted with explicit shardings (sharding.py)."""
-  run_plan = plan.make(cfg)  # every check that needs no data
+  return train_runs([cfg], [workdir_path], overwrite=overwrite)[0]
+
+
+def train_runs(cfgs: list, workdir_paths: list, *, overwrite: bool = False) -> list[dict]:
+  """Runs that differ only in their seed (and the stage-1 run they adapt, init_from) trained side by side in one
+  program (seeds in one program: their states stacked, each with its own orders, dropout, early stopping and
+  selection), each in its own workdir with the files a run of its own writes. -> each run's results."""
+  run_plans = [plan.make(cfg) for cfg in cfgs]  # every check that needs no data
+  _check_side_by_side(cfgs)
+  cfg = cfgs[0]
   runtime.use_compile_cache(cfg.compile_cache)
   mesh = sharding.make_mesh(cfg.mesh)  # None: no mesh configured, and `use` does nothing
   with sharding.use(mesh, cfg.mesh.rules), runtime.matmul_precision(cfg.matmul_precision):
-    return _run(cfg, run_plan, pathlib.Path(workdir_path), overwrite)
+    return _run(cfgs, run_plans, [pathlib.Path(p) for p in workdir_paths], overwrite)
 
 
-def _run(cfg, run_plan: plan.Plan, path: pathlib.Path, overwrite: bool) -> dict:
-  workdir.check_path(path)
-  series = data.load_series(cfg.data)  # bad data fails here, before anything is written
+def _check_side_by_side(cfgs: list) -> None:
+  first = json.loads(cfgs[0].to_json_best_effort())
+  for cfg in cfgs[1:]:
+    diff = [
+      k for k in workdir.config_diff(first, json.loads(cfg.to_json_best_effort())) if k not in ("seed", "init_from")
+    ]
+    if diff:
+      raise ConfigError(f"runs trained side by side may differ only in seed and init_from; these differ in {diff[:5]}")
+
+
+def _run(cfgs: list, run_plans: list, paths: list, overwrite: bool) -> list[dict]:
+  for path in paths:
+    workdir.check_path(path)
+  series = data.load_series(cfgs[0].data)  # bad data fails here, before anything is written
   for split in ("train", "val", "test"):  # every split must hold at least one T-step window
-    data.window_source(series, split, cfg.data.seq_len, run_plan.horizon)
-  init_dir = checkpointing.stage_dir(cfg.init_from or path, plan.PRETRAIN)
-  if run_plan.stages[0].name == plan.ADAPT and not init_dir.is_dir():
-    raise CheckpointError(
-      f"no stage-1 checkpoint at {init_dir}; run --config.stage=pretrain (or all) first, or set "
-      "--config.init_from to the workdir of a finished stage-1 run"
-    )
+    data.window_source(series, split, cfgs[0].data.seq_len, run_plans[0].horizon)
+  init_dirs = [
+    checkpointing.stage_dir(cfg.init_from or path, plan.PRETRAIN) for cfg, path in zip(cfgs, paths, strict=True)
+  ]
+  for init_dir in init_dirs:
+    if run_plans[0].stages[0].name == plan.ADAPT and not init_dir.is_dir():
+      raise CheckpointError(
+        f"no stage-1 checkpoint at {init_dir}; run --config.stage=pretrain (or all) first, or set "
+        "--config.init_from to the workdir of a finished stage-1 run"
+      )
   lead = sharding.is_lead()  # only process 0 writes logs and results; every process writes its checkpoint shards
-  with workdir.locked(path) if lead else contextlib.nullcontext():
-    if lead:
-      workdir.claim(cfg, path, overwrite)
-      workdir.write_scaler(path, series)
-    sharding.sync("workdir claimed")
-    tb_dir = path / "tb" if lead and cfg.tensorboard else None
-    log = metrics.MetricsLog(path / "metrics.jsonl" if lead else pathlib.Path(os.devnull), tb_dir)
-    model, timings = train_stages(run_plan, series, path, init_dir, log)
-    results = test(model, run_plan, series, path, timings, log)
-    log.close()
+  with contextlib.ExitStack() as stack:
+    for cfg, path in zip(cfgs, paths, strict=True):
+      if lead:
+        stack.enter_context(workdir.locked(path))
+        workdir.claim(cfg, path, overwrite)
+        workdir.write_scaler(path, series)
+    sharding.sync("workdirs claimed")
+    logs = [_log(cfg, path, lead) for cfg, path in zip(cfgs, paths, strict=True)]
+    models, timings = train_stages(run_plans, series, paths, init_dirs, logs)
+    results = [test(*each, series) for each in zip(models, run_plans, paths, timings, logs, strict=True)]
+    for log in logs:
+      log.close()
   return results
+
+
+def _log(cfg, path: pathlib.Path, lead: bool) -> metrics.MetricsLog:
+  tb_dir = path / "tb" if lead and cfg.tensorboard else None
+  return metrics.MetricsLog(path / "metrics.jsonl" if lead else pathlib.Path(os.devnull), tb_dir)
 
 
 def stage_model(spec, stage: plan.Stage, *, channels: int, marks: int) -> nnx.Module:
@@ -74,23 +105,29 @@ def stage_model(spec, stage: plan.Stage, *, channels: int, marks: int) -> nnx.Mo
   return sharding.create(make)
 
 
-def train_stages(run_plan: plan.Plan, series, path: pathlib.Path, init_dir, log) -> tuple[nnx.Module, dict]:
-  """Every stage of the plan in turn -> (the last stage's model, holding its selected state; per-stage summary)."""
-  ident = checkpointing.backbone_identity(run_plan.model, series, run_plan.segment_len)
-  timings, model = {}, None
-  for stage in run_plan.stages:
-    model = stage_model(run_plan.model, stage, channels=series.values.shape[1], marks=series.marks.shape[1])
+def train_stages(run_plans: list, series, paths: list, init_dirs: list, logs: list) -> tuple[list, list]:
+  """Every stage of the plans in turn, the runs side by side -> (each run's last-stage model, holding its selected
+  state; each run's per-stage summary)."""
+  first = run_plans[0]
+  idents = [checkpointing.backbone_identity(p.model, series, p.segment_len) for p in run_plans]
+  timings, models = [{} for _ in run_plans], None
+  channels, marks = series.values.shape[1], series.marks.shape[1]
+  for j, stage in enumerate(first.stages):
+    models = [stage_model(p.model, p.stages[j], channels=channels, marks=marks) for p in run_plans]
     if stage.name == plan.ADAPT:
-      checkpointing.load_backbone(model, init_dir, ident)  # restored straight into the model's shardings
-    meta = dict(ident, stage=stage.name, method=run_plan.method, horizon=stage.window)
-    timings[stage.name] = fit(
-      model, stage, series=series, loop=run_plan.loop, evaluation=run_plan.evaluation, workdir=path, meta=meta,
-      log=log,
+      for model, init_dir, ident in zip(models, init_dirs, idents, strict=True):
+        checkpointing.load_backbone(model, init_dir, ident)  # restored straight into the model's shardings
+    metas = [dict(ident, stage=stage.name, method=first.method, horizon=stage.window) for ident in idents]
+    summaries = fit(
+      models, stage, series=series, loops=[p.loop for p in run_plans], evaluations=[p.evaluation for p in run_plans],
+      workdirs=paths, metas=metas, logs=logs,
     )  # fmt: skip
-  return model, timings
+    for t, summary in zip(timings, summaries, strict=True):
+      t[stage.name] = summary
+  return models, timings
 
 
-def test(model: nnx.Module, run_plan: plan.Plan, series, path: pathlib.Path, timings: dict, log) -> dict:
+def test(model: nnx.Module, run_plan: plan.Plan, path: pathlib.Path, timings: dict, log, series) -> dict:
   """The test pass over every test window, the prediction intervals (calibrated on validation, their coverage on
   test), results.json and the test record."""
   final, ev = run_plan.final, run_plan.evaluation

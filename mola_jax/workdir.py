@@ -15,8 +15,16 @@ from mola_jax import config_lib
 from mola_jax.errors import CheckpointError
 
 # Where and how a run executes is not what it computes: a run may resume under another mesh or process count, and
-# with other logging, checkpoint or cache settings. Nothing else: every other key can change a run's numbers.
-SPEED_ONLY = ("mesh.", "distributed", "log_every", "checkpoint_every_", "compile_cache", "tensorboard", "profile_steps")
+# with other chunk, checkpoint, cache or logging settings. Nothing else: every other key can change a run's numbers.
+SPEED_ONLY = (
+  "mesh.",
+  "distributed",
+  "chunk_steps",
+  "checkpoint_every_",
+  "compile_cache",
+  "tensorboard",
+  "profile_steps",
+)
 
 
 def default(cfg) -> str:

@@ -249,7 +249,7 @@ def checkpoint_round_trip() -> dict:
 
 def scaling_study() -> list[dict]:
   """The scaling study's own path (mola_jax.lab.scaling.run) on two meshes of a tiny synthetic problem: it compiles,
-  runs and reports memory and FLOPs."""
+  runs and reports memory, FLOPs and the host's time per step."""
   from mola_jax.lab import scaling
 
   cfg = tiny_cfg("mola")
@@ -258,7 +258,8 @@ def scaling_study() -> list[dict]:
   with tempfile.TemporaryDirectory() as tmp:
     rows = scaling.run(cfg, tmp, meshes="8x1,4x2", batches="8", rules="segment", stage="adapt", warmup=1, timed=1)
   return [
-    {k: row[k] for k in ("mesh", "devices", "flops_per_step", "bytes_per_device", "step_seconds")} for row in rows
+    {k: row[k] for k in ("mesh", "devices", "flops_per_step", "bytes_per_device", "step_seconds", "host_ms_per_step")}
+    for row in rows
   ]
 
 

@@ -54,7 +54,7 @@ def test_tiny_cli_writes_every_figure(tmp_path):
   # The per-segment loop and the unshared prefix compute the batched pass's numbers (eval, whole test split).
   assert result["loop_max_rel_diff"] < 1e-5 and result["unshared_prefix_max_rel_diff"] < 1e-5
   assert {row["sweep"] for row in result["rows"] if "sweep" in row} == {"K", "T", "D"}
-  assert {row["mode"] for row in result["rows"]} == {"pipeline", "device", "scan"}
+  assert {row["mode"] for row in result["rows"]} == {"chunk", "device", "dispatch"}
   assert all(row["flops_per_step"] > 0 for row in result["rows"])
   # The two adapter forms are two programs (a cached compile of one would time the other twice).
   assert result["stage2_flops_per_step_dense_delta"] != result["stage2_flops_per_step_factored"]
@@ -100,20 +100,30 @@ def test_stage2_variants_give_the_batched_loss(forward):
   np.testing.assert_allclose(losses[forward], losses["batched"], rtol=1e-5)
 
 
-def test_scan_epoch_trains_on_fit_batches():
-  """The epoch-in-scan gathers each batch with data.gather inside its body: the same losses as the step called
-  on fit's batches."""
+def test_the_chunk_program_trains_on_fit_batches():
+  """fit's chunk (steps.make_train_chunk: a lax.scan gathering each batch with data.gather in its body) gives the
+  losses of the step dispatched alone on the same batches; a step beyond `valid` changes nothing."""
   ctx = context()
   prob = ctx.problem()
   a, b = bench_setup.train_setup(ctx, prob, plan.ADAPT), bench_setup.train_setup(ctx, prob, plan.ADAPT)
-  starts = data.train_order(a.windows, a.batch_size, seed=a.seed, epoch=1)[:3]
-  args = (a.state, a.frozen, starts, a.active)
-  _, scanned = bench_setup.make_scan(a.step, a.windows).lower(*args).compile(bench_setup.CHEAP_COMPILES)(*args)
-  step, state, looped = bench_setup.compile_step(ctx, b)[0], b.state, []
+  run, state, _ = bench_setup.chunk_program(ctx, a, "batched", None, False, None, 3)
+  state, chunked = run(state, None)
+  step, single, looped = bench_setup.compile_step(ctx, b)[0], b.state, []
   for batch in batches(b, 3):
-    state, loss = step(state, b.frozen, batch, b.active)
+    single, loss = step(single, b.frozen, batch, b.active)
     looped.append(float(loss))
-  np.testing.assert_allclose(np.asarray(scanned), looped, rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(chunked)[:, 0], looped, rtol=1e-5)
+  w = a.windows
+  program = steps.make_train_chunk(a.graphdef, a.tx, segments=a.segments, seq_len=w.seq_len, pred_len=w.pred_len)
+  idx = data.train_order(w, a.batch_size, seed=a.seed, epoch=1)[None, :3]
+  segs = tuple(x[None] for x in a.active)
+  before = jax.tree.map(np.asarray, state)  # the program donates its state
+  held, losses = program(
+    state, steps.stack([a.frozen]), (w.values, w.marks), idx, segs, np.zeros(3, bool), np.ones(1, bool)
+  )
+  for x, y in zip(jax.tree.leaves(held), jax.tree.leaves(before), strict=True):
+    np.testing.assert_array_equal(np.asarray(x), y)
+  assert not np.asarray(losses).any()
 
 
 def test_bf16_keeps_float32_master_state():
@@ -130,25 +140,31 @@ def test_bf16_keeps_float32_master_state():
   assert l16.dtype == np.float32 and abs(float(l16) - float(l32)) < 2e-2 * abs(float(l32))
 
 
-def test_a_training_run_compiles_each_step_once(tmp_path, monkeypatch):
-  """Two epochs per stage (so a new epoch, the last full batch and the padded last eval batch are all seen):
-  every jitted train and eval step of the run holds exactly one compiled program."""
+@pytest.mark.parametrize("segments", [4, 6])
+def test_a_stage_compiles_at_most_two_train_programs_whatever_k(tmp_path, monkeypatch, segments):
+  """Two epochs per stage, segments stopping as they go (patience 1, a high lr): a stage compiles at most two
+  train programs (steps.segment_buckets: all K, and half of them), and one eval program serves its validation and
+  its test pass (no recompilation on the last, padded batch or a new epoch)."""
   monkeypatch.setenv("MOLA_DATA_DIR", str(tmp_path / "nowhere"))
-  made = []
+  made = {"train": [], "eval": []}
 
-  def recording(factory):
+  def recording(factory, kind):
     def make(*args, **kwargs):
-      made.append(factory(*args, **kwargs))
-      return made[-1]
+      made[kind].append(factory(*args, **kwargs))
+      return made[kind][-1]
 
     return make
 
-  monkeypatch.setattr(steps, "make_train_step", recording(steps.make_train_step))
-  monkeypatch.setattr(steps, "make_eval_step", recording(steps.make_eval_step))
+  monkeypatch.setattr(steps, "make_train_chunk", recording(steps.make_train_chunk, "train"))
+  monkeypatch.setattr(steps, "make_eval_chunk", recording(steps.make_eval_chunk, "eval"))
   cfg = synthetic()
-  cfg.pretrain.epochs = cfg.adapt.epochs = 2
-  cfg.pretrain.patience = cfg.adapt.patience = 5
+  cfg.horizon, cfg.segment_len = 16 * segments, 16
+  cfg.pretrain.epochs, cfg.adapt.epochs, cfg.adapt.patience, cfg.adapt.lr = 2, 4, 1, 3e-2
   results = train_and_evaluate(cfg, tmp_path / "run")
-  assert [s["epochs"] for s in results["stages"].values()] == [2, 2]
-  assert len(made) >= 4  # a train and an eval step per stage (and the test pass's eval step)
-  assert [step._cache_size() for step in made] == [1] * len(made)
+  records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+  active = {r["active_segments"] for r in records if r["stage"] == "adapt" and "active_segments" in r}
+  assert len(active) > 1, active  # segments did stop during stage 2
+  assert results["stages"]["pretrain"]["epochs"] == 2
+  train = [program._cache_size() for program in made["train"]]
+  assert len(train) == 2 and train[0] == 1 and 1 <= train[1] <= 2, train  # stage 1: one; stage 2: at most two
+  assert all(program._cache_size() == 1 for program in made["eval"]), [p._cache_size() for p in made["eval"]]

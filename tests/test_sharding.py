@@ -127,3 +127,4 @@ def test_the_scaling_study_runs_on_a_mesh(report):
   rows = report["scaling"]
   assert [row["mesh"] for row in rows] == ["8x1", "4x2"]
   assert all(row["flops_per_step"] > 0 and row["bytes_per_device"] > 0 and row["step_seconds"] > 0 for row in rows)
+  assert all(0 < row["host_ms_per_step"] < row["step_seconds"] * 1e3 for row in rows)  # the host keeps ahead

@@ -60,8 +60,8 @@ def test_a_real_stage2_fit_moves_only_the_adapters(graph, tmp_path, monkeypatch)
     backbone = leaves(nnx.state(model, nnx.Not(nnx.LoRAParam)))
     adapters = leaves(nnx.state(model, nnx.LoRAParam))
     log = metrics.MetricsLog(tmp_path / "m")
-    fit(model, stage, series=series, loop=run_plan.loop, evaluation=run_plan.evaluation, workdir=tmp_path, meta={},
-        log=log)  # fmt: skip
+    fit([model], stage, series=series, loops=[run_plan.loop], evaluations=[run_plan.evaluation],
+        workdirs=[tmp_path], metas=[{}], logs=[log])  # fmt: skip
     after = leaves(nnx.state(model, nnx.Not(nnx.LoRAParam)))
   assert len(after) == len(backbone) > 10
   for a, b in zip(backbone, after, strict=True):
@@ -280,3 +280,41 @@ def test_skipping_stopped_segments_changes_no_result(backbone, data_dir, tmp_pat
   for a, b in zip(skip_log, full_log, strict=True):
     np.testing.assert_allclose(a["val_mse_per_segment"], b["val_mse_per_segment"], rtol=1e-5)
   assert skip["test_mse"] == pytest.approx(full["test_mse"], rel=1e-5)
+
+
+@pytest.mark.parametrize(("segments", "skip"), [(1, True), (4, True), (4, False)], ids=["K1", "K4-skip", "K4-noskip"])
+def test_chunks_of_steps_train_what_one_step_per_dispatch_trains(segments, skip, tmp_path, monkeypatch):
+  """An epoch in scans of 5 steps (the last one padded) trains what one step per dispatch (chunk_steps=1)
+  trains: the same kept epochs, active segments and validation curves in both stages, and the selected
+  parameters to 1e-6."""
+  from mola_jax.inference import load_run
+
+  monkeypatch.setenv("MOLA_DATA_DIR", str(tmp_path / "nowhere"))
+
+  def config(chunk: int):
+    cfg = synthetic_cfg(epochs=4, patience=1, lr=5e-3, skip_stopped=skip)
+    cfg.data.synthetic_rows = 1000
+    cfg.horizon, cfg.segment_len, cfg.pretrain.epochs = 16 * segments, 16, 2
+    cfg.chunk_steps = chunk
+    return cfg
+
+  def run(chunk: int):
+    path = tmp_path / f"chunk{chunk}"
+    results = train_and_evaluate(config(chunk), path)
+    records = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
+    return results, records, leaves(nnx.state(load_run(path).model))
+
+  cfg = config(5)
+  src = data.window_source(data.load_series(cfg.data), "train", cfg.data.seq_len, cfg.horizon)
+  assert data.num_train_batches(src, cfg.adapt.batch_size) % 5 != 0  # the last chunk of an epoch is padded
+  (one, one_log, one_params), (five, five_log, five_params) = run(1), run(5)
+  for stage in ("pretrain", "adapt"):
+    assert one["stages"][stage]["best_epoch"] == five["stages"][stage]["best_epoch"]
+  assert [r.get("active_segments") for r in one_log] == [r.get("active_segments") for r in five_log]
+  if segments > 1:
+    assert any(0 < r.get("active_segments", segments) < segments for r in one_log)  # a segment stopped early
+  for a, b in zip(one_log, five_log, strict=True):
+    np.testing.assert_allclose(a.get("val_mse_per_segment", 0), b.get("val_mse_per_segment", 0), rtol=1e-5)
+  assert len(one_params) == len(five_params) > 10
+  for a, b in zip(one_params, five_params, strict=True):
+    np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-6)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import tiny
 
-from mola_jax import config_lib, data, evaluation
+from mola_jax import config_lib, data, evaluation, steps
 from mola_jax.data.sources import WindowSource
 from mola_jax.errors import ConfigError
 from mola_jax.train import train_and_evaluate
@@ -21,13 +21,17 @@ def windows(rows=20, seq_len=3, pred_len=4, channels=2):
   return src, data.DeviceWindows(src)
 
 
-def zero_forecaster(acc, states, batch):
-  """The eval step's contract (steps.make_eval_step) for a forecast of 0: error = truth."""
+def zero_one(states, batch):
+  """The eval step's contract (steps.eval_step_fn) for a forecast of 0: error = truth."""
   real = batch["mask"][:, None, None]
   y = batch["y"]
-  return {"sq": acc["sq"] + jnp.sum(jnp.where(real, y**2, 0.0), axis=(0, 2)),
-          "abs": acc["abs"] + jnp.sum(jnp.where(real, jnp.abs(y), 0.0), axis=(0, 2)),
-          "count": acc["count"] + jnp.sum(batch["mask"])}  # fmt: skip
+  return {"sq": jnp.sum(jnp.where(real, y**2, 0.0), axis=(0, 2)),
+          "abs": jnp.sum(jnp.where(real, jnp.abs(y), 0.0), axis=(0, 2)),
+          "count": jnp.sum(batch["mask"])}  # fmt: skip
+
+
+zero_forecaster = steps.eval_chunk(zero_one, seq_len=3, pred_len=4)  # an eval chunk, as the ones fit runs
+STATES = {"w": jnp.zeros((1, 1))}  # one run's (unused) states
 
 
 def truth(src, i):
@@ -47,7 +51,7 @@ def test_the_official_order_shuffles_per_epoch_and_drops_the_last_partial_batch(
 
 def test_full_is_the_global_mean_and_official_the_mean_of_batch_means():
   src, dev = windows()
-  full = evaluation.evaluate(zero_forecaster, None, dev, batch_size=5, segments=2)
+  full = evaluation.evaluate(zero_forecaster, STATES, dev, batch_size=5, segments=2)[0]
   every = np.stack([truth(src, i) for i in range(14)])  # [14, T, D]
   assert full["windows"] == 14
   np.testing.assert_allclose(full["mse"], (every**2).mean(), rtol=1e-6)
@@ -55,7 +59,7 @@ def test_full_is_the_global_mean_and_official_the_mean_of_batch_means():
     full["per_segment_mse"], [(every[:, :2] ** 2).mean(), (every[:, 2:] ** 2).mean()], rtol=1e-6
   )
 
-  official = evaluation.evaluate_official(zero_forecaster, None, dev, 4, 2, seed=3, epoch=2)
+  official = evaluation.evaluate_official(zero_forecaster, STATES, dev, 4, 2, seeds=[3], epoch=2)[0]
   batches = [np.stack([truth(src, i) for i in idx]) for idx in data.val_order(src, 4, seed=3, epoch=2)]
   assert official["windows"] == 12
   np.testing.assert_allclose(official["mse"], np.mean([(b**2).mean() for b in batches]), rtol=1e-6)

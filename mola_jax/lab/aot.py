@@ -7,15 +7,16 @@ machine with `libtpu` installed (`pip install "jax[tpu]"`; no TPU, and also unde
 
 For every topology (jax.experimental.topologies: `v5e:2x4` is a v5e-8 slice, `v5e:16x16` a v5e-256, `v5p:2x2x2`,
 `v4:2x2x2`, `v6e:4x4`, ...) and rules table, the mesh is built from the topology's devices, `data x model` with
-`--study.model_axis` devices on `model` (1 for data_parallel), and the real train and eval steps of both stages
-(steps.make_train_step / make_eval_step, the real sharding rules) are lowered on abstract inputs
+`--study.model_axis` devices on `model` (1 for data_parallel), and the real train and eval programs of both stages
+(fit's: steps.make_train_chunk / make_eval_chunk, the real sharding rules) are lowered on abstract inputs
 (sharding.abstract: shapes, dtypes and shardings, no arrays) and compiled by XLA's TPU compiler. Written to
 DIR/aot.csv and DIR/aot.json, one row per (topology, rules, stage, program):
 
 * per-chip memory of the compiled program: arguments, outputs, temporaries, donated (aliased) buffers, their total
   (arguments + outputs + temporaries - aliased) and the chip's HBM (`fits` = total <= HBM);
-* FLOPs per chip and step (XLA's cost analysis of the partitioned program), XLA's estimated step time
-  (`optimal_seconds`: a roofline of the program on that chip, not a measurement) and the compile time here.
+* FLOPs per chip and step (XLA's cost analysis of the partitioned program counts a loop body once: one train
+  step, one eval batch), XLA's estimated time of that body (`optimal_seconds`: a roofline of the program on that
+  chip, not a measurement) and the compile time here.
 
 No data file is read for a registry dataset: its channel count comes from the registry, so traffic's 862 variates
 compile without traffic.csv. Global batches: the config's, or `--study.batch_per_shard` times the `data` axis.
@@ -70,66 +71,65 @@ def hbm_bytes(kind: str) -> int | None:
   return next((v for k, v in sorted(HBM_BYTES.items(), key=lambda kv: -len(kv[0])) if k in kind), None)
 
 
-def data_shape(cfg) -> tuple[int, int]:
-  """(channels, time features) of the config's data, without reading a registry file."""
-  if cfg.data.path is None and cfg.data.name == "synthetic":
-    channels = int(cfg.data.synthetic_channels)
-  elif cfg.data.path is None and cfg.data.name in data.DATASETS:
-    channels = data.DATASETS[cfg.data.name].channels
+def data_shape(cfg) -> tuple[int, int, int]:
+  """(channels, time features, training rows) of the config's data, without reading a registry file."""
+  d = cfg.data
+  if d.path is None and d.name == "synthetic":
+    channels, rows, kind = int(d.synthetic_channels), int(d.synthetic_rows), "ratio"
+  elif d.path is None and d.name in data.DATASETS:
+    info = data.DATASETS[d.name]
+    channels, rows, kind = info.channels, info.rows, info.split
   else:
-    series = data.load_series(cfg.data)
-    return series.values.shape[1], series.marks.shape[1]
-  freq = cfg.data.freq or "h"
-  return channels, len(data.time_features(np.array(["2020-01-01"], "datetime64[ns]"), freq)[0])
+    series = data.load_series(d)
+    train = series.borders["train"]
+    return series.values.shape[1], series.marks.shape[1], train[1] - train[0]
+  start, end = data.split_borders(kind, rows, d.seq_len)["train"]
+  return channels, len(data.time_features(np.array(["2020-01-01"], "datetime64[ns]"), d.freq or "h")[0]), end - start
 
 
-def abstract_batch(batch: int, seq_len: int, window: int, channels: int, marks: int, *, mask: bool = False) -> dict:
-  f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
-  out = {
-    "x": f32(batch, seq_len, channels),
-    "x_mark": f32(batch, seq_len, marks),
-    "y": f32(batch, window, channels),
-    "y_mark": f32(batch, window, marks),
-  }
-  return out | ({"mask": jax.ShapeDtypeStruct((batch,), jnp.bool_)} if mask else {})
+def sds(shape, dtype=jnp.float32) -> jax.ShapeDtypeStruct:
+  return jax.ShapeDtypeStruct(tuple(shape), dtype)
 
 
-def stage_programs(cfg, stage: plan.Stage, layout: sharding.Layout, shape: tuple[int, int], batches: tuple[int, int]):
-  """Yield (program name, lowered) for the stage's train and eval steps on abstract inputs, as fit builds them."""
-  channels, marks = shape
+def one_run(tree):
+  """Abstract arrays with the leading run axis of one run (fit's programs take runs stacked)."""
+  return jax.tree.map(lambda x: sds((1, *x.shape), x.dtype), tree)
+
+
+def stage_programs(cfg, stage: plan.Stage, layout: sharding.Layout, shape: tuple, batches: tuple[int, int]):
+  """Yield (program name, lowered) for the stage's train chunk and eval chunk on abstract inputs, as fit builds
+  them: one run, cfg.chunk_steps steps a call, the training split's rows held on the device."""
+  channels, marks, rows = shape
   segments = stage.segments if stage.name == plan.ADAPT else 0
-  make = lambda: build(
-    plan.model_spec(cfg),
-    channels=channels,
-    marks=marks,
-    pred_len=stage.pred_len,
-    segments=segments,
-    rngs=nnx.Rngs(stage.seed),
-  )
-  model = nnx.eval_shape(make)
+  spec, seed, k = plan.model_spec(cfg), stage.seed, stage.segments
+  make = lambda: build(spec, channels=channels, marks=marks, pred_len=stage.pred_len, segments=segments,
+                       rngs=nnx.Rngs(seed))  # fmt: skip
   tx = steps.make_tx(steps.lr_schedule(stage.recipe.lr, 1000, stage.recipe.lr_decay))
-  graphdef, params, stats, frozen = steps.split(model, stage.name)
-  key = jax.ShapeDtypeStruct((2,), jnp.uint32)  # raw key data, as fit keeps it
-  state = {"params": params, "opt": jax.eval_shape(tx.init, params), "stats": stats, "key": key}
-  dtype, train_batch, eval_batch = cfg.compute_dtype, *batches
-  step = steps.make_train_step(
-    graphdef,
-    tx,
-    segments=stage.segments,
-    share_prefix_dropout=stage.name == plan.ADAPT and cfg.adapt.share_prefix_dropout,
-    layout=layout,
-    compute_dtype=dtype,
-    groups=1,  # an accelerator computes the segments as one group (steps.default_groups)
-  )
-  k = stage.segments
-  segs = (jax.ShapeDtypeStruct((k,), jnp.int32), jax.ShapeDtypeStruct((k,), jnp.bool_))
-  batch = abstract_batch(train_batch, cfg.data.seq_len, stage.window, channels, marks)
-  yield "train", step.lower(sharding.abstract(state, layout), sharding.abstract(frozen, layout), batch, segs)
-  evaluate = steps.make_eval_step(graphdef, segments=k, layout=layout, compute_dtype=dtype, groups=1)
-  acc = jax.eval_shape(lambda: steps.empty_acc(stage.window))
-  states = sharding.abstract((*params, stats, frozen), layout)
-  batch = abstract_batch(eval_batch, cfg.data.seq_len, stage.window, channels, marks, mask=True)
-  yield "eval", evaluate.lower(acc, states, batch)
+  graphdef, params, stats, frozen = steps.split(nnx.eval_shape(make), stage.name)
+  key = sds((2,), jnp.uint32)  # raw key data, as fit keeps it
+  state = one_run({"params": params, "opt": jax.eval_shape(tx.init, params), "stats": stats, "key": key})
+  (train_batch, eval_batch), c = batches, cfg.chunk_steps
+  common = {
+    "segments": k,
+    "seq_len": cfg.data.seq_len,
+    "pred_len": stage.window,
+    "runs": 1,
+    "compute_dtype": cfg.compute_dtype,
+    "groups": 1,
+    "layout": layout,
+  }  # groups: an accelerator's one
+  share = stage.name == plan.ADAPT and cfg.adapt.share_prefix_dropout
+  chunk = steps.make_train_chunk(graphdef, tx, share_prefix_dropout=share, **common)
+  series = (sds((rows, channels)), sds((rows, marks)))
+  segs = (sds((1, k), jnp.int32), sds((1, k), jnp.bool_))
+  args = (series, sds((1, c, train_batch), jnp.int32), segs, sds((c,), jnp.bool_), sds((1,), jnp.bool_))
+  train_states = (sharding.abstract(state, layout, lead=1), sharding.abstract(one_run(frozen), layout, lead=1))
+  yield "train", chunk.lower(*train_states, *args)
+  evaluate = steps.make_eval_chunk(graphdef, **common)
+  states = sharding.abstract(one_run((*params, stats, frozen)), layout, lead=1)
+  e = steps.EVAL_CHUNK
+  mask = sds((1, e, eval_batch), jnp.bool_)
+  yield "eval", evaluate.lower(states, series, sds((1, e, eval_batch), jnp.int32), mask, sds((e,), jnp.bool_))
 
 
 def compiled_row(lowered) -> dict:

@@ -15,9 +15,10 @@ function. How it measures (a throughput is windows per second = batch size x ste
   repeats, each of enough steps to last about `repeat_seconds`. A repeat ends with one block_until_ready.
 * The timed program is the compiled executable itself, so a batch of another shape would be an error, not a
   silent recompile.
-* Modes: `pipeline` is fit's inner loop (batches of the real train split, shuffled per epoch, gathered on the
-  device from window indices); `device` cycles over 8 batches already on the device (the step alone); `scan` runs
-  a whole epoch (CI mode: a few steps) as one jitted lax.scan whose body gathers each batch with data.gather.
+* Modes: `chunk` is fit's loop (chunks of cfg.chunk_steps steps of the real train split, shuffled per epoch, as
+  one jitted lax.scan whose body gathers each batch on the device: steps.make_train_chunk, the same program);
+  `dispatch` dispatches each step alone with its gather (fit's loop before it ran in chunks); `device` cycles
+  over 8 batches already on the device (the step alone).
 * Variants of stage 2 on identical batches: `batched` (models.predict: one pass with a leading K axis), `loop`
   (models.predict_per_segment: the official K passes), `unshared_prefix` (the layers before the first adapted
   layer computed K times), and `bf16` (compute_dtype bfloat16, float32 master weights).
@@ -97,6 +98,9 @@ def defaults() -> ml_collections.ConfigDict:
   return s
 
 
+# The modes of a train step (bench_setup.measure_train) and the figure each gives: stage{1,2}_<figure>_windows_per_s.
+MODES = (("chunk", "train"), ("device", "step"), ("dispatch", "dispatch"))
+
 MEASUREMENTS: dict = {}  # name -> measure(ctx): records ctx.figures (and rows), in registration order
 
 
@@ -109,9 +113,9 @@ def measurement(fn):
 def stage1(ctx: Context) -> None:
   """Stage 1's train step in the three modes, and in bf16."""
   prob, f = ctx.problem(), ctx.figures
-  for mode, key in (("pipeline", "train"), ("device", "step"), ("scan", "scan")):
+  for mode, key in MODES:
     f[f"stage1_{key}_windows_per_s"] = measure_train(ctx, prob, plan.PRETRAIN, mode=mode)["windows_per_s"]
-  bf16 = measure_train(ctx, prob, plan.PRETRAIN, dtype="bfloat16", name="stage1_batched_pipeline_bf16")
+  bf16 = measure_train(ctx, prob, plan.PRETRAIN, dtype="bfloat16", name="stage1_batched_chunk_bf16")
   f["stage1_bf16_windows_per_s"] = bf16["windows_per_s"]
   f["stage1_flops_per_step"] = ctx.named["stage1_batched_device"]["flops_per_step"]
 
@@ -120,11 +124,12 @@ def stage1(ctx: Context) -> None:
 def stage2(ctx: Context) -> None:
   """Stage 2's train step in the three modes, in bf16, and its variants on the same batches."""
   prob, f = ctx.problem(), ctx.figures
-  for mode, key in (("pipeline", "train"), ("device", "step"), ("scan", "scan")):
+  for mode, key in MODES:
     f[f"stage2_{key}_windows_per_s"] = measure_train(ctx, prob, plan.ADAPT, mode=mode)["windows_per_s"]
   f["stage2_bf16_windows_per_s"] = measure_train(
-    ctx, prob, plan.ADAPT, dtype="bfloat16", name="stage2_batched_pipeline_bf16"
+    ctx, prob, plan.ADAPT, dtype="bfloat16", name="stage2_batched_chunk_bf16"
   )["windows_per_s"]
+  f["stage2_chunk_over_dispatch"] = f["stage2_train_windows_per_s"] / f["stage2_dispatch_windows_per_s"]
   train = f["stage2_train_windows_per_s"]
   f["stage2_loop_windows_per_s"] = measure_train(ctx, prob, plan.ADAPT, forward="loop")["windows_per_s"]
   f["stage2_batched_over_loop"] = train / f["stage2_loop_windows_per_s"]
@@ -252,16 +257,16 @@ def evaluations(ctx: Context) -> None:
   f["eval_shared_over_unshared_prefix"] = sec["stage2_unshared_prefix"] / sec["stage2_batched"]
   f["loop_max_rel_diff"], f["unshared_prefix_max_rel_diff"] = rel(ev["stage2_loop"]), rel(ev["stage2_unshared_prefix"])
   f["eval"] = {name: {k: v for k, v in e.items() if k != "per_step_mse"} for name, e in ev.items()}
-  by_step = {"stage1_train": ctx.named["stage1_batched_pipeline"]["compile_seconds"],
+  by_step = {"stage1_train": ctx.named["stage1_batched_chunk"]["compile_seconds"],
              "stage1_eval": ev["stage1"]["compile_seconds"],
-             "stage2_train": ctx.named["stage2_batched_pipeline"]["compile_seconds"],
+             "stage2_train": ctx.named["stage2_batched_chunk"]["compile_seconds"],
              "stage2_eval": ev["stage2_batched"]["compile_seconds"]}  # fmt: skip
   f["compile_seconds"], f["compile_seconds_by_step"] = sum(by_step.values()), by_step
 
 
 @measurement
 def sweeps(ctx: Context) -> None:
-  """Stage-2 training (batched, pipeline) over K (T fixed), over T (S = each T's default), over channels."""
+  """Stage-2 training (batched, fit's chunks) over K (T fixed), over T (S = each T's default), over channels."""
   cfg, st, t = ctx.cfg, ctx.st, ctx.cfg.horizon
   todo = []  # (sweep, label, problem arguments, also the loop)
   for k in st.segments:
@@ -284,7 +289,7 @@ def sweeps(ctx: Context) -> None:
 
 
 def train_steps(ctx: Context, setup, n: int) -> tuple[dict, float]:
-  """n train steps on the pipeline, as fit runs them -> (state, mean loss of the last tenth of the steps)."""
+  """n train steps on fit's batches, one dispatch each -> (state, mean loss of the last tenth of the steps)."""
   step = compile_step(ctx, setup)[0]
   state, losses = setup.state, []
   for batch in itertools.islice(fit_batches(setup.windows, setup.batch_size, setup.seed), n):
@@ -359,8 +364,8 @@ def peaks_and_mfu(ctx: Context) -> None:
 
   n = ctx.named
   f["mfu"] = {"stage1_step": mfu(n["stage1_batched_device"]), "stage2_step": mfu(n["stage2_batched_device"]),
-              "stage1_train": mfu(n["stage1_batched_pipeline"]), "stage2_train": mfu(n["stage2_batched_pipeline"]),
-              "stage2_bf16_train": mfu(n["stage2_batched_pipeline_bf16"], "bfloat16")}  # fmt: skip
+              "stage1_train": mfu(n["stage1_batched_chunk"]), "stage2_train": mfu(n["stage2_batched_chunk"]),
+              "stage2_bf16_train": mfu(n["stage2_batched_chunk_bf16"], "bfloat16")}  # fmt: skip
 
 
 @measurement

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 # The headline figures of bench.md's first table, in order (lab/bench.py REQUIRED come first).
 HEADLINES = (
-  "stage2_step_windows_per_s", "stage2_scan_windows_per_s", "stage2_batched_over_loop", "stage2_dropout_cost",
+  "stage2_step_windows_per_s", "stage2_dispatch_windows_per_s", "stage2_chunk_over_dispatch",
+  "stage2_batched_over_loop", "stage2_dropout_cost",
   "stage2_groups_speedup", "stage2_step_over_ffn_matmul", "ffn_matmul_flop_per_s", "stage2_compile_cold_seconds",
   "stage2_compile_warm_seconds", "stage2_fit_skipped_seconds", "stage2_fit_computed_seconds",
   "stage2_fit_computed_over_skipped", "stage2_shared_over_unshared_prefix",

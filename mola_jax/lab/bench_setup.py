@@ -180,6 +180,7 @@ class Setup:
 
   step: object  # the jitted step (steps.make_train_step)
   graphdef: object
+  tx: object
   state: dict  # donated by the step: never reuse after a call
   frozen: object
   active: tuple  # the step's (segment ids, active mask): every segment trains
@@ -208,7 +209,7 @@ def train_setup(ctx: Context, prob: Problem, stage: str, *, forward="batched", d
   )
   key = ("train", model_key(cfg), stage, forward, dtype or "float32", share, k, recipe.lr, per_epoch, groups)
   segs = steps.training_segments([True] * k)
-  return Setup(step, graphdef, state, frozen, segs, data.DeviceWindows(src), recipe.batch_size, k, seed, key)
+  return Setup(step, graphdef, tx, state, frozen, segs, data.DeviceWindows(src), recipe.batch_size, k, seed, key)
 
 
 def fit_batches(windows: data.DeviceWindows, batch_size: int, seed: int):
@@ -218,18 +219,22 @@ def fit_batches(windows: data.DeviceWindows, batch_size: int, seed: int):
       yield windows.take(idx)
 
 
-def make_scan(step, windows: data.DeviceWindows):
-  """chunk(state, frozen, starts [n, B], active) -> (state, losses [n]): n train steps in one jitted lax.scan over
-  the split held on the device, each batch gathered there by data.gather, the package's one window gather."""
-  values, marks, seq, pred = windows.values, windows.marks, windows.seq_len, windows.pred_len
-
-  def chunk(state, frozen, starts, active):
-    def body(st, idx):
-      return step(st, frozen, data.gather(values, marks, idx, seq_len=seq, pred_len=pred), active)
-
-    return jax.lax.scan(body, state, starts)
-
-  return jax.jit(chunk, donate_argnums=0)
+def chunk_program(ctx: Context, setup: Setup, forward: str, dtype, share_dropout, groups, steps_per_call: int):
+  """fit's own program for the setup (steps.make_train_chunk, one run), compiled, and its fixed arguments over the
+  epoch's first `steps_per_call` steps -> (run(state, _) -> (state, losses), stacked state, info)."""
+  w = setup.windows
+  program = steps.make_train_chunk(
+    setup.graphdef, setup.tx, segments=setup.segments, seq_len=w.seq_len, pred_len=w.pred_len, runs=1,
+    share_prefix_dropout=share_dropout, forward=FORWARDS[forward], compute_dtype=dtype, groups=groups,
+  )  # fmt: skip
+  idx = data.train_order(w, setup.batch_size, seed=setup.seed, epoch=1)[None, :steps_per_call]  # [1, C, B]
+  ids, active = setup.active
+  fixed = jax.device_put(
+    ((w.values, w.marks), idx, (ids[None], active[None]), np.ones(idx.shape[1], bool), np.ones(1, bool))
+  )
+  state, frozen = steps.stack([setup.state]), steps.stack([setup.frozen])
+  compiled, info = ctx.aot(program, state, frozen, *fixed, key=setup.key + ("chunk", idx.shape[1]))
+  return (lambda st, _: compiled(st, frozen, *fixed)), state, info
 
 
 def compile_step(ctx: Context, setup: Setup):
@@ -265,9 +270,10 @@ def timed(run, state, inputs, *, windows_per_call: int, st: Settings, min_calls=
 
 
 def step_inputs(setup: Setup, mode: str):
-  """What a timed train step reads: `pipeline` fit's batches (new indices per step, gathered on the device),
-  `device` 8 batches already on the device, cycled."""
-  if mode == "pipeline":
+  """What a train step dispatched alone reads: `dispatch` fit's batches as the per-step loop made them (new indices
+  each step, gathered on the device: one gather and one step dispatched per step), `device` 8 batches already on
+  the device, cycled (the step alone)."""
+  if mode == "dispatch":
     return fit_batches(setup.windows, setup.batch_size, setup.seed)
   if mode == "device":
     order = data.train_order(setup.windows, setup.batch_size, seed=setup.seed, epoch=1)[:8]
@@ -275,25 +281,27 @@ def step_inputs(setup: Setup, mode: str):
   raise ValueError(f"unknown mode {mode!r}")
 
 
-def measure_train(ctx: Context, prob: Problem, stage: str, *, mode="pipeline", forward="batched", dtype=None,
+def measure_train(ctx: Context, prob: Problem, stage: str, *, mode="chunk", forward="batched", dtype=None,
                   share_dropout=None, name="", groups=None) -> dict:  # fmt: skip
-  """Compile and time one stage's train step in one mode and variant -> a row (added to the context)."""
+  """Compile and time one stage's train step in one mode and variant -> a row (added to the context). `chunk`:
+  fit's loop, chunks of cfg.chunk_steps steps (CI mode: study.max_steps) as one program; `dispatch`, `device`:
+  the step dispatched alone (step_inputs)."""
   setup = train_setup(ctx, prob, stage, forward=forward, dtype=dtype, share_dropout=share_dropout, groups=groups)
-  b, frozen, active = setup.batch_size, setup.frozen, setup.active
+  b = setup.batch_size
   compiled, info = compile_step(ctx, setup)
-  flops, per_call = info["flops_per_call"], 1  # XLA counts a loop body once: a scan's FLOPs per step are these
-  if mode == "scan":
-    starts = data.train_order(setup.windows, b, seed=setup.seed, epoch=1)
-    starts = jax.device_put(starts[: ctx.st.max_steps] if ctx.st.tiny else starts)
-    per_call = len(starts)
-    scan = make_scan(setup.step, setup.windows)
-    compiled, info = ctx.aot(scan, setup.state, frozen, starts, active, key=setup.key + ("scan", setup.windows.size))
-    run, inputs = (lambda state, _: compiled(state, frozen, starts, active)), itertools.repeat(None)
+  flops, per_call = info["flops_per_call"], 1  # XLA counts a loop body once: a chunk's FLOPs per step are these
+  if mode == "chunk":
+    per_call = min(ctx.cfg.chunk_steps, ctx.st.max_steps if ctx.st.tiny else ctx.cfg.chunk_steps)
+    per_call = min(per_call, data.num_train_batches(setup.windows, b))
+    share = prob.cfg.adapt.share_prefix_dropout if share_dropout is None else share_dropout
+    run, state, info = chunk_program(ctx, setup, forward, dtype, share and stage == plan.ADAPT, groups, per_call)
+    inputs = itertools.repeat(None)
   else:
-    run, inputs = (lambda state, batch: compiled(state, frozen, batch, active)), step_inputs(setup, mode)
-  scan = mode == "scan"  # a call is a whole epoch: its calibration call is warm-up enough
-  timing, _ = timed(run, setup.state, inputs, windows_per_call=b * per_call, st=ctx.st, min_calls=1 if scan else None,
-                    warmup=0 if scan else None)  # fmt: skip
+    frozen, active, state = setup.frozen, setup.active, setup.state
+    run, inputs = (lambda st, batch: compiled(st, frozen, batch, active)), step_inputs(setup, mode)
+  chunk = mode == "chunk"  # a call is many steps: its calibration call is warm-up enough
+  timing, _ = timed(run, state, inputs, windows_per_call=b * per_call, st=ctx.st, min_calls=1 if chunk else None,
+                    warmup=0 if chunk else None)  # fmt: skip
   step_seconds = timing["call_seconds"] / per_call
   variant = forward + ("" if dtype in (None, "float32") else f"_{dtype}") + ("_shared_dropout" if share_dropout else "")
   return ctx.add({
@@ -302,7 +310,7 @@ def measure_train(ctx: Context, prob: Problem, stage: str, *, mode="pipeline", f
     "windows_per_s": timing["windows_per_s"], "step_ms": 1e3 * step_seconds, "flops_per_step": flops,
     "gflop_per_s": flops / step_seconds / 1e9, "bytes_per_device": info["bytes_per_device"],
     "temp_bytes": info["temp_bytes"], "compile_seconds": info["compile_seconds"], "compile_cached": info["cached"],
-    "steps_per_repeat": timing["calls_per_repeat"] * per_call,
+    "steps_per_call": per_call, "steps_per_repeat": timing["calls_per_repeat"] * per_call,
     "steps_per_epoch": data.num_train_batches(setup.windows, b),
   })  # fmt: skip
 
@@ -316,17 +324,20 @@ def randomise_adapters(model: nnx.Module, seed: int = 0) -> None:
 
 def measure_eval(ctx: Context, prob: Problem, model: nnx.Module, *, stage: str, forward="batched", dtype=None,
                  repeats=None) -> dict:  # fmt: skip
-  """Compile the eval step, then time evaluation.evaluate over the whole test split (every window, padded last
+  """Compile the eval chunk, then time evaluation.evaluate over the whole test split (every window, padded last
   batch) -> {seconds, windows_per_s, compile_seconds, flops_per_batch, mse, per_step_mse}."""
   cfg, k = prob.cfg, 1 if stage == plan.PRETRAIN else prob.k
   src = data.window_source(prob.series, "test", cfg.data.seq_len, prob.s if stage == plan.PRETRAIN else prob.horizon)
   graphdef, states = steps.eval_states(model, stage)
-  step = steps.make_eval_step(graphdef, segments=k, forward=FORWARDS[forward], compute_dtype=dtype)
-  windows, size = data.DeviceWindows(src), cfg.data.eval_batch_size
-  first = windows.take(*(part[0] for part in data.eval_order(src, size)))
+  windows, size, states = data.DeviceWindows(src), cfg.data.eval_batch_size, steps.stack([states])
+  program = steps.make_eval_chunk(graphdef, segments=k, seq_len=src.seq_len, pred_len=src.pred_len,
+                                  forward=FORWARDS[forward], compute_dtype=dtype)  # fmt: skip
+  e = steps.EVAL_CHUNK
+  args = jax.device_put(((windows.values, windows.marks), np.zeros((1, e, size), np.int32),
+                         np.ones((1, e, size), bool), np.ones(e, bool)))  # fmt: skip
   key = ("eval", model_key(cfg), stage, forward, dtype or "float32", k)
-  compiled, info = ctx.aot(step, steps.empty_acc(src.pred_len), states, first, key=key)
-  run = lambda: evaluation.evaluate(compiled, states, windows, size, k)
+  compiled, info = ctx.aot(program, states, *args, key=key)
+  run = lambda: evaluation.evaluate(compiled, states, windows, size, k)[0]
   result, seconds = run(), []  # the first: warm-up
   for _ in range(repeats or ctx.st.repeats):
     t0 = time.perf_counter()

@@ -42,6 +42,7 @@ from mola_jax import workdir as workdir_lib
 from mola_jax.lab import study
 from mola_jax.models import build
 
+HOST_CALLS = 9  # timed chunk dispatches of the host-time measurement (the median is reported)
 REPEATS = 3  # timed repeats of `--study.steps` steps each; the median repeat's seconds per step is reported
 
 COLUMNS = (
@@ -52,6 +53,7 @@ COLUMNS = (
   "windows_per_second",
   "bytes_per_device",
   "flops_per_step",
+  "host_ms_per_step",
 )
 
 
@@ -97,7 +99,7 @@ def model_and_batches(cfg, stage_name: str, batch_sizes):
   k = stage.segments
   src = data.window_source(series, "train", cfg.data.seq_len, stage.window)
   batches = {b: data.host_batch(src, data.train_order(src, b, seed=cfg.seed, epoch=1)[0]) for b in batch_sizes}
-  return graphdef, jax.tree.map(np.asarray, state), k, batches
+  return graphdef, jax.tree.map(np.asarray, state), k, batches, src
 
 
 def measure(layout, graphdef, host_state, batch, *, stage: str, segments: int, cfg, warmup: int, timed: int):
@@ -142,6 +144,61 @@ def measure(layout, graphdef, host_state, batch, *, stage: str, segments: int, c
     "step_seconds_repeats": seconds,
     "loss": float(sharding.fetch(loss)),
   }
+
+
+def measure_host(layout, graphdef, host_state, src, batch_size: int, *, stage: str, segments: int, cfg) -> dict:
+  """The host's share of a train step as fit dispatches it, in chunks of cfg.chunk_steps steps and one step a
+  call (chunk_steps=1) -> host ms per call and per step of both."""
+  c = cfg.chunk_steps
+  with sharding.use(layout.mesh, layout.rules):
+    model = nnx.merge(graphdef, jax.tree.map(np.asarray, host_state))
+    sharding.place_model(model)
+    tx = steps.make_tx(steps.lr_schedule(cfg[stage].lr, 1000, cfg[stage].lr_decay))
+    graphdef, state, frozen = steps.init_state(model, stage, tx, jax.random.key_data(jax.random.key(cfg.seed)))
+    state, frozen = steps.stack([state]), steps.stack([frozen])
+    windows = data.DeviceWindows(src)
+    order = data.train_order(windows, batch_size, seed=cfg.seed, epoch=1)  # [steps, B]
+    share = cfg.adapt.share_prefix_dropout and stage == plan.ADAPT
+    chunked, state = dispatch_seconds(graphdef, tx, state, frozen, windows, order, segments, share, c)
+    single, state = dispatch_seconds(graphdef, tx, state, frozen, windows, order, segments, share, 1)
+  return {
+    "chunk_steps": c, "host_ms_per_call": chunked * 1e3, "host_ms_per_step": chunked * 1e3 / c,
+    "host_ms_per_step_unchunked": single * 1e3,
+  }  # fmt: skip
+
+
+def host_text(row: dict) -> str:
+  if "host_ms_per_step" not in row:
+    return ""
+  return (
+    f"host {row['host_ms_per_step']:.3f} ms/step in chunks of {row['chunk_steps']}, "
+    f"{row['host_ms_per_step_unchunked']:.3f} one step a call  "
+  )
+
+
+def dispatch_seconds(graphdef, tx, state, frozen, windows, order, segments: int, share: bool, c: int):
+  """Median host seconds of a call of fit's chunk program of `c` steps (steps.make_train_chunk), with what fit
+  does per chunk (index arrays cut and replicated, the program bound once) -> (seconds, state). The device is
+  idle before each timed call, so only the host's work is timed: the call returns once the program is enqueued.
+  The first call compiles."""
+  chunk = steps.make_train_chunk(
+    graphdef, tx, segments=segments, seq_len=windows.seq_len, pred_len=windows.pred_len, runs=1,
+    share_prefix_dropout=share,
+  )  # fmt: skip
+  segs, series, seconds = steps.training_segments(np.ones((1, segments), bool)), (windows.values, windows.marks), []
+  program = None
+  for _ in range(HOST_CALLS + 1):
+    jax.block_until_ready(state)
+    t0 = time.perf_counter()
+    idx = np.zeros((1, c, order.shape[1]), np.int32)
+    n = min(c, len(order))
+    idx[:, :n] = order[:n]
+    args = (state, frozen, series, *sharding.replicate((idx, segs, np.arange(c) < n, np.ones(1, bool))))
+    program = program or sharding.bind(chunk, *args)  # once a stage and segment bucket, as fit does
+    state, losses = program(*args)
+    seconds.append(time.perf_counter() - t0)
+  jax.block_until_ready((state, losses))
+  return statistics.median(seconds[1:]), state
 
 
 def efficiency(rows: list[dict]) -> list[float]:
@@ -193,7 +250,8 @@ def plot(rows: list[dict], path: pathlib.Path, title: str) -> None:
   plt.close(fig)
 
 
-def run(cfg, workdir, *, meshes: str | None, batches: str, rules: str, stage: str, warmup: int, timed: int) -> list:
+def run(cfg, workdir, *, meshes: str | None, batches: str, rules: str, stage: str, warmup: int, timed: int,
+        host_time: bool = True) -> list:  # fmt: skip
   plan.make(cfg)  # every config check
   if rules not in sharding.RULES:
     raise config_lib.ConfigError(f"unknown study.rules {rules!r}; use one of {', '.join(sharding.RULES)}")
@@ -206,7 +264,7 @@ def run(cfg, workdir, *, meshes: str | None, batches: str, rules: str, stage: st
   except ValueError:
     raise config_lib.ConfigError(f"study.batches {batches!r}: use integers such as 32,128") from None
   mesh_list = parse_meshes(meshes, jax.device_count(), jax.process_count())
-  graphdef, host_state, k, host_batches = model_and_batches(cfg, stage, batch_sizes)
+  graphdef, host_state, k, host_batches, src = model_and_batches(cfg, stage, batch_sizes)
   workdir = pathlib.Path(workdir)
   lead = sharding.is_lead()
   if lead:
@@ -227,12 +285,14 @@ def run(cfg, workdir, *, meshes: str | None, batches: str, rules: str, stage: st
       row = measure(
         layout, graphdef, host_state, host_batches[b], stage=stage, segments=k, cfg=cfg, warmup=warmup, timed=timed
       )
+      if host_time:
+        row |= measure_host(layout, graphdef, host_state, src, b, stage=stage, segments=k, cfg=cfg)
       rows.append(row)
       if lead:
         print(
           f"mesh {row['mesh']:>5}  batch {b:>5}  step {row['step_seconds'] * 1e3:8.2f} ms  "
           f"{row['windows_per_second']:10.1f} windows/s  {row['bytes_per_device'] / 2**20:8.2f} MiB/device  "
-          f"{row['flops_per_step'] / 1e9:8.3f} GFLOP/step  (compile {row['compile_seconds']:.1f} s)",
+          f"{row['flops_per_step'] / 1e9:8.3f} GFLOP/step  {host_text(row)}(compile {row['compile_seconds']:.1f} s)",
           flush=True,
         )
   if lead and rows:
@@ -284,6 +344,7 @@ def defaults() -> ml_collections.ConfigDict:
   s.stage = "adapt"  # adapt: the stage-2 step with K segments; pretrain: the stage-1 step
   s.warmup = 2  # untimed steps after compiling
   s.steps = 5  # timed steps per repeat (3 repeats; the median repeat is reported)
+  s.host_time = True  # also the host's share of a step as fit dispatches it (two more compiles per mesh and batch)
   return s
 
 
@@ -291,7 +352,7 @@ def command() -> None:
   """`mola-scaling` / `python -m mola_jax.lab.scaling`."""
   study.command(
     lambda cfg, s, workdir: run(cfg, workdir, meshes=s.meshes or None, batches=s.batches, rules=s.rules,
-                                stage=s.stage, warmup=s.warmup, timed=s.steps),
+                                stage=s.stage, warmup=s.warmup, timed=s.steps, host_time=s.host_time),
     defaults(),
     "Where scaling.csv, scaling.json and scaling.png go",
   )  # fmt: skip

@@ -39,6 +39,9 @@ class Ctx:
   # False: compute the layers before the first adapted one K times too (for benchmarks of the saving).
   share_prefix: bool = True
   site: int = 0  # dropout calls made so far in this pass: each call site draws its own stream
+  # Training only: bool [segments], the segments whose batch statistics count (None: all). A step that pads its
+  # active segments with stopped ones computes them but keeps them out of BatchNorm's running averages.
+  active: jax.Array | None = None
 
   @property
   def training(self) -> bool:
@@ -297,13 +300,23 @@ class BatchNorm(nnx.Module):
       mean = h.mean(axis=axes, keepdims=True)  # [K', 1, ..., d]: per segment
       var = jnp.square(h - mean).mean(axis=axes, keepdims=True)
       n = math.prod(h.shape[1:-1])
-      k, m = h.shape[0], self.momentum
-      # After K sequential updates r <- (1-m) r + m s_k, segment k's statistics carry weight m (1-m)^(K-1-k).
-      w = m * (1.0 - m) ** np.arange(k - 1, -1, -1)  # [K']
-      seg_mean = jax.lax.stop_gradient(mean.reshape(k, -1))
-      seg_var = jax.lax.stop_gradient(var.reshape(k, -1)) * (n / max(n - 1, 1))
-      self.mean[...] = (1.0 - m) ** k * self.mean[...] + w @ seg_mean
-      self.var[...] = (1.0 - m) ** k * self.var[...] + w @ seg_var
+      keep, decay = self.update_weights(h.shape[0], ctx)
+      seg_mean = jax.lax.stop_gradient(mean.reshape(h.shape[0], -1))
+      seg_var = jax.lax.stop_gradient(var.reshape(h.shape[0], -1)) * (n / max(n - 1, 1))
+      self.mean[...] = keep * self.mean[...] + decay @ seg_mean
+      self.var[...] = keep * self.var[...] + decay @ seg_var
     else:
       mean, var = self.mean[...], self.var[...]
     return (h - mean) / jnp.sqrt(var + self.epsilon) * self.scale[...] + self.bias[...]
+
+  def update_weights(self, k: int, ctx: Ctx):
+    """The running averages after K' sequential updates r <- (1 - m_k) r + m_k s_k, one per segment in order, as
+    (weight of r, weights [K'] of the segments' statistics): m_k = momentum, or 0 for a segment that does not
+    count (ctx.active), so it leaves r as it was."""
+    m = self.momentum
+    if ctx.active is None or ctx.active.shape[0] != k:  # every segment counts: a constant, folded by jit
+      return (1.0 - m) ** k, m * (1.0 - m) ** np.arange(k - 1, -1, -1)
+    mk = jnp.where(ctx.active, m, 0.0)  # [K']
+    after = jnp.cumprod((1.0 - mk)[::-1])[::-1]  # [K']: prod_{j >= k} (1 - m_j)
+    later = jnp.concatenate([after[1:], jnp.ones(1)])  # prod_{j > k} (1 - m_j)
+    return after[0], mk * later
