@@ -54,6 +54,17 @@ def settings(methods=("mtf", "mola"), num_seeds=1, **more):
   return s
 
 
+def spy(trained: list, keys: tuple):
+  """study.train_runs that notes the given config keys of every run it trains."""
+  real = study.train_runs
+
+  def train_runs(cfgs, workdirs):
+    trained.extend(tuple(c[k] for k in keys) for c in cfgs)
+    return real(cfgs, workdirs)
+
+  return train_runs
+
+
 def test_reproduce_selects_on_validation_shares_stage1_and_resumes(tmp_path, monkeypatch):
   cfg = tiny()
   cfg.data.name, cfg.data.synthetic_rows = "synthetic", 1200
@@ -82,7 +93,7 @@ def test_reproduce_selects_on_validation_shares_stage1_and_resumes(tmp_path, mon
     assert (tmp_path / name).stat().st_size > 0
 
   # Rerunning trains nothing and gives the same table.
-  monkeypatch.setattr(study, "train_and_evaluate", lambda *a: pytest.fail("a finished cell was retrained"))
+  monkeypatch.setattr(study, "train_runs", lambda *a: pytest.fail("a finished cell was retrained"))
   assert reproduce.run(cfg, s, tmp_path) == rows
 
 
@@ -97,8 +108,7 @@ def test_a_second_recipe_reuses_the_first_studys_stage1_and_mtf_runs(tmp_path, m
   improved.adapt.selection = "per_segment"  # a stage-2 change only
   reuse = settings(reuse_from=str(tmp_path / "official"))
   trained = []
-  real = study.train_and_evaluate
-  monkeypatch.setattr(study, "train_and_evaluate", lambda c, w: trained.append((c.method, c.stage)) or real(c, w))
+  monkeypatch.setattr(study, "train_runs", spy(trained, ("method", "stage")))
   rows = reproduce.run(improved, reuse, tmp_path / "improved")
   assert trained == [("mola", "adapt")]  # stage 1 and mtf came from the first study
   assert not (tmp_path / "improved" / "pretrain").exists()
@@ -121,8 +131,7 @@ def test_auto_segments_add_whole_periods_and_reuse_the_config_options_runs(tmp_p
 
   auto = settings(segment_options="auto", reuse_from=str(tmp_path / "paper"))
   trained = []
-  real = study.train_and_evaluate
-  monkeypatch.setattr(study, "train_and_evaluate", lambda c, w: trained.append((c.stage, c.segment_len)) or real(c, w))
+  monkeypatch.setattr(study, "train_runs", spy(trained, ("stage", "segment_len")))
   reproduce.run(cfg, auto, tmp_path / "auto")
   assert 24 in json.loads((tmp_path / "auto" / "periods.json").read_text())["periods"]
   with (tmp_path / "auto" / "selection.csv").open() as f:
@@ -145,3 +154,29 @@ def test_a_run_made_before_a_config_key_existed_is_the_same_run():
   assert study.run_identity(old) != study.run_identity(new)
   old["technique"]["mola"]["rank"], old["technique"]["lora"]["rank"] = 8, 4  # another method's settings: no matter
   assert study.run_identity(old) == study.run_identity(new)
+
+
+@pytest.mark.parametrize("num_seeds", [2, 3])
+def test_seeds_in_one_program_give_what_serial_seeds_give(num_seeds, tmp_path, monkeypatch):
+  """A study whose seeds train side by side (one program for every seed of a cell, both stages and mtf) writes
+  the runs a serial study writes: each seed's test MSE to 1e-5 and the same kept epochs, in the same workdirs."""
+  cfg = tiny()
+  cfg.data.name, cfg.data.synthetic_rows = "synthetic", 1000
+  cfg.segment_len, cfg.pretrain.epochs, cfg.adapt.epochs = 24, 3, 3
+  cfg.pretrain.patience = cfg.adapt.patience = 1
+  serial = tmp_path / "serial"
+  reproduce.run(cfg, settings(num_seeds=num_seeds), serial)
+  programs, real = [], study.train_runs
+  monkeypatch.setattr(study, "train_runs", lambda cfgs, dirs: programs.append(len(cfgs)) or real(cfgs, dirs))
+  together = tmp_path / "together"
+  reproduce.run(cfg, settings(num_seeds=num_seeds, seeds_in_one_program=True), together)
+  assert programs == [num_seeds] * 3  # mtf, stage 1, stage 2: each one program for all the seeds
+  cells = sorted(p.relative_to(serial) for p in serial.glob("*/*/results.json"))
+  assert len(cells) == 3 * num_seeds
+  assert cells == sorted(p.relative_to(together) for p in together.glob("*/*/results.json"))
+  for cell in cells:
+    a, b = (json.loads((root / cell).read_text()) for root in (serial, together))
+    assert a["test_mse"] == pytest.approx(b["test_mse"], rel=1e-5), cell
+    assert a["seed"] == b["seed"]
+    for stage in a["stages"]:
+      assert a["stages"][stage]["best_epoch"] == b["stages"][stage]["best_epoch"], (cell, stage)

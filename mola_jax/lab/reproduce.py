@@ -19,7 +19,9 @@ Segment length: for each (method, horizon) every option is trained with the firs
 lower validation MSE is kept; the other seeds run the chosen S only. The test split never influences it. The
 options are the config's segment_options, and with --study.segment_options=auto also whole multiples of the
 series' dominant period, detected on the training split (lab/periods.py; periods.json). Rerunning the command
-skips finished cells and redoes unfinished ones from scratch. On several processes (jax.distributed) every cell
+skips finished cells and redoes unfinished ones from scratch. With --study.seeds_in_one_program=True the seeds
+of a cell train side by side in one program (train.train_runs), every seed on every S option (the first seed's
+validation still alone picks S), each in the workdir a serial run writes. On several processes (jax.distributed) every cell
 trains on all of them and process 0 writes.
 """
 
@@ -55,6 +57,10 @@ def defaults() -> ml_collections.ConfigDict:
   # has no usable period it proposes nothing new.
   s.segment_options = "auto"
   s.max_segments = 8
+  # Train the seeds of a cell side by side in one program (stacked states, each seed its own orders, stopping
+  # and selection; the files of serial runs). Off by default: on a 2-core CPU it does not pay (docs/performance.md);
+  # on an accelerator a step of one seed leaves the device mostly idle.
+  s.seeds_in_one_program = False
   return s
 
 
@@ -104,22 +110,32 @@ def detect_periods(cfg, settings, horizons: list[int], workdir: pathlib.Path) ->
   return found
 
 
-def run_cell(cfg, settings, workdir: pathlib.Path, method: str, horizon: int, s: int, seed: int) -> tuple:
-  """One cell (its stage-1 model first, for a two-stage method) -> (results, its workdir)."""
-  rel = f"cells/{method}-T{horizon}-S{s}-seed{seed}"
+def run_cells(cfg, settings, workdir: pathlib.Path, method: str, horizon: int, s: int, seeds: list) -> list:
+  """The cell (method, T, S) of each seed in `seeds`, trained side by side (their stage-1 models first, for a
+  two-stage method) -> [(results, its workdir)] in the order of `seeds`."""
+  rel = [f"cells/{method}-T{horizon}-S{s}-seed{seed}" for seed in seeds]
   if not TECHNIQUES[method].two_stage:
-    cell = study.cell_cfg(cfg, method=method, horizon=horizon, segment_len=None, seed=seed, stage="all")
-    cell_dir = study.locate(settings.reuse_from, cell, workdir, rel)
-    return study.run_once(cell, cell_dir), cell_dir
+    cells = [
+      study.cell_cfg(cfg, method=method, horizon=horizon, segment_len=None, seed=seed, stage="all") for seed in seeds
+    ]
+    dirs = [study.locate(settings.reuse_from, c, workdir, r) for c, r in zip(cells, rel, strict=True)]
+    return list(zip(study.run_group(cells, dirs), dirs, strict=True))
   # Stage 1 is the backbone alone, whatever the method: one run (made as mola's) serves every method.
-  pre = study.cell_cfg(cfg, method="mola", horizon=s, segment_len=s, seed=seed, stage="pretrain")
-  stage1 = study.locate(settings.reuse_from, pre, workdir, f"pretrain/S{s}-seed{seed}")
-  study.run_once(pre, stage1)
-  cell = study.cell_cfg(
-    cfg, method=method, horizon=horizon, segment_len=s, seed=seed, stage="adapt", init_from=str(stage1)
-  )
-  cell_dir = study.locate(settings.reuse_from, cell, workdir, rel, identity=study.run_identity)
-  return study.run_once(cell, cell_dir), cell_dir
+  pres = [study.cell_cfg(cfg, method="mola", horizon=s, segment_len=s, seed=seed, stage="pretrain") for seed in seeds]
+  stage1 = [
+    study.locate(settings.reuse_from, p, workdir, f"pretrain/S{s}-seed{seed}")
+    for p, seed in zip(pres, seeds, strict=True)
+  ]
+  study.run_group(pres, stage1)
+  cells = [
+    study.cell_cfg(cfg, method=method, horizon=horizon, segment_len=s, seed=seed, stage="adapt", init_from=str(d))
+    for seed, d in zip(seeds, stage1, strict=True)
+  ]
+  dirs = [
+    study.locate(settings.reuse_from, c, workdir, r, identity=study.run_identity)
+    for c, r in zip(cells, rel, strict=True)
+  ]
+  return list(zip(study.run_group(cells, dirs), dirs, strict=True))
 
 
 def run(cfg, settings, workdir) -> list[dict]:
@@ -132,17 +148,21 @@ def run(cfg, settings, workdir) -> list[dict]:
   study.save_settings(workdir, cfg, settings)
   found = detect_periods(cfg, settings, horizons, workdir)
   book, t0 = Book(), time.perf_counter()
-  cells = [(seed, h, m) for seed in seeds for h in horizons for m in methods]
-  for i, (seed, horizon, method) in enumerate(cells, 1):
+  # Seeds in one program: every seed of a cell trains with the first on each S option (the first seed's
+  # validation still alone picks S); else the first seed tries the options and the others run the chosen S.
+  groups = [seeds] if settings.seeds_in_one_program else [[seed] for seed in seeds]
+  cells = [(h, m) for h in horizons for m in methods]
+  for i, (horizon, method) in enumerate(cells, 1):
     options = segment_options(cfg, method, horizon, found, settings.max_segments)
-    options = (book.chosen[(method, horizon)],) if seed != seeds[0] else options
-    for s in options:
-      elapsed = time.perf_counter() - t0
-      print(f"[reproduce {i}/{len(cells)}] {method} T={horizon} S={s} seed={seed} ({elapsed:.0f}s elapsed)", flush=True)
-      key = (method, horizon, s, seed)
-      book.results[key], book.dirs[key] = run_cell(cfg, settings, workdir, method, horizon, s, seed)
-    if seed == seeds[0]:
-      choose(book, method, horizon, options, seed)
+    for group in groups:
+      for s in options if seeds[0] in group else (book.chosen[(method, horizon)],):
+        elapsed = time.perf_counter() - t0
+        print(f"[reproduce {i}/{len(cells)}] {method} T={horizon} S={s} seeds={group} ({elapsed:.0f}s elapsed)",
+              flush=True)  # fmt: skip
+        for seed, found_run in zip(group, run_cells(cfg, settings, workdir, method, horizon, s, group), strict=True):
+          book.results[(method, horizon, s, seed)], book.dirs[(method, horizon, s, seed)] = found_run
+      if seeds[0] in group:
+        choose(book, method, horizon, options, seeds[0])
   rows = table_rows(cfg, book, seeds, horizons, methods)
   write(workdir, book, rows, seeds, horizons, methods)
   print(table_markdown(rows))

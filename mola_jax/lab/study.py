@@ -16,7 +16,7 @@ import ml_collections
 
 from mola_jax import cli, sharding
 from mola_jax import workdir as workdir_lib
-from mola_jax.train import train_and_evaluate
+from mola_jax.train import train_runs
 
 
 def command(run, defaults: ml_collections.ConfigDict, workdir_help: str, *, multi_process: bool = True) -> None:
@@ -47,13 +47,26 @@ def save_settings(workdir: pathlib.Path, cfg, study) -> None:
 
 def run_once(cfg, workdir: pathlib.Path) -> dict:
   """Results of the run in `workdir`, training it first unless it already finished."""
-  done = workdir / "results.json"
-  if sharding.agree(done.is_file()):  # every process takes process 0's view of the shared directory
-    return json.loads(done.read_text())
-  if workdir.exists() and sharding.is_lead():  # killed part-way: start the cell over, not mix two partial runs
-    shutil.rmtree(workdir)
-  sharding.sync(f"fresh {workdir}")
-  return train_and_evaluate(cfg, workdir)
+  return run_group([cfg], [workdir])[0]
+
+
+def run_group(cfgs: list, workdirs: list) -> list[dict]:
+  """Results of the runs in `workdirs` (configs that differ only in seed and init_from), training those that have
+  not finished side by side in one program (train.train_runs: their states stacked, one program for all)."""
+  results, todo = {}, []
+  for i, workdir in enumerate(workdirs):
+    done = workdir / "results.json"
+    if sharding.agree(done.is_file()):  # every process takes process 0's view of the shared directory
+      results[i] = json.loads(done.read_text())
+      continue
+    if workdir.exists() and sharding.is_lead():  # killed part-way: start the run over, not mix two partial runs
+      shutil.rmtree(workdir)
+    todo.append(i)
+  if todo:
+    sharding.sync(f"fresh {workdirs[todo[0]]}")
+    trained = train_runs([cfgs[i] for i in todo], [workdirs[i] for i in todo])
+    results.update(zip(todo, trained, strict=True))
+  return [results[i] for i in range(len(workdirs))]
 
 
 # What a stage-1 or mtf run depends on; another study's run that agrees on all of it is the same run.

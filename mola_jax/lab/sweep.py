@@ -13,7 +13,7 @@ and shared by every point that agrees on them. Layout of DIR:
   points/{point}-seed{seed}/         stage-2 (or mtf) runs; results.json marks a finished one
   config.json, study.json, sweep.csv, sweep.md, sweep_{key}.png
 Points that come to the same config (a key set to the config's own value) run once. Rerunning skips finished
-points.
+points. --study.seeds_in_one_program=True trains a point's seeds side by side in one program (train.train_runs).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ def defaults() -> ml_collections.ConfigDict:
   s.grid = ""  # KEY=V1,V2,... items separated by ';'
   s.mode = "one_at_a_time"  # or "grid": every combination
   s.num_seeds = 3
+  s.seeds_in_one_program = False  # the seeds of a point side by side in one program (reproduce's setting)
   return s
 
 
@@ -79,18 +80,24 @@ def _stage1_id(cell) -> str:
   ).hexdigest()[:8]
 
 
-def run_point(cfg, point: dict, seed: int, root: pathlib.Path) -> dict:
-  """Train (or reuse) the stage-1 model and the point's run -> its results.json."""
-  cell = config_lib.with_values(cfg, dict(point, seed=seed))
-  run_plan = plan.make(cell)
-  out = root / "points" / f"{_name(point)}-seed{seed}"
+def run_point(cfg, point: dict, seeds: list, root: pathlib.Path) -> list[dict]:
+  """Train (or reuse) the stage-1 models and the point's runs of `seeds`, side by side -> their results.json."""
+  cells = [config_lib.with_values(cfg, dict(point, seed=seed)) for seed in seeds]
+  run_plan = plan.make(cells[0])
+  outs = [root / "points" / f"{_name(point)}-seed{seed}" for seed in seeds]
   if not run_plan.two_stage:
-    return study.run_once(cell, out)
+    return study.run_group(cells, outs)
   s = run_plan.segment_len
-  pre = study.cell_cfg(cell, horizon=s, segment_len=s, stage="pretrain")
-  stage1 = study.locate(None, pre, root, f"pretrain/S{s}-seed{seed}-{_stage1_id(pre)}")
-  study.run_once(pre, stage1)
-  return study.run_once(study.cell_cfg(cell, segment_len=s, stage="adapt", init_from=str(stage1)), out)
+  pres = [study.cell_cfg(cell, horizon=s, segment_len=s, stage="pretrain") for cell in cells]
+  stage1 = [
+    study.locate(None, pre, root, f"pretrain/S{s}-seed{seed}-{_stage1_id(pre)}")
+    for pre, seed in zip(pres, seeds, strict=True)
+  ]
+  study.run_group(pres, stage1)
+  adapts = [
+    study.cell_cfg(cell, segment_len=s, stage="adapt", init_from=str(d)) for cell, d in zip(cells, stage1, strict=True)
+  ]
+  return study.run_group(adapts, outs)
 
 
 def run(cfg, settings, workdir) -> list[dict]:
@@ -101,16 +108,15 @@ def run(cfg, settings, workdir) -> list[dict]:
   for point in todo:  # every point's config must be valid before hours of work, not after
     plan.make(config_lib.with_values(cfg, point))
   study.save_settings(root, cfg, settings)  # on several processes every point trains on all, process 0 writes
+  groups = [seeds] if settings.seeds_in_one_program else [[seed] for seed in seeds]
   rows, done = [], {}  # done: (the point's resolved config, seed) -> its results
   for i, point in enumerate(todo, 1):
-    results = []
-    for seed in seeds:
-      same = (config_lib.with_values(cfg, point).to_json_best_effort(sort_keys=True), seed)
-      if same not in done:
-        print(f"[sweep {i}/{len(todo)}] {_name(point)} seed={seed}", flush=True)
-        done[same] = run_point(cfg, point, seed, root)
-      results.append(done[same])
-    rows.append(row(cfg, point, results))
+    same = config_lib.with_values(cfg, point).to_json_best_effort(sort_keys=True)
+    for group in groups:
+      if any((same, seed) not in done for seed in group):
+        print(f"[sweep {i}/{len(todo)}] {_name(point)} seeds={group}", flush=True)
+        done.update({(same, seed): r for seed, r in zip(group, run_point(cfg, point, group, root), strict=True)})
+    rows.append(row(cfg, point, [done[(same, seed)] for seed in seeds]))
   if sharding.is_lead():
     study.write_csv(root / "sweep.csv", rows)
     workdir_lib.write_text(root / "sweep.md", markdown(rows))
