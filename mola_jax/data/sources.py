@@ -36,6 +36,7 @@ class DatasetInfo:
   filename: str  # "ETTh1.csv"
   split: str  # "ett_hour" | "ett_minute" | "ratio"
   channels: int  # D, excluding date
+  rows: int  # data rows of the canonical file (what an AOT compile sizes the series by, without the file)
   sha256: tuple[str, ...]  # accepted digests; CRLF files also accept their LF-normalised digest; () = unknown
   url: str | None  # public direct download URL, or None when there is no stable one
 
@@ -48,6 +49,7 @@ DATASETS: dict[str, DatasetInfo] = {
       "ETTh1.csv",
       "ett_hour",
       7,
+      17420,
       ("f18de3ad269cef59bb07b5438d79bb3042d3be49bdeecf01c1cd6d29695ee066",),
       ETT_URL.format("ETTh1.csv"),
     ),
@@ -56,6 +58,7 @@ DATASETS: dict[str, DatasetInfo] = {
       "ETTh2.csv",
       "ett_hour",
       7,
+      17420,
       ("a3dc2c597b9218c7ce1cd55eb77b283fd459a1d09d753063f944967dd6b9218b",),
       ETT_URL.format("ETTh2.csv"),
     ),
@@ -64,6 +67,7 @@ DATASETS: dict[str, DatasetInfo] = {
       "ETTm1.csv",
       "ett_minute",
       7,
+      69680,
       ("6ce1759b1a18e3328421d5d75fadcb316c449fcd7cec32820c8dafda71986c9e",),
       ETT_URL.format("ETTm1.csv"),
     ),
@@ -72,6 +76,7 @@ DATASETS: dict[str, DatasetInfo] = {
       "ETTm2.csv",
       "ett_minute",
       7,
+      69680,
       ("db973ca252c6410a30d0469b13d696cf919648d0f3fd588c60f03fdbdbadd1fd",),
       ETT_URL.format("ETTm2.csv"),
     ),
@@ -81,6 +86,7 @@ DATASETS: dict[str, DatasetInfo] = {
       "weather.csv",
       "ratio",
       21,
+      52696,
       (
         "34ee981d07313e51da2a50bb600072c8ae4a69cb4b0651f4cb93a069d7a2ba63",
         "9b2b19b13e342d9c9b9c51620d42b4be232df7fba30e7f5c4968b7c79ab138ad",
@@ -92,6 +98,7 @@ DATASETS: dict[str, DatasetInfo] = {
       "exchange_rate.csv",
       "ratio",
       8,
+      7588,
       (
         "48b4d9d3d508f5104162e85b9a6042e3557fde11aa9f2944eba8c0d0efc89842",
         "d55e7aa2641009814a18ba3279431b13f6d413b0eab195b9ff21988d8cf94e97",
@@ -103,14 +110,15 @@ DATASETS: dict[str, DatasetInfo] = {
       "national_illness.csv",
       "ratio",
       7,
+      966,
       (
         "93601f64d2566dc796ca4305adad8b8560c2db1a1ff04543c3bd813a7263570a",
         "8594cecb98c6f2f9dc014eca11c4d5d1e38ad5ce6ed0592d4abe65b146fce395",
       ),
       None,
     ),
-    DatasetInfo("electricity", "electricity.csv", "ratio", 321, (), None),
-    DatasetInfo("traffic", "traffic.csv", "ratio", 862, (), None),
+    DatasetInfo("electricity", "electricity.csv", "ratio", 321, 26304, (), None),
+    DatasetInfo("traffic", "traffic.csv", "ratio", 862, 17544, (), None),
   )
 }
 
@@ -499,7 +507,7 @@ def load_series(data_cfg) -> Series:
   A custom path whose file name is a registry file name (e.g. .../ETTh1.csv) keeps that dataset's split, so moving
   a benchmark file never silently changes its borders.
   """
-  if getattr(data_cfg, "name", None) == "synthetic" and getattr(data_cfg, "path", None) is None:
+  if data_cfg.name == "synthetic" and data_cfg.path is None:
     values, dates, columns = synthetic_data(data_cfg)  # no file at all
     return build_series(
       values,
@@ -508,14 +516,11 @@ def load_series(data_cfg) -> Series:
       columns=columns,
       split="ratio",
       seq_len=int(data_cfg.seq_len),
-      freq=getattr(data_cfg, "freq", "h") or "h",
+      freq=data_cfg.freq,
     )
-  path = getattr(data_cfg, "path", None)
-  seq_len = int(data_cfg.seq_len)
-  freq = getattr(data_cfg, "freq", "h") or "h"
-  parity_quirk = bool(getattr(data_cfg, "parity_quirk", False))
+  path, seq_len, freq, parity_quirk = data_cfg.path, int(data_cfg.seq_len), data_cfg.freq, bool(data_cfg.parity_quirk)
   if path is not None:
-    p = resolve_path(getattr(data_cfg, "name", None), path)
+    p = resolve_path(data_cfg.name, path)
     known = {info.filename: info for info in DATASETS.values()}
     if p.name in known:
       name, split = known[p.name].name, known[p.name].split
