@@ -18,7 +18,6 @@ import sys
 import time
 
 import jax
-import numpy as np
 
 from mola_jax import config_lib, data, plan, sharding, steps
 from mola_jax.train import stage_model

@@ -196,13 +196,14 @@ def run(cfg, workdir, *, topologies: str, rules: str, model_axis: int, per_shard
             } | compiled_row(lowered)  # fmt: skip
             row["fits"] = row["hbm_bytes"] is None or row["total_bytes"] <= row["hbm_bytes"]
             rows.append(row)
+            write(pathlib.Path(workdir), rows, cfg)  # after every program: an interrupted study keeps its rows
             print(
               f"{topology:>10} {table:<13} {row['mesh']:>6} {stage.name:<8} {program:<5} batch {row['global_batch']:>5}"
               f"  {row['total_bytes'] / 2**20:9.1f} MiB/chip  {row['flops_per_chip'] / 1e9:9.3f} GFLOP/chip  "
               f"est {row['estimated_seconds'] * 1e3:8.3f} ms  compile {row['compile_seconds']:5.1f} s",
               flush=True,
             )
-  write(pathlib.Path(workdir), rows, cfg)
+  print(f"wrote {pathlib.Path(workdir) / 'aot.csv'} and aot.json ({len(rows)} programs)")
   return rows
 
 
@@ -214,7 +215,6 @@ def write(workdir: pathlib.Path, rows: list[dict], cfg) -> None:
     writer.writerows(rows)
   settings = {"jax": jax.__version__, "matmul_precision": cfg.matmul_precision, "compute_dtype": cfg.compute_dtype}
   workdir_lib.write_json(workdir / "aot.json", {"settings": settings, "rows": rows}, indent=1)
-  print(f"wrote {workdir / 'aot.csv'} and aot.json ({len(rows)} programs)")
 
 
 def defaults() -> ml_collections.ConfigDict:
