@@ -15,8 +15,9 @@ DIR/aot.csv and DIR/aot.json, one row per (topology, rules, stage, program):
 * per-chip memory of the compiled program: arguments, outputs, temporaries, donated (aliased) buffers, their total
   (arguments + outputs + temporaries - aliased) and the chip's HBM (`fits` = total <= HBM);
 * FLOPs per chip and step (XLA's cost analysis of the partitioned program counts a loop body once: one train
-  step, one eval batch), XLA's estimated time of that body (`optimal_seconds`: a roofline of the program on that
-  chip, not a measurement) and the compile time here.
+  step, one eval batch), XLA's estimated time (`optimal_seconds`, a roofline, not a measurement; it leaves out
+  the loop's body, so for fit's chunk programs it is not a step's time: report/aot.py shows the FLOPs at the
+  chip's peak instead) and the compile time here.
 
 No data file is read for a registry dataset: its channel count comes from the registry, so traffic's 862 variates
 compile without traffic.csv. Global batches: the config's, or `--study.batch_per_shard` times the `data` axis.
