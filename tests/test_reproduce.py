@@ -162,8 +162,8 @@ def test_seeds_in_one_program_give_what_serial_seeds_give(num_seeds, tmp_path, m
   the runs a serial study writes: each seed's test MSE to 1e-5 and the same kept epochs, in the same workdirs."""
   cfg = tiny()
   cfg.data.name, cfg.data.synthetic_rows = "synthetic", 1000
-  cfg.segment_len, cfg.pretrain.epochs, cfg.adapt.epochs = 24, 3, 3
-  cfg.pretrain.patience = cfg.adapt.patience = 1
+  cfg.segment_len, cfg.adapt.epochs = 24, 3
+  cfg.pretrain.update(epochs=8, patience=1, lr=1e-2, lr_decay=1.0)  # the seeds stop after different epochs
   serial = tmp_path / "serial"
   reproduce.run(cfg, settings(num_seeds=num_seeds), serial)
   programs, real = [], study.train_runs
@@ -174,6 +174,12 @@ def test_seeds_in_one_program_give_what_serial_seeds_give(num_seeds, tmp_path, m
   cells = sorted(p.relative_to(serial) for p in serial.glob("*/*/results.json"))
   assert len(cells) == 3 * num_seeds
   assert cells == sorted(p.relative_to(together) for p in together.glob("*/*/results.json"))
+  epochs = {}  # (method or stage-1 run, stage) -> the numbers of epochs its seeds trained
+  for cell in cells:
+    kind = cell.parent.name.rsplit("-seed", 1)[0]
+    for stage, record in json.loads((together / cell).read_text())["stages"].items():
+      epochs.setdefault((kind, stage), set()).add(record["epochs"])
+  assert any(len(e) > 1 for e in epochs.values()), epochs  # seeds stopped apart: a finished one was held
   for cell in cells:
     a, b = (json.loads((root / cell).read_text()) for root in (serial, together))
     assert a["test_mse"] == pytest.approx(b["test_mse"], rel=1e-5), cell
