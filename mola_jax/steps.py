@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 import os
 
 import jax
@@ -23,21 +22,6 @@ from mola_jax.models import Ctx, SegmentParam, predict
 from mola_jax.models.adapters import segment_rows
 
 TRAINABLE = {"pretrain": nnx.Param, "adapt": nnx.LoRAParam}
-
-
-def cached(make):
-  """functools.lru_cache keyed on the bound arguments with their defaults applied, so that make(g, runs=1) and
-  make(g) are one entry: a plain lru_cache keys on how a call is spelt, and two spellings would build two jitted
-  programs that compile twice (validation in fit and the test pass share their eval program through this)."""
-  signature, memo = inspect.signature(make), functools.lru_cache(maxsize=32)(make)
-
-  @functools.wraps(make)
-  def call(*args, **kwargs):
-    bound = signature.bind(*args, **kwargs)
-    bound.apply_defaults()
-    return memo(*bound.args, **bound.kwargs)
-
-  return call
 
 
 def split(model: nnx.Module, stage: str):
@@ -288,7 +272,7 @@ def eval_step_fn(graphdef, *, segments: int, forward=predict, compute_dtype=None
   return step
 
 
-@cached
+@functools.lru_cache(maxsize=32)
 def make_eval_step(graphdef, *, segments: int, layout=None, forward=predict, compute_dtype=None, groups=None):
   """eval_step_fn jitted alone: step(acc, states, batch) -> acc + the batch's sums (acc donated; steps.empty_acc
   to start), one dispatch per batch, for the benchmark and the tests (evaluation runs chunks: make_eval_chunk)."""
@@ -300,7 +284,7 @@ def make_eval_step(graphdef, *, segments: int, layout=None, forward=predict, com
 EVAL_CHUNK = 8  # eval batches per call: every split is scored by one program, its last call padded
 
 
-@cached
+@functools.lru_cache(maxsize=32)
 def make_eval_chunk(graphdef, *, segments: int, seq_len: int, pred_len: int, runs: int = 1, forward=predict,
                     compute_dtype=None, groups=None, layout=None):  # fmt: skip
   """The eval step of a model structure as an eval chunk (`eval_chunk`). Validation and the test pass of a stage
@@ -346,7 +330,7 @@ def eval_forward(graphdef, states, batch, *, segments: int, groups: int, forward
   return pred.reshape(pred.shape[0], -1, pred.shape[-1])
 
 
-@cached
+@functools.lru_cache(maxsize=32)
 def make_predict_step(graphdef, *, segments: int, compute_dtype: str | None = None, groups: int | None = None):
   """step(states, batch) -> forecast [B, T, D] of every window of the batch (the eval step's forward pass)."""
   cast, groups = caster(compute_dtype), default_groups() if groups is None else groups
