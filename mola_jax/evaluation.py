@@ -109,7 +109,7 @@ def validate(program, states, windows, evaluations, segments: int, *, batch_size
 
 def evaluate_split(model: nnx.Module, stage: plan.Stage, *, series, evaluation: Evaluation, split="test") -> dict:
   """One pass over every window of `split`, in order: the test split once, after training (never used for
-  selection). The eval program is the one validation used (make_eval_chunk is cached), so nothing compiles again."""
+  selection). The eval program is validation's (make_eval_chunk is cached); the split's rows are a new shape."""
   graphdef, states = steps.eval_states(model, stage.name)
   windows = data.DeviceWindows(data.window_source(series, split, evaluation.seq_len, stage.window))
   program = steps.make_eval_chunk(graphdef, segments=stage.segments, seq_len=windows.seq_len,
