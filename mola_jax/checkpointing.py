@@ -21,7 +21,9 @@ from mola_jax.errors import CheckpointError
 from mola_jax.models.adapters import AdapterConst
 
 # Keys of `meta` that must agree between a stage-1 checkpoint and the stage-2 model built on it.
-BACKBONE_IDENTITY = ("dataset", "backbone", "model", "seq_len", "segment_len", "channels", "marks")
+BACKBONE_IDENTITY = ("dataset", "backbone", "model", "seq_len", "segment_len", "channels", "marks", "columns")
+# Keys a checkpoint written before they existed may lack: it is taken as agreeing.
+_NEWER_IDENTITY = ("columns",)
 
 
 def backbone_identity(spec, series, segment_len: int) -> dict:
@@ -35,6 +37,7 @@ def backbone_identity(spec, series, segment_len: int) -> dict:
     "segment_len": segment_len,
     "channels": int(series.values.shape[1]),
     "marks": int(series.marks.shape[1]),
+    "columns": list(series.columns) + list(series.covariates),  # their order: the target last, then covariates
   }
 
 
@@ -153,6 +156,8 @@ def load_backbone(model: nnx.Module, directory: pathlib.Path, expect: dict) -> d
 
   def check(meta: dict, have: dict) -> None:
     for key in BACKBONE_IDENTITY:
+      if key in _NEWER_IDENTITY and key not in meta:
+        continue
       if meta.get(key) != expect[key]:
         raise CheckpointError(
           f"stage-1 checkpoint {directory} has {key}={meta.get(key)!r} but this run needs {expect[key]!r}; "

@@ -15,6 +15,7 @@ import pathlib
 import ml_collections
 from ml_collections import config_dict
 
+from mola_jax import data
 from mola_jax.errors import ConfigError
 from mola_jax.models import BACKBONES
 from mola_jax.models.techniques import TECHNIQUES
@@ -42,11 +43,27 @@ def default() -> ml_collections.ConfigDict:
 
   cfg.data = ml_collections.ConfigDict()
   cfg.data.name = "ETTh1"  # a key of mola_jax.data.DATASETS, or "synthetic"
-  cfg.data.path = config_dict.placeholder(str)  # a custom CSV (date column, OT last): 7:1:2 split
+  # Your own table: a wide CSV (a `date` column, one column per series) or a long one (unique_id, ds, y and
+  # covariate columns, one row per series and time): 7:1:2 split. README "Your own data".
+  cfg.data.path = config_dict.placeholder(str)
   cfg.data.seq_len = 96  # look-back L
   cfg.data.label_len = 48  # known decoder steps, read only by encoder-decoder backbones
-  cfg.data.freq = "h"  # time features; the field's scripts never set it, so every dataset gets the hourly four
-  cfg.data.features = "M"  # all channels in and out; the only mode implemented
+  # Time features: a code ("h", "t", "d", "w", "m", ...) or a pandas frequency ("15min", "W-TUE"); "auto": the
+  # dates' own frequency. Unset: the field's hourly four for a benchmark file (the field's scripts never set it, so
+  # published numbers compare), the dates' own frequency for any other table.
+  cfg.data.freq = config_dict.placeholder(str)
+  # M: every channel in and out; S: the target alone; MS: every channel in, the target out (scored on it alone).
+  cfg.data.features = "M"
+  # The target column (a long table: a unique_id); unset: OT if the table has it, else its last series.
+  cfg.data.target = config_dict.placeholder(str)
+  # Columns known over the forecast horizon (a holiday flag, a price schedule): inputs only, never forecast or
+  # scored; they follow the time features as marks, in the look-back and the horizon. predict() needs their values
+  # for the horizon rows.
+  cfg.data.future_covariates = ()
+  # Gaps in a table (empty cells; rows missing from its regular time grid): "error" refuses them, naming where;
+  # "interpolate" (linear) or "ffill" (the last value) fill them. Filled target values are kept out of the training
+  # loss and of every score. Benchmark files have no gaps and are read by position, as the field reads them.
+  cfg.data.missing = "error"
   cfg.data.parity_quirk = False  # reproduce the MoLA fork's odd-row train start on 7:1:2 datasets
   cfg.data.eval_batch_size = 256  # padded and masked, so it changes speed only, never the score
   # The validation score that early stopping and model selection read (mola_jax/metrics.py `validate`): "full",
@@ -68,7 +85,8 @@ def default() -> ml_collections.ConfigDict:
   # Stage 1 (and mtf): an ordinary direct forecaster (docs/method.md §8).
   cfg.pretrain = ml_collections.ConfigDict()
   cfg.pretrain.lr = 5e-4
-  cfg.pretrain.lr_decay = 0.5  # per epoch from epoch 3 (TSLib's type1); 1.0 = constant
+  cfg.pretrain.lr_decay = 0.5  # per epoch from epoch lr_decay_from (TSLib's type1); 1.0 = constant
+  cfg.pretrain.lr_decay_from = 3  # the first epoch at a decayed lr: 3 in TSLib's type1, 5 in CycleNet's type3
   cfg.pretrain.epochs = 5
   cfg.pretrain.patience = 2
   cfg.pretrain.batch_size = 32
@@ -77,6 +95,7 @@ def default() -> ml_collections.ConfigDict:
   cfg.adapt = ml_collections.ConfigDict()
   cfg.adapt.lr = 1e-3
   cfg.adapt.lr_decay = 0.5  # the stage-2 schedule; 1.0 = constant (a per-dataset choice, docs/results.md §11)
+  cfg.adapt.lr_decay_from = 3
   cfg.adapt.epochs = 10
   cfg.adapt.patience = 3  # per segment (docs/method.md §7)
   # any_improved: keep the whole state of the last epoch in which any segment improved (the official rule);
@@ -261,8 +280,16 @@ def validate(cfg) -> None:
     raise ConfigError(f"chunk_steps must be at least 1, got {cfg.chunk_steps}")
   if cfg.data.val_protocol not in ("full", "official"):
     raise ConfigError(f"unknown data.val_protocol {cfg.data.val_protocol!r}; use full or official")
-  if cfg.data.features != "M":
-    raise ConfigError(f"features mode {cfg.data.features!r} is not implemented; use 'M'")
+  if cfg.data.features not in data.FEATURES:
+    raise ConfigError(f"unknown data.features {cfg.data.features!r}; use M (all in and out), S (the target alone) "
+                      "or MS (all in, the target out)")  # fmt: skip
+  if cfg.data.missing not in data.MISSING:
+    raise ConfigError(f"unknown data.missing {cfg.data.missing!r}; use {', '.join(data.MISSING)}")
+  if isinstance(cfg.data.future_covariates, str) or not all(isinstance(c, str) for c in cfg.data.future_covariates):
+    raise ConfigError(
+      f"data.future_covariates must be a tuple of column names, e.g. \"('holiday',)\"; got "
+      f"{cfg.data.future_covariates!r}"
+    )
   if cfg.data.seq_len <= 0:
     raise ConfigError(f"data.seq_len must be positive, got {cfg.data.seq_len}")
   for key in ("pretrain", "adapt"):
@@ -271,6 +298,8 @@ def validate(cfg) -> None:
       raise ConfigError(f"{key}.batch_size, {key}.epochs and {key}.lr must be positive")
     if not 0.0 < sub.lr_decay <= 1.0:
       raise ConfigError(f"{key}.lr_decay must lie in (0, 1] (0.5 halves the lr each epoch, 1 keeps it): {sub.lr_decay}")
+    if sub.lr_decay_from < 2:
+      raise ConfigError(f"{key}.lr_decay_from is the first epoch at a decayed lr, at least 2: {sub.lr_decay_from}")
   if cfg.matmul_precision not in MATMUL_PRECISIONS:
     raise ConfigError(f"unknown matmul_precision {cfg.matmul_precision!r}; use one of {', '.join(MATMUL_PRECISIONS)}")
   if cfg.compute_dtype not in ("float32", "bfloat16"):

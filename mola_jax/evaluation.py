@@ -41,16 +41,30 @@ SCALE_FLOOR = 0.05  # standardised units: a flat look-back (a constant channel) 
 
 
 def summarise(acc: dict, segments: int, channels: int) -> dict:
-  """One run's sums (host numpy: "sq", "abs" [T], "count") -> metrics. Global element means (docs/protocol.md §7)."""
+  """One run's sums (host numpy: "sq", "abs" [T], "count", and "scored" [T] where values were filled in) ->
+  metrics. Global element means over the scored values (docs/protocol.md §7): every window x the scored
+  `channels`, or the observed values alone ("scored")."""
   n = int(acc["count"])
-  per_step = acc["sq"] / (n * channels)  # [T]
+  if "scored" in acc:  # filled values are left out: each mean over the values actually observed
+    counts = np.asarray(acc["scored"], np.float64)  # [T]
+    per_step, by_segment = acc["sq"] / np.maximum(counts, 1), lambda a: a.reshape(segments, -1).sum(axis=1)
+    per_segment = by_segment(acc["sq"]) / np.maximum(by_segment(counts), 1)
+    total = max(counts.sum(), 1)
+  else:
+    per_step = acc["sq"] / (n * channels)  # [T]
+    per_segment, total = per_step.reshape(segments, -1).mean(axis=1), n * per_step.size * channels
   return {
-    "mse": float(acc["sq"].sum() / (n * per_step.size * channels)),
-    "mae": float(acc["abs"].sum() / (n * per_step.size * channels)),
+    "mse": float(acc["sq"].sum() / total),
+    "mae": float(acc["abs"].sum() / total),
     "per_step_mse": per_step.tolist(),
-    "per_segment_mse": per_step.reshape(segments, -1).mean(axis=1).tolist(),
+    "per_segment_mse": per_segment.tolist(),
     "windows": n,
   }
+
+
+def scored_channels(windows: data.DeviceWindows, target_only: bool) -> int:
+  """The channels a score reads: the target alone under MS, else every one."""
+  return 1 if target_only else windows.values.shape[-1]
 
 
 def batch_sums(program, states, windows: data.DeviceWindows, idx: np.ndarray, mask: np.ndarray) -> dict:
@@ -61,7 +75,7 @@ def batch_sums(program, states, windows: data.DeviceWindows, idx: np.ndarray, ma
   calls = -(-n // e)
   pad = lambda a: np.concatenate([a, np.zeros((r, calls * e - n, b), a.dtype)], axis=1)
   idx, mask = pad(idx), pad(mask)
-  series = (windows.values, windows.marks)
+  series = windows.arrays
   parts = []
   for c in range(calls):
     cut = slice(c * e, (c + 1) * e)
@@ -70,25 +84,30 @@ def batch_sums(program, states, windows: data.DeviceWindows, idx: np.ndarray, ma
   return jax.tree.map(lambda *xs: jnp.concatenate(xs)[:n], *parts)
 
 
-def evaluate(program, states, windows: data.DeviceWindows, batch_size: int, segments: int, runs: int = 1) -> list:
+def evaluate(program, states, windows: data.DeviceWindows, batch_size: int, segments: int, runs: int = 1, *,
+             target_only: bool = False) -> list:  # fmt: skip
   """Every window of a split once, in order (the last batch padded and masked), for each of `runs` runs stacked in
   `states` -> their metrics. One host read."""
   idx, mask = data.eval_order(windows, batch_size)  # [n, B]
   sums = batch_sums(program, states, windows, np.stack([idx] * runs), np.stack([mask] * runs))
   total = sharding.fetch(jax.tree.map(lambda x: x.sum(axis=0), sums))  # [R, T], [R]
-  channels = windows.values.shape[-1]
+  channels = scored_channels(windows, target_only)
   return [summarise(steps.unstack(total, i), segments, channels) for i in range(runs)]
 
 
-def evaluate_official(program, states, windows, batch_size: int, segments: int, *, seeds, epoch: int) -> list:
+def evaluate_official(program, states, windows, batch_size: int, segments: int, *, seeds, epoch: int,
+                      target_only: bool = False) -> list:  # fmt: skip
   """The official code's validation score (data.val_protocol="official") of each run (its own seed): shuffled
   batches of `batch_size` drawn by (seed, epoch), the incomplete last batch dropped, and each number the mean over
   batches of the batch's own mean (per step, so per segment too). One host read, as `evaluate`."""
   idx = np.stack([data.val_order(windows, batch_size, seed=seed, epoch=epoch) for seed in seeds])  # [R, n, B]
   sums = batch_sums(program, states, windows, idx, np.ones(idx.shape, bool))
-  means = {k: (sums[k] / sums["count"][..., None]).sum(axis=0) for k in ("sq", "abs")}  # [R, T]: sum of means
-  means = sharding.fetch(means)
-  n, channels = idx.shape[1], windows.values.shape[-1]
+  n, channels = idx.shape[1], scored_channels(windows, target_only)
+  if "scored" in sums:  # a batch's mean over its observed values: as if each batch held one window of one channel
+    per_batch, channels = jnp.maximum(sums["scored"], 1), 1
+  else:
+    per_batch = sums["count"][..., None]
+  means = sharding.fetch({k: (sums[k] / per_batch).sum(axis=0) for k in ("sq", "abs")})  # [R, T]: sum of means
   # As sums of `n` "windows", each holding one batch's means: summarise divides by that count.
   return [
     summarise({"sq": means["sq"][i], "abs": means["abs"][i], "count": n}, segments, channels)
@@ -101,10 +120,12 @@ def validate(program, states, windows, evaluations, segments: int, *, batch_size
   """The validation score of each run (evaluations: their settings) that early stopping and selection read,
   under the protocol: "full" (every window in order, one global mean: `evaluate`) or "official"
   (`evaluate_official` with the stage's training batch size). The test pass always uses `evaluate`."""
-  if evaluations[0].protocol == "official":
-    seeds = [ev.seed for ev in evaluations]
-    return evaluate_official(program, states, windows, batch_size, segments, seeds=seeds, epoch=epoch)
-  return evaluate(program, states, windows, evaluations[0].batch_size, segments, runs=len(evaluations))
+  ev = evaluations[0]
+  if ev.protocol == "official":
+    seeds = [e.seed for e in evaluations]
+    return evaluate_official(program, states, windows, batch_size, segments, seeds=seeds, epoch=epoch,
+                             target_only=ev.target_only)  # fmt: skip
+  return evaluate(program, states, windows, ev.batch_size, segments, runs=len(evaluations), target_only=ev.target_only)
 
 
 def evaluate_split(model: nnx.Module, stage: plan.Stage, *, series, evaluation: Evaluation, split="test") -> dict:
@@ -113,8 +134,10 @@ def evaluate_split(model: nnx.Module, stage: plan.Stage, *, series, evaluation: 
   graphdef, states = steps.eval_states(model, stage.name)
   windows = data.DeviceWindows(data.window_source(series, split, evaluation.seq_len, stage.window))
   program = steps.make_eval_chunk(graphdef, segments=stage.segments, seq_len=windows.seq_len,
-                                  pred_len=windows.pred_len, compute_dtype=evaluation.compute_dtype)  # fmt: skip
-  return evaluate(program, steps.stack([states]), windows, evaluation.batch_size, stage.segments)[0]
+                                  pred_len=windows.pred_len, compute_dtype=evaluation.compute_dtype,
+                                  target_only=evaluation.target_only)  # fmt: skip
+  return evaluate(program, steps.stack([states]), windows, evaluation.batch_size, stage.segments,
+                  target_only=evaluation.target_only)[0]  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -127,8 +150,9 @@ def lookback_scale(x: np.ndarray) -> np.ndarray:
 
 
 def forecasts(model: nnx.Module, stage: plan.Stage, *, series, evaluation: Evaluation, split: str, max_windows=None):
-  """Yield (forecast [b, T, D], truth [b, T, D], look-back scale [b, D]) on the host (standardised units), for the
-  windows of `split` in order (at most `max_windows`, evenly spaced)."""
+  """Yield (forecast [b, T, D'], truth [b, T, D'], look-back scale [b, D'], observed [b, T, D'] or None) on the
+  host (standardised units), for the windows of `split` in order (at most `max_windows`, evenly spaced); D' = the
+  scored channels (the target alone under MS), observed = which truths are real (None: all of them)."""
   graphdef, states = steps.eval_states(model, stage.name)
   step = steps.make_predict_step(graphdef, segments=stage.segments, compute_dtype=evaluation.compute_dtype)
   windows = data.DeviceWindows(data.window_source(series, split, evaluation.seq_len, stage.window))
@@ -140,9 +164,11 @@ def forecasts(model: nnx.Module, stage: plan.Stage, *, series, evaluation: Evalu
     idx = picked[start : start + size]
     padded = np.resize(idx, size)  # one static batch shape: one compiled program
     batch = windows.take(padded.astype(np.int32))
-    pred, y, x = sharding.fetch((step(states, batch), batch["y"], batch["x"]))  # on every process
+    pred, y, observed = steps.scored(batch, step(states, batch), evaluation.target_only)
+    x = batch["x"][..., -pred.shape[-1] :]  # the scored channels are the last ones
+    pred, y, observed, x = sharding.fetch((pred, y, observed, x))  # on every process
     n = len(idx)
-    yield pred[:n], y[:n], lookback_scale(x[:n])
+    yield pred[:n], y[:n], lookback_scale(x[:n]), None if observed is None else observed[:n]
 
 
 def calibrate(model: nnx.Module, stage: plan.Stage, *, series, evaluation: Evaluation) -> dict:
@@ -152,11 +178,29 @@ def calibrate(model: nnx.Module, stage: plan.Stage, *, series, evaluation: Evalu
   windows = forecasts(
     model, stage, series=series, evaluation=evaluation, split="val", max_windows=MAX_CALIBRATION_WINDOWS
   )
-  scores = np.concatenate([np.abs(p - y) / scale[:, None, :] for p, y, scale in windows])  # [n, T, D]
+  parts = [(np.abs(p - y) / scale[:, None, :], obs) for p, y, scale, obs in windows]
+  scores = np.concatenate([s for s, _ in parts])  # [n, T, D']
   n = len(scores)
-  ranked = np.sort(scores, axis=0)
-  q = [ranked[min(math.ceil((n + 1) * level), n) - 1] for level in levels]  # each [T, D]
-  return {"levels": list(levels), "multiplier": np.stack(q).tolist(), "scale_floor": SCALE_FLOOR, "windows": n}
+  if all(obs is None for _, obs in parts):
+    ranked = np.sort(scores, axis=0)
+    q = np.stack([ranked[min(math.ceil((n + 1) * level), n) - 1] for level in levels])  # [levels, T, D']
+  else:
+    q = _ranked_observed(scores, np.concatenate([o for _, o in parts]), levels)
+  return {"levels": list(levels), "multiplier": q.tolist(), "scale_floor": SCALE_FLOOR, "windows": n}
+
+
+def _ranked_observed(scores: np.ndarray, observed: np.ndarray, levels) -> np.ndarray:
+  """The conformal multipliers [levels, T, D'] from the scores of observed truths only: at each (t, d) the
+  ceil((m + 1) level)-th smallest of its m real scores (a filled truth has no score). A (t, d) with none takes
+  the level's largest multiplier."""
+  ranked = np.sort(np.where(observed, scores, np.nan), axis=0)  # NaN last
+  m = observed.sum(axis=0)  # [T, D']
+  out = []
+  for level in levels:
+    k = np.clip(np.minimum(np.ceil((m + 1) * level), m) - 1, 0, None).astype(np.int64)
+    q = np.take_along_axis(ranked, k[None], axis=0)[0]
+    out.append(np.where(m > 0, q, np.nanmax(q) if np.isfinite(q).any() else 1.0))
+  return np.stack(out)
 
 
 def coverage(model: nnx.Module, stage: plan.Stage, calibration: dict, *, series, evaluation: Evaluation) -> dict:
@@ -164,11 +208,12 @@ def coverage(model: nnx.Module, stage: plan.Stage, calibration: dict, *, series,
   inside the band, and the band's mean width (standardised units)."""
   q = np.asarray(calibration["multiplier"])  # [L, T, D]
   inside, width, total = np.zeros(len(q)), np.zeros(len(q)), 0
-  for pred, y, scale in forecasts(model, stage, series=series, evaluation=evaluation, split="test"):
-    half = q[:, None] * scale[None, :, None, :]  # [L, b, T, D]
-    inside += (np.abs(pred - y)[None] <= half).sum(axis=(1, 2, 3))
-    width += 2 * half.sum(axis=(1, 2, 3))
-    total += pred.size
+  for pred, y, scale, observed in forecasts(model, stage, series=series, evaluation=evaluation, split="test"):
+    half = q[:, None] * scale[None, :, None, :]  # [L, b, T, D']
+    real = np.ones(pred.shape, bool) if observed is None else observed  # a filled truth is not scored
+    inside += ((np.abs(pred - y)[None] <= half) & real).sum(axis=(1, 2, 3))
+    width += 2 * (half * real).sum(axis=(1, 2, 3))
+    total += int(real.sum())
   return {
     f"{level:g}": {"coverage": float(inside[i] / total), "mean_width": float(width[i] / total)}
     for i, level in enumerate(calibration["levels"])

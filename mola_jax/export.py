@@ -8,10 +8,13 @@ their banks) and the run's training scaler built in.
     forecast = exported.call(x, x_mark, y_mark)   # [B, T, D] in the data's original units
 
 Inputs, with a symbolic batch size B: x [B, L, D] (the last L rows, original units, channels in training order),
-x_mark [B, L, F] and y_mark [B, T, F] (time features of the look-back rows and of the T future steps). The
-sidecar FILE.json names the channels, L, T, the time features and their formulas (docs/protocol.md §5; mola_jax's
-data.time_features computes them), and the intervals' multipliers and scale floor (mola_jax/evaluation.py;
-original units).
+x_mark [B, L, F] and y_mark [B, T, F] (time features of the look-back rows and of the T future steps, followed by
+the future covariates in original units), and for a backbone that reads the phase of a cycle (CycleNet) t0 [B]
+int32, the row of the look-back's first step on the training grid. The output is [B, T, D'], original units, the
+forecast channels (the target alone under data.features=MS). The sidecar FILE.json names the channels, L, T, the
+time features and their formulas (docs/protocol.md §5; mola_jax's data.time_features computes them), the
+covariates, how t0 is counted, and the intervals' multipliers and scale floor (mola_jax/evaluation.py; original
+units).
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from mola_jax import cli, plan, runtime, sharding, steps, workdir
-from mola_jax.data import sources
+from mola_jax import cli, models, plan, runtime, sharding, steps, workdir
+from mola_jax.data import calendar
 from mola_jax.inference import Run, load_run
 from mola_jax.models import adapters, techniques
 
@@ -37,36 +40,50 @@ def export_run(run: Run) -> jax.export.Exported:
     adapters.bake(model, jax.device_get(adapters.deltas(model)))  # fixed per-segment deltas instead of the banks
   graphdef, states = steps.eval_states(model, run.stage)
   mean, std = (np.asarray(run.scaler[k], np.float32) for k in ("mean", "std"))
+  cov_mean, cov_std = (np.asarray(run.scaler.get(k, []), np.float32) for k in ("covariate_mean", "covariate_std"))
+  f = int(run.scaler["marks"])
+  calendar_f, out = f - len(cov_mean), len(run.outputs)
+  marks = lambda m: jnp.concatenate([m[..., :calendar_f], (m[..., calendar_f:] - cov_mean) / cov_std], axis=-1)
 
-  def forecaster(x, x_mark, y_mark):
-    batch = {"x": (x - mean) / std, "x_mark": x_mark, "y_mark": y_mark}
-    return steps.eval_forward(graphdef, states, batch, segments=run.segments, groups=1) * std + mean
+  def forecaster(x, x_mark, y_mark, *t0):
+    batch = {"x": (x - mean) / std, "x_mark": marks(x_mark), "y_mark": marks(y_mark)} | ({"t0": t0[0]} if t0 else {})
+    pred = steps.eval_forward(graphdef, states, batch, segments=run.segments, groups=1)[..., -out:]
+    return pred * std[-out:] + mean[-out:]
 
   b = jax.export.symbolic_shape("b")[0]
-  seq_len, d, f = run.cfg.data.seq_len, len(run.columns), int(run.scaler["marks"])
+  seq_len, d = run.cfg.data.seq_len, len(run.columns)
   shapes = [jax.ShapeDtypeStruct(s, jnp.float32) for s in ((b, seq_len, d), (b, seq_len, f), (b, run.horizon, f))]
+  if models.reads_t0(run.cfg.backbone):
+    shapes.append(jax.ShapeDtypeStruct((b,), jnp.int32))
   with runtime.matmul_precision(run.cfg.matmul_precision):  # the precision the run trained with
     return jax.export.export(jax.jit(forecaster))(*shapes)
 
 
 def describe(run: Run) -> dict:
   """The sidecar: what the inputs are and how to make them."""
-  names = [fn.__name__.lstrip("_") for fn in sources.TIME_FEATURES[run.scaler["freq"].lower().lstrip("0123456789")]]
+  names = [fn.__name__.lstrip("_") for fn in calendar.TIME_FEATURES[calendar.feature_code(run.scaler["freq"])]]
   out = {
     "columns": run.columns,
+    "outputs": run.outputs,
     "seq_len": run.cfg.data.seq_len,
     "horizon": run.horizon,
     "freq": run.scaler["freq"],
     "inputs": {
       "x": "[B, seq_len, channels], original units",
-      "x_mark": "[B, seq_len, features]",
-      "y_mark": "[B, horizon, features]",
+      "x_mark": "[B, seq_len, features]: the time features, then the covariates in original units",
+      "y_mark": "[B, horizon, features]: the same, for the horizon's steps",
     },
     "time_features": names,
     "time_feature_formulas": "each in [-0.5, 0.5]: hour/23, weekday/6, (day-1)/30, (day_of_year-1)/365, "
     "(minute/59), (second/59), (month-1)/11, (iso_week-1)/52, minus 0.5 (TSLib timeF)",
-    "output": "[B, horizon, channels], original units",
+    "covariates": run.covariates,
+    "output": "[B, horizon, outputs], original units",
   }
+  if models.reads_t0(run.cfg.backbone):
+    out["inputs"]["t0"] = (
+      f"[B] int32: the row of the look-back's first step, counting {run.scaler.get('last_date')} as row "
+      f"{run.scaler.get('rows', 0) - 1} at the frequency {run.scaler.get('grid')} (mola_jax.data.positions)"
+    )
   if run.conformal:
     out["intervals"] = {
       "band": "forecast +- multiplier[t][d] * max(std of the look-back x[:, :, d], scale_floor[d]), original units",

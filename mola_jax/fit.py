@@ -114,7 +114,8 @@ class StageLoop:
         f"{len(train_src)} training windows are fewer than one batch of {self.recipe.batch_size}; "
         f"lower --config.{stage.name}.batch_size or use a longer series"
       )
-    self.schedule = steps.lr_schedule(self.recipe.lr, self.steps_per_epoch, self.recipe.lr_decay)
+    recipe = self.recipe
+    self.schedule = steps.lr_schedule(recipe.lr, self.steps_per_epoch, recipe.lr_decay, recipe.lr_decay_from)
     self._init_state(models, steps.make_tx(self.schedule), loops)
     self._programs(r)
     self.runs = [self._run(loops[i], evaluations[i], workdirs[i], metas[i], logs[i]) for i in range(r)]
@@ -144,11 +145,11 @@ class StageLoop:
     share = st.name == plan.ADAPT and self.recipe.share_prefix_dropout
     self.chunk = steps.make_train_chunk(
       self.graphdef, self.tx, segments=st.segments, seq_len=windows.seq_len, pred_len=windows.pred_len, runs=runs,
-      share_prefix_dropout=share, compute_dtype=dtype,
+      share_prefix_dropout=share, compute_dtype=dtype, target_only=self.loop.target_only,
     )  # fmt: skip
     self.eval_chunk = steps.make_eval_chunk(
       self.graphdef, segments=st.segments, seq_len=windows.seq_len, pred_len=windows.pred_len, runs=runs,
-      compute_dtype=dtype,
+      compute_dtype=dtype, target_only=self.evaluation.target_only,
     )  # fmt: skip
     self.sizes = steps.segment_buckets(st.segments, steps.default_groups())
     self.bound = {}  # segment bucket -> the chunk program bound to its signature (_program)
@@ -229,7 +230,7 @@ class StageLoop:
       idx = np.zeros((len(self.runs), c, b), np.int32)
       idx[:, :n] = orders[:, start : start + n]
       valid = np.arange(c) < n
-      args = (self.state, self.frozen, (self.train_windows.values, self.train_windows.marks),
+      args = (self.state, self.frozen, self.train_windows.arrays,
               *sharding.replicate((idx, segs, valid, alive)))  # fmt: skip
       self.state, losses = self._program(args)(*args)
       for run in live:

@@ -1,19 +1,22 @@
 """Forecast with a trained run:
 
-    python -m mola_jax.forecast --workdir RUN --csv new.csv --out forecast.csv [--roll] [--plots DIR]
+    python -m mola_jax.forecast --workdir RUN --csv new.csv --out forecast.csv [--future future.csv] [--roll]
 
-Loads RUN's selected model (stage 2 if it has one) and its training scaler, reads the CSV (same columns as
-the training data, a `date` column; the training data's checks), and forecasts the T steps after the file's last
+Loads RUN's selected model (stage 2 if it has one) and its training scaler, reads the CSV (the training data's
+layout, wide or long, and columns; the training data's checks), and forecasts the T steps after the file's last
 row. The output CSV holds those steps with timestamps continuing at the data's frequency, in the data's original
-units, with the run's prediction-interval bounds (CHANNEL_lower_80, CHANNEL_upper_80, ...). With --roll it
-also forecasts from every T-th row of the file (a backtest: `origin` marks the last known row of each), and
-one PNG per channel shows history and forecast.
+units, with the run's prediction-interval bounds (CHANNEL_lower_80, CHANNEL_upper_80, ...; a long file gets a
+long result: unique_id, ds, forecast, lower_80, ...). A run with future covariates needs their values over those
+steps: --future names a CSV with date (or ds) and those columns. With --roll it also forecasts from every T-th
+row of the file (a backtest: `origin` marks the last known row of each), and one PNG per forecast channel shows
+history and forecast.
 """
 
 from __future__ import annotations
 
 import pathlib
 
+import numpy as np
 import pandas as pd
 from absl import app, flags
 
@@ -21,22 +24,39 @@ from mola_jax import cli, data, sharding, workdir
 from mola_jax.inference import Run, load_run
 
 
-def forecast_csv(run: Run, csv_path, *, roll: bool = False) -> pd.DataFrame:
-  """-> DataFrame with columns origin, date, the run's channels and their interval bounds (original units)."""
-  return run.forecast_table(data.read_frame(csv_path), roll=roll, name=str(csv_path))
+def forecast_csv(run: Run, csv_path, *, roll: bool = False, future_path=None) -> pd.DataFrame:
+  """-> DataFrame with columns origin, date, the run's forecast channels and their interval bounds (original
+  units); long (origin, unique_id, ds, forecast, bounds) for a long CSV."""
+  future = None if future_path is None else data.read_frame(future_path)
+  return run.forecast_table(data.read_frame(csv_path), future=future, roll=roll, name=str(csv_path))
 
 
-def plot(csv_path, forecast: pd.DataFrame, out_dir: pathlib.Path, history: int) -> list[pathlib.Path]:
-  """One PNG per channel: the file's last `history` rows and every forecast."""
+def wide_view(forecast: pd.DataFrame) -> pd.DataFrame:
+  """A long forecast table (unique_id, ds, forecast, lower_80, ...) in the wide layout the plots read."""
+  if "unique_id" not in forecast.columns:
+    return forecast
+  parts = []
+  for uid, part in forecast.groupby("unique_id", sort=False):
+    renamed = {"ds": "date", "forecast": uid} | {
+      c: f"{uid}_{c}" for c in part.columns if c.startswith(("lower", "upper"))
+    }
+    parts.append(part.drop(columns="unique_id").rename(columns=renamed).set_index(["origin", "date"]))
+  return pd.concat(parts, axis=1).reset_index()
+
+
+def plot(run: Run, csv_path, forecast: pd.DataFrame, out_dir: pathlib.Path, history: int) -> list[pathlib.Path]:
+  """One PNG per forecast channel: the file's last `history` rows and every forecast."""
   import matplotlib
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  values, dates, columns = data.read_csv(csv_path)
+  hist = run.history(data.read_frame(csv_path), str(csv_path))
+  values, dates, forecast = np.where(hist.observed, hist.values, np.nan), hist.dates, wide_view(forecast)
   out_dir.mkdir(parents=True, exist_ok=True)
   paths = []
-  for j, name in enumerate(columns):
+  for name in run.outputs:
+    j = run.columns.index(name)
     fig, ax = plt.subplots(figsize=(9, 3))
     ax.plot(dates[-history:], values[-history:, j], color="black", lw=1, label="data")
     for i, (_, part) in enumerate(forecast.groupby("origin")):
@@ -67,22 +87,23 @@ def main(argv) -> None:
   f = flags.FLAGS
   with cli.user_errors():
     run = load_run(f.workdir)
-    forecast = forecast_csv(run, f.csv, roll=f.roll)
+    forecast = forecast_csv(run, f.csv, roll=f.roll, future_path=f.future)
   if not sharding.is_lead():
     return
   out = pathlib.Path(f.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   with workdir.atomic(out) as tmp:
     forecast.to_csv(tmp, index=False)
-  history = len(data.read_csv(f.csv)[0]) if f.roll else 4 * run.horizon
-  pngs = plot(f.csv, forecast, pathlib.Path(f.plots) if f.plots else out.parent, history)
+  history = len(data.read_frame(f.csv)) if f.roll else 4 * run.horizon
+  pngs = plot(run, f.csv, forecast, pathlib.Path(f.plots) if f.plots else out.parent, history)
   print(f"{len(forecast)} forecast rows ({run.stage}, T={run.horizon}) -> {out}; {len(pngs)} plots in {pngs[0].parent}")
 
 
 def command() -> None:
   """`mola-forecast` / `python -m mola_jax.forecast`."""
   flags.DEFINE_string("workdir", None, "Workdir of a trained run", required=True)
-  flags.DEFINE_string("csv", None, "CSV to forecast from (date column + the training columns)", required=True)
+  flags.DEFINE_string("csv", None, "CSV to forecast from (the training data's layout and columns)", required=True)
+  flags.DEFINE_string("future", None, "CSV of the future covariates over the forecast steps (date or ds + columns)")
   flags.DEFINE_string("out", "forecast.csv", "Output CSV")
   flags.DEFINE_bool("roll", False, "Also forecast from every T-th row of the file (a backtest)")
   flags.DEFINE_string("plots", None, "Folder for the per-channel PNGs (default: beside --out)")

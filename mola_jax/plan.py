@@ -47,6 +47,7 @@ class Loop:
 
   seed: int
   compute_dtype: str  # cfg.compute_dtype: "float32", or "bfloat16" on float32 master weights
+  target_only: bool  # data.features == "MS": the loss reads the target (the last channel) alone
   chunk_steps: int  # train steps per program call (a lax.scan on the device)
   checkpoint_every_seconds: float
   checkpoint_every_steps: int  # 0: by time only
@@ -63,6 +64,7 @@ class Evaluation:
   seed: int  # the official protocol's shuffle
   compute_dtype: str
   intervals: tuple[float, ...]  # levels of the split-conformal intervals; () for none
+  target_only: bool = False  # data.features == "MS": every score reads the target (the last channel) alone
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +117,7 @@ def loop(cfg) -> Loop:
   return Loop(
     seed=cfg.seed,
     compute_dtype=cfg.compute_dtype,
+    target_only=cfg.data.features == "MS",
     chunk_steps=cfg.chunk_steps,
     checkpoint_every_seconds=cfg.checkpoint_every_seconds,
     checkpoint_every_steps=cfg.checkpoint_every_steps,
@@ -124,14 +127,15 @@ def loop(cfg) -> Loop:
 
 def evaluation(cfg) -> Evaluation:
   d = cfg.data
-  return Evaluation(d.seq_len, d.eval_batch_size, d.val_protocol, cfg.seed, cfg.compute_dtype, tuple(cfg.intervals))
+  return Evaluation(d.seq_len, d.eval_batch_size, d.val_protocol, cfg.seed, cfg.compute_dtype, tuple(cfg.intervals),
+                    d.features == "MS")  # fmt: skip
 
 
 def make(cfg) -> Plan:
   """The plan of `cfg`, after checking everything that can be checked without data (config values, backbone and
   layer-group names, mesh rules): a bad config fails here, before anything is read or written."""
   config_lib.validate(cfg)
-  models.validate(cfg.backbone, cfg.method, cfg.adapt.targets, cfg.adapt.selection)
+  models.validate(cfg.backbone, cfg.method, cfg.adapt.targets, cfg.adapt.selection, tuple(cfg.data.future_covariates))
   sharding.validate(cfg.mesh)
   s = config_lib.segment_len(cfg)
   k = cfg.horizon // s

@@ -39,12 +39,14 @@ def init_state(model: nnx.Module, stage: str, tx: optax.GradientTransformation, 
   return graphdef, sharding.commit(state), sharding.commit(frozen)
 
 
-def lr_schedule(lr: float, steps_per_epoch: int, decay: float = 0.5) -> optax.Schedule:
-  """TSLib's `type1` rule at decay 0.5: full lr for epochs 1-2, then multiplied by `decay` every epoch
-  (docs/method.md §8); decay 1.0 keeps the lr constant: step -> lr."""
+def lr_schedule(lr: float, steps_per_epoch: int, decay: float = 0.5, decay_from: int = 3) -> optax.Schedule:
+  """The full lr until epoch `decay_from`, which trains at lr * decay, each later epoch at `decay` times the one
+  before: step -> lr. TSLib's `type1` at (0.5, 3) (docs/method.md §8), CycleNet's `type3` at (0.8, 5); decay 1.0
+  keeps the lr constant."""
   return optax.exponential_decay(
-    lr, transition_steps=steps_per_epoch, decay_rate=decay, transition_begin=steps_per_epoch, staircase=True
-  )
+    lr, transition_steps=steps_per_epoch, decay_rate=decay, transition_begin=(decay_from - 2) * steps_per_epoch,
+    staircase=True,
+  )  # fmt: skip
 
 
 def make_tx(schedule: optax.Schedule) -> optax.GradientTransformation:
@@ -52,9 +54,26 @@ def make_tx(schedule: optax.Schedule) -> optax.GradientTransformation:
   return optax.inject_hyperparams(optax.adam)(learning_rate=schedule)
 
 
-def segment_mse(pred: jax.Array, y: jax.Array) -> jax.Array:
-  """pred [B, K, S, D], y [B, K, S, D] -> [K]: each segment's MSE over batch, steps and channels."""
-  return jnp.mean((pred - y) ** 2, axis=(0, 2, 3))
+def segment_mse(pred: jax.Array, y: jax.Array, observed: jax.Array | None = None) -> jax.Array:
+  """pred [B, K, S, D], y [B, K, S, D] -> [K]: each segment's MSE over batch, steps and channels; with `observed`
+  (bool, y's shape) over the observed values only, so a filled-in target value never enters the loss."""
+  if observed is None:
+    return jnp.mean((pred - y) ** 2, axis=(0, 2, 3))
+  sq = jnp.where(observed, (pred - y) ** 2, 0.0)  # selected, not multiplied: the filled value cannot leak
+  return jnp.sum(sq, axis=(0, 2, 3)) / jnp.maximum(jnp.sum(observed, axis=(0, 2, 3)), 1)
+
+
+def scored(batch: dict, pred: jax.Array, target_only: bool, shape=None):
+  """(pred, y, observed or None) as the loss and the scores read them: the target channel alone under MS
+  (`target_only`), y and observed reshaped to `shape` (pred's: [B, K, S, D] in training)."""
+  y, observed = batch["y"], batch.get("y_observed")
+  if shape is not None:
+    y = y.reshape(shape)
+    observed = None if observed is None else observed.reshape(shape)
+  if target_only:  # the target is the last channel (data/tables.py)
+    pred, y = pred[..., -1:], y[..., -1:]
+    observed = None if observed is None else observed[..., -1:]
+  return pred, y, observed
 
 
 def caster(compute_dtype: str | None):
@@ -105,6 +124,7 @@ def train_step_fn(
   forward=predict,
   compute_dtype: str | None = None,
   groups: int | None = None,
+  target_only: bool = False,
 ):
   """The train step, unjitted: step(state, frozen, batch, (ids, active)) -> (state, loss), state = {params, opt,
   stats, key}.
@@ -117,7 +137,9 @@ def train_step_fn(
   Dropout masks follow the segment ids (layers.keep_mask), so a segment draws the same masks whichever others
   run beside it. forward(model, batch, ctx) -> [B, K_a, S, D]: `predict` (one batched pass), or e.g.
   `predict_per_segment` (the official K passes) for benchmarks. compute_dtype: e.g. "bfloat16" runs the forward
-  and backward pass in that dtype on float32 master params (see `caster`); None or "float32" is the plain step."""
+  and backward pass in that dtype on float32 master params (see `caster`); None or "float32" is the plain step.
+  target_only (data.features MS): the loss reads the target channel alone. A batch with "y_observed" (a series
+  with filled values) leaves the filled target values out of the loss."""
   cast = caster(compute_dtype)
   groups = default_groups() if groups is None else groups
 
@@ -134,8 +156,10 @@ def train_step_fn(
       pred = pred.astype(jnp.float32)
       # running statistics keep their float32 dtype (and so the step its one compiled shape)
       new_stats = jax.tree.map(lambda n, o: n.astype(o.dtype), new_stats, stats)
-    y = batch["y"].reshape(pred.shape[0], segments, -1, pred.shape[-1])[:, ids]  # [B, K_a, S, D]
-    return jnp.sum(jnp.where(active, segment_mse(pred, y), 0.0)), new_stats
+    shape = (pred.shape[0], segments, -1, pred.shape[-1])
+    pick = lambda a: None if a is None else a.reshape(shape)[:, ids]  # [B, K_a, S, D]: the computed segments
+    pred, y, observed = scored({"y": pick(batch["y"]), "y_observed": pick(batch.get("y_observed"))}, pred, target_only)
+    return jnp.sum(jnp.where(active, segment_mse(pred, y, observed), 0.0)), new_stats
 
   def step(state, frozen, batch, segs):
     ids, active = segs
@@ -152,12 +176,12 @@ def train_step_fn(
 
 
 def make_train_step(graphdef, tx, *, segments, share_prefix_dropout, layout=None, forward=predict,
-                    compute_dtype=None, groups=None):  # fmt: skip
+                    compute_dtype=None, groups=None, target_only=False):  # fmt: skip
   """train_step_fn jitted alone (the state donated): step(state, frozen, batch, (ids, active)) -> (state, loss),
   one dispatch per step, for the benchmark and the tests (fit runs chunks of steps: make_train_chunk). Under a
   mesh (`layout`, else the active `sharding.use`) jitted with explicit in/out shardings (sharding.ShardedStep)."""
   step = train_step_fn(graphdef, tx, segments=segments, share_prefix_dropout=share_prefix_dropout, forward=forward,
-                       compute_dtype=compute_dtype, groups=groups)  # fmt: skip
+                       compute_dtype=compute_dtype, groups=groups, target_only=target_only)  # fmt: skip
   return sharding.jit(step, batch_argnum=2, donate_argnums=0, layout=layout)
 
 
@@ -172,23 +196,21 @@ def over_runs(fn, runs: int):
 
 def make_train_chunk(graphdef, tx, *, segments: int, seq_len: int, pred_len: int, runs: int = 1,
                      share_prefix_dropout: bool = False, forward=predict, compute_dtype=None, groups=None,
-                     layout=None):  # fmt: skip
+                     layout=None, target_only: bool = False):  # fmt: skip
   """C train steps of R runs as one jitted, donated lax.scan, each batch gathered on the device inside the body:
   chunk(state, frozen, series, idx, segs, valid, live) -> (state, losses [C, R]).
 
   state, frozen: the runs' train states and frozen rests stacked on a leading axis [R, ...]; series: the split's
-  (values [rows, D], marks [rows, F]); idx int32 [R, C, B]: each run's window indices of each step; segs:
+  arrays (data.DeviceWindows.arrays); idx int32 [R, C, B]: each run's window indices of each step; segs:
   (ids int32 [R, K_a], active bool [R, K_a]); valid bool [C]: steps beyond an epoch's end (a last, shorter
   chunk) are skipped by a conditional, so every chunk has one shape and a stage one program per segment bucket;
   live bool [R]: a run that has finished is held (its state, optimizer state included, does not move)."""
   step = train_step_fn(graphdef, tx, segments=segments, share_prefix_dropout=share_prefix_dropout, forward=forward,
-                       compute_dtype=compute_dtype, groups=groups)  # fmt: skip
+                       compute_dtype=compute_dtype, groups=groups, target_only=target_only)  # fmt: skip
 
   def chunk(state, frozen, series, idx, segs, valid, live):
-    values, marks = series
-
     def one(st, fr, i, sg, lv):  # one run, one step
-      new, loss = step(st, fr, data.gather(values, marks, i, seq_len=seq_len, pred_len=pred_len), sg)
+      new, loss = step(st, fr, data.gather(series, i, seq_len=seq_len, pred_len=pred_len), sg)
       if runs > 1:  # a single run trains until it is done, so only side-by-side runs are ever held
         new, loss = jax.tree.map(lambda n, o: jnp.where(lv, n, o), new, st), jnp.where(lv, loss, 0.0)
       return new, loss
@@ -251,32 +273,43 @@ def training_segments(active, skip_stopped: bool = True, sizes: tuple[int, ...] 
   return (ids, mask) if active.ndim == 2 else (ids[0], mask[0])
 
 
-def eval_step_fn(graphdef, *, segments: int, forward=predict, compute_dtype=None, groups=None):
+def eval_step_fn(graphdef, *, segments: int, forward=predict, compute_dtype=None, groups=None,
+                 target_only: bool = False):  # fmt: skip
   """The eval step, unjitted: step(states, batch) -> {"sq": [T], "abs": [T], "count": []}, the sums of squared
-  and absolute errors per forecast step over the batch's real (mask == True) windows and all channels, and their
-  count. states = (segment params, *the rest of the model's state), the split `eval_states` makes. Padded rows
-  are selected out, not multiplied by 0, so a non-finite value there cannot leak. Errors accumulate in float32."""
+  and absolute errors per forecast step over the batch's real (mask == True) windows and the scored channels
+  (all, or the target alone: target_only), and the windows' count; a batch with "y_observed" also sums
+  "scored" [T], the observed values per step, and leaves filled values out. states = (segment params, *the rest of
+  the model's state), the split `eval_states` makes. Padded rows and filled values are selected out, not
+  multiplied by 0, so a non-finite value there cannot leak. Errors accumulate in float32."""
   cast = caster(compute_dtype)
   groups = default_groups() if groups is None else groups
 
   def step(states, batch):
     pred = eval_forward(graphdef, states, batch, segments=segments, groups=groups, forward=forward, cast=cast)
-    err = pred - batch["y"]  # [B, T, D]
+    pred, y, observed = scored(batch, pred, target_only)
+    err = pred - y  # [B, T, D']
     real = batch["mask"][:, None, None]  # [B, 1, 1]
-    return {
+    if observed is not None:
+      real = real & observed  # [B, T, D']
+    sums = {
       "sq": jnp.sum(jnp.where(real, err**2, 0.0), axis=(0, 2)),  # [T]
       "abs": jnp.sum(jnp.where(real, jnp.abs(err), 0.0), axis=(0, 2)),  # [T]
       "count": jnp.sum(batch["mask"]),
     }
+    if observed is not None:
+      sums["scored"] = jnp.sum(real, axis=(0, 2)).astype(jnp.float32)  # [T]
+    return sums
 
   return step
 
 
 @functools.lru_cache(maxsize=32)
-def make_eval_step(graphdef, *, segments: int, layout=None, forward=predict, compute_dtype=None, groups=None):
+def make_eval_step(graphdef, *, segments: int, layout=None, forward=predict, compute_dtype=None, groups=None,
+                   target_only=False):  # fmt: skip
   """eval_step_fn jitted alone: step(acc, states, batch) -> acc + the batch's sums (acc donated; steps.empty_acc
   to start), one dispatch per batch, for the benchmark and the tests (evaluation runs chunks: make_eval_chunk)."""
-  one = eval_step_fn(graphdef, segments=segments, forward=forward, compute_dtype=compute_dtype, groups=groups)
+  one = eval_step_fn(graphdef, segments=segments, forward=forward, compute_dtype=compute_dtype, groups=groups,
+                     target_only=target_only)  # fmt: skip
   step = lambda acc, states, batch: jax.tree.map(jnp.add, acc, one(states, batch))
   return sharding.jit(step, batch_argnum=2, donate_argnums=0, layout=layout)
 
@@ -286,10 +319,11 @@ EVAL_CHUNK = 8  # eval batches per call: every split is scored by one program, i
 
 @functools.lru_cache(maxsize=32)
 def make_eval_chunk(graphdef, *, segments: int, seq_len: int, pred_len: int, runs: int = 1, forward=predict,
-                    compute_dtype=None, groups=None, layout=None):  # fmt: skip
+                    compute_dtype=None, groups=None, layout=None, target_only=False):  # fmt: skip
   """The eval step of a model structure as an eval chunk (`eval_chunk`). Validation and the test pass of a stage
   share this one program (cached per model structure and settings)."""
-  one = eval_step_fn(graphdef, segments=segments, forward=forward, compute_dtype=compute_dtype, groups=groups)
+  one = eval_step_fn(graphdef, segments=segments, forward=forward, compute_dtype=compute_dtype, groups=groups,
+                     target_only=target_only)  # fmt: skip
   return eval_chunk(one, seq_len=seq_len, pred_len=pred_len, runs=runs, layout=layout)
 
 
@@ -297,14 +331,15 @@ def eval_chunk(one, *, seq_len: int, pred_len: int, runs: int = 1, layout=None):
   """EVAL_CHUNK eval batches of R runs as one jitted lax.scan, gathered on the device inside the body:
   chunk(states, series, idx, mask, valid) -> per-batch sums {"sq": [E, R, T], "abs": [E, R, T], "count": [E, R]}.
   one(states, batch) -> a batch's sums (eval_step_fn); states: the runs' eval states stacked [R, ...]; series: the
-  split's (values, marks); idx int32 [R, E, B], mask bool [R, E, B]: each run's windows, padded and masked;
-  valid bool [E]: batches beyond the split's end are skipped by a conditional."""
+  split's arrays (data.DeviceWindows.arrays); idx int32 [R, E, B], mask bool [R, E, B]: each run's windows,
+  padded and masked; valid bool [E]: batches beyond the split's end are skipped by a conditional."""
 
   def chunk(states, series, idx, mask, valid):
-    values, marks = series
-    zeros = lambda: {"sq": jnp.zeros((runs, pred_len)), "abs": jnp.zeros((runs, pred_len)),
-                     "count": jnp.zeros(runs, jnp.int32)}  # fmt: skip
-    batch = lambda i, m: data.gather(values, marks, i, m, seq_len=seq_len, pred_len=pred_len)
+    batch = lambda i, m: data.gather(series, i, m, seq_len=seq_len, pred_len=pred_len)
+
+    def zeros():
+      out = {"sq": jnp.zeros((runs, pred_len)), "abs": jnp.zeros((runs, pred_len)), "count": jnp.zeros(runs, jnp.int32)}
+      return out | ({"scored": jnp.zeros((runs, pred_len))} if "observed" in series else {})
 
     def body(_, e):
       do = lambda: over_runs(lambda st, i, m: one(st, batch(i, m)), runs)(states, idx[:, e], mask[:, e])

@@ -28,24 +28,26 @@ from mola_jax.fit import fit
 from mola_jax.models import build
 
 
-def train_and_evaluate(cfg, workdir_path, *, overwrite: bool = False) -> dict:
+def train_and_evaluate(cfg, workdir_path, *, data=None, overwrite: bool = False) -> dict:
   """Run what `cfg` asks for in `workdir_path` and return the results dict (also written to results.json).
-  Rerunning it on the same workdir resumes where the last attempt stopped. With `cfg.mesh.shape` set, the whole
-  run happens on that device mesh: state born sharded, steps jitted with explicit shardings (sharding.py)."""
-  return train_runs([cfg], [workdir_path], overwrite=overwrite)[0]
+  Rerunning it on the same workdir resumes where the last attempt stopped. `data`: a pandas DataFrame to train on
+  (wide: date + series; or long: unique_id, ds, y), in place of cfg.data's file. With `cfg.mesh.shape` set, the
+  whole run happens on that device mesh: state born sharded, steps jitted with explicit shardings (sharding.py)."""
+  return train_runs([cfg], [workdir_path], data=data, overwrite=overwrite)[0]
 
 
-def train_runs(cfgs: list, workdir_paths: list, *, overwrite: bool = False) -> list[dict]:
+def train_runs(cfgs: list, workdir_paths: list, *, data=None, overwrite: bool = False) -> list[dict]:
   """Runs that differ only in their seed (and the stage-1 run they adapt, init_from) trained side by side in one
   program (seeds in one program: their states stacked, each with its own orders, dropout, early stopping and
-  selection), each in its own workdir with the files a run of its own writes. -> each run's results."""
+  selection), each in its own workdir with the files a run of its own writes. -> each run's results. `data`: as
+  train_and_evaluate's."""
   run_plans = [plan.make(cfg) for cfg in cfgs]  # every check that needs no data
   _check_side_by_side(cfgs)
   cfg = cfgs[0]
   runtime.use_compile_cache(cfg.compile_cache)
   mesh = sharding.make_mesh(cfg.mesh)  # None: no mesh configured, and `use` does nothing
   with sharding.use(mesh, cfg.mesh.rules), runtime.matmul_precision(cfg.matmul_precision):
-    return _run(cfgs, run_plans, [pathlib.Path(p) for p in workdir_paths], overwrite)
+    return _run(cfgs, run_plans, [pathlib.Path(p) for p in workdir_paths], overwrite, data)
 
 
 def _check_side_by_side(cfgs: list) -> None:
@@ -58,10 +60,10 @@ def _check_side_by_side(cfgs: list) -> None:
       raise ConfigError(f"runs trained side by side may differ only in seed and init_from; these differ in {diff[:5]}")
 
 
-def _run(cfgs: list, run_plans: list, paths: list, overwrite: bool) -> list[dict]:
+def _run(cfgs: list, run_plans: list, paths: list, overwrite: bool, frame) -> list[dict]:
   for path in paths:
     workdir.check_path(path)
-  series = data.load_series(cfgs[0].data)  # bad data fails here, before anything is written
+  series = data.load_series(cfgs[0].data, frame)  # bad data fails here, before anything is written
   for split in ("train", "val", "test"):  # every split must hold at least one T-step window
     data.window_source(series, split, cfgs[0].data.seq_len, run_plans[0].horizon)
   init_dirs = [
@@ -78,7 +80,7 @@ def _run(cfgs: list, run_plans: list, paths: list, overwrite: bool) -> list[dict
     for cfg, path in zip(cfgs, paths, strict=True):
       if lead:
         stack.enter_context(workdir.locked(path))
-        workdir.claim(cfg, path, overwrite)
+        workdir.claim(cfg, path, overwrite, data.fingerprint(series))
         workdir.write_scaler(path, series)
     sharding.sync("workdirs claimed")
     logs = [_log(cfg, path, lead) for cfg, path in zip(cfgs, paths, strict=True)]
@@ -94,14 +96,13 @@ def _log(cfg, path: pathlib.Path, lead: bool) -> metrics.MetricsLog:
   return metrics.MetricsLog(path / "metrics.jsonl" if lead else pathlib.Path(os.devnull), tb_dir)
 
 
-def stage_model(spec, stage: plan.Stage, *, channels: int, marks: int) -> nnx.Module:
+def stage_model(spec, stage: plan.Stage, *, channels: int, marks: int, covariates: int = 0) -> nnx.Module:
   """A fresh model for `stage` (born sharded under a mesh): the backbone with its S-step head, and in stage 2 the
   method's banks; the parameters it creates are drawn from the stage's seed."""
   segments = stage.segments if stage.name == plan.ADAPT else 0  # 0: no adapters
   # Fresh Rngs inside the builder: sharding.create traces it once for the shapes and once for the values.
-  make = lambda: build(
-    spec, channels=channels, marks=marks, pred_len=stage.pred_len, segments=segments, rngs=nnx.Rngs(stage.seed)
-  )
+  make = lambda: build(spec, channels=channels, marks=marks, pred_len=stage.pred_len, segments=segments,
+                       rngs=nnx.Rngs(stage.seed), covariates=covariates)  # fmt: skip
   return sharding.create(make)
 
 
@@ -111,9 +112,9 @@ def train_stages(run_plans: list, series, paths: list, init_dirs: list, logs: li
   first = run_plans[0]
   idents = [checkpointing.backbone_identity(p.model, series, p.segment_len) for p in run_plans]
   timings, models = [{} for _ in run_plans], None
-  channels, marks = series.values.shape[1], series.marks.shape[1]
+  shape = {"channels": series.values.shape[1], "marks": series.marks.shape[1], "covariates": len(series.covariates)}
   for j, stage in enumerate(first.stages):
-    models = [stage_model(p.model, p.stages[j], channels=channels, marks=marks) for p in run_plans]
+    models = [stage_model(p.model, p.stages[j], **shape) for p in run_plans]
     if stage.name == plan.ADAPT:
       for model, init_dir, ident in zip(models, init_dirs, idents, strict=True):
         checkpointing.load_backbone(model, init_dir, ident)  # restored straight into the model's shardings

@@ -50,10 +50,11 @@ def config_diff(old: dict, new: dict) -> list[str]:
   return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and not k.startswith(SPEED_ONLY))
 
 
-def claim(cfg, workdir: pathlib.Path, overwrite: bool) -> None:
-  """Refuse a workdir that holds a run of another config (unless overwriting); a run of the same config is
-  resumed. Called only after everything that can be checked without writing has passed."""
-  path = workdir / "config.json"
+def claim(cfg, workdir: pathlib.Path, overwrite: bool, data_sha256: str | None = None) -> None:
+  """Refuse a workdir that holds a run of another config, or of the same config on other data (`data_sha256`,
+  data.fingerprint of the series), unless overwriting; a run of the same config and data is resumed. Called only
+  after everything that can be checked without writing has passed."""
+  path, data_path = workdir / "config.json", workdir / "data.json"
   new = json.loads(cfg.to_json_best_effort())
   if path.is_file() and not overwrite:
     diff = config_diff(json.loads(path.read_text()), new)
@@ -62,12 +63,20 @@ def claim(cfg, workdir: pathlib.Path, overwrite: bool) -> None:
         f"{workdir} holds a run of a different config (differs in {', '.join(diff[:5])}); use "
         "another --workdir, or --overwrite to replace it"
       )
+    old = json.loads(data_path.read_text()).get("sha256") if data_path.is_file() else None
+    if data_sha256 and old and old != data_sha256:  # a workdir from before data.json: taken as the same data
+      raise CheckpointError(
+        f"{workdir} holds a run of this config on other data (the series' sha256 differs); use another "
+        "--workdir, or --overwrite to replace it"
+      )
   elif overwrite and workdir.exists():
-    for item in ("checkpoints", "metrics.jsonl", "results.json", "config.json", "scaler.json"):
+    for item in ("checkpoints", "metrics.jsonl", "results.json", "config.json", "scaler.json", "data.json"):
       target = workdir / item
       shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
   workdir.mkdir(parents=True, exist_ok=True)
   write_json(path, new)
+  if data_sha256:
+    write_json(data_path, {"sha256": data_sha256})
 
 
 def write_scaler(workdir: pathlib.Path, series) -> None:
@@ -75,11 +84,18 @@ def write_scaler(workdir: pathlib.Path, series) -> None:
   refit (mola_jax/inference.py)."""
   scaler = {
     "dataset": series.name,
-    "columns": list(series.columns),
+    "columns": list(series.columns),  # the target last
     "mean": series.mean.tolist(),
     "std": series.std.tolist(),
-    "freq": series.freq,
-    "marks": int(series.marks.shape[1]),
+    "freq": series.freq,  # the time features'
+    "marks": int(series.marks.shape[1]),  # time features, then the future covariates
+    "covariates": list(series.covariates),
+    "covariate_mean": series.covariate_mean.tolist(),
+    "covariate_std": series.covariate_std.tolist(),
+    "grid": series.grid,  # the pandas frequency of the dates (None: a benchmark file, rows by position)
+    "last_date": str(series.dates[-1]),  # the last row's date and position: where a cycle's phase is counted from
+    "rows": len(series.dates),
+    "long": series.long,
   }
   write_json(workdir / "scaler.json", scaler)
 

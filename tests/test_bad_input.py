@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 from conftest import REPO
 
@@ -45,6 +47,13 @@ CASES = {
   "header only": lambda tmp: ["--config.data.path=" + write(tmp / "header.csv", "date,a,OT\n")],
   "time goes backwards": lambda tmp: ["--config.data.path=" + write(tmp / "back.csv", moved_block(400))],
   "workdir is a file": lambda tmp: ["--config=" + SYNTHETIC],
+  "unknown target": lambda tmp: ["--config.data.target=oil", "--config.data.features=S"],
+  "covariate absent": lambda tmp: ["--config.data.future_covariates=('price',)"],
+  "unknown features mode": lambda tmp: ["--config.data.features=SM"],
+  "unknown missing option": lambda tmp: ["--config.data.missing=drop"],
+  "irregular spacing": lambda tmp: ["--config.data.path=" + write(tmp / "odd.csv", shifted_row(400, 150))],
+  "missing rows": lambda tmp: ["--config.data.path=" + write(tmp / "rows.csv", dropped_rows(400, 100, 110))],
+  "long table, repeated pair": lambda tmp: ["--config.data.path=" + write(tmp / "long.csv", long_rows(400, 33))],
 }
 EXPECT = {
   "missing file": "does not exist",
@@ -66,6 +75,13 @@ EXPECT = {
   "header only": "no data rows",
   "time goes backwards": "time goes backwards at data row 300",
   "workdir is a file": "is a file, not a directory",
+  "unknown target": "unknown data.target 'oil'",
+  "covariate absent": "future covariate(s) 'price' are not columns",
+  "unknown features mode": "unknown data.features 'SM'",
+  "unknown missing option": "unknown data.missing 'drop'",
+  "irregular spacing": "not on a regular grid: most steps are 0 days 01:00:00, but data row 150 comes",
+  "missing rows": "10 row(s) of the hourly (h) series are missing, the first 10 after 2020-01-05 03:00:00",
+  "long table, repeated pair": "series 'a' has two rows for ds 2020-01-02 09:00:00",
 }
 
 
@@ -73,6 +89,26 @@ def moved_block(n):
   """A file whose rows 100..199 were moved to the end: time first goes backwards at data row 300."""
   lines = good_rows(n).splitlines()
   return "\n".join([lines[0]] + lines[1:101] + lines[201:] + lines[101:201]) + "\n"
+
+
+def shifted_row(n, row):
+  """Data row `row` half an hour late: off the hourly grid."""
+  lines = good_rows(n).splitlines()
+  lines[row + 1] = lines[row + 1].replace(":00:00,", ":30:00,", 1)
+  return "\n".join(lines) + "\n"
+
+
+def dropped_rows(n, start, stop):
+  """Data rows start .. stop - 1 left out: missing rows of an hourly series."""
+  lines = good_rows(n).splitlines()
+  return "\n".join(lines[: start + 1] + lines[stop + 1 :]) + "\n"
+
+
+def long_rows(n, row):
+  """good_rows as a long table (unique_id, ds, y), with data row `row` of series a written twice."""
+  frame = pd.read_csv(io.StringIO(good_rows(n))).melt(id_vars="date", var_name="unique_id", value_name="y")
+  frame = pd.concat([frame, frame.iloc[[row]]]).rename(columns={"date": "ds"})
+  return frame.to_csv(index=False)
 
 
 def repeated_row(n, row):

@@ -118,9 +118,7 @@ def test_the_chunk_program_trains_on_fit_batches():
   idx = data.train_order(w, a.batch_size, seed=a.seed, epoch=1)[None, :3]
   segs = tuple(x[None] for x in a.active)
   before = jax.tree.map(np.asarray, state)  # the program donates its state
-  held, losses = program(
-    state, steps.stack([a.frozen]), (w.values, w.marks), idx, segs, np.zeros(3, bool), np.ones(1, bool)
-  )
+  held, losses = program(state, steps.stack([a.frozen]), w.arrays, idx, segs, np.zeros(3, bool), np.ones(1, bool))
   for x, y in zip(jax.tree.leaves(held), jax.tree.leaves(before), strict=True):
     np.testing.assert_array_equal(np.asarray(x), y)
   assert not np.asarray(losses).any()

@@ -154,11 +154,15 @@ def test_a_config_saved_before_the_keys_moved_is_upgraded_in_one_place():
   assert config_lib.upgrade(config_lib.upgrade(old)) == new  # today's keys come back unchanged
 
 
-@pytest.mark.parametrize("decay,per_epoch", [(0.5, [1.0, 1.0, 0.5, 0.25]), (1.0, [1.0, 1.0, 1.0, 1.0])])
-def test_lr_schedule_per_epoch(decay, per_epoch):
-  """TSLib's type1 at 0.5 (full lr for two epochs, then halved each epoch); 1.0 keeps the lr constant."""
+@pytest.mark.parametrize(
+  "decay,start,per_epoch",
+  [(0.5, 3, [1.0, 1.0, 0.5, 0.25, 0.125, 0.0625]), (1.0, 3, [1.0] * 6), (0.8, 5, [1.0] * 4 + [0.8, 0.64])],
+)
+def test_lr_schedule_per_epoch(decay, start, per_epoch):
+  """TSLib's type1 at 0.5 from epoch 3 (full lr for two epochs, then halved each epoch); 1.0 keeps the lr
+  constant; CycleNet's type3: full lr for four epochs, then 0.8 per epoch."""
   from mola_jax import steps
 
-  schedule = steps.lr_schedule(1e-3, steps_per_epoch=5, decay=decay)
-  got = [float(schedule(epoch * 5 + offset)) / 1e-3 for epoch in range(4) for offset in (0, 4)]
+  schedule = steps.lr_schedule(1e-3, steps_per_epoch=5, decay=decay, decay_from=start)
+  got = [float(schedule(epoch * 5 + offset)) / 1e-3 for epoch in range(6) for offset in (0, 4)]
   assert got == pytest.approx([f for f in per_epoch for _ in (0, 4)])

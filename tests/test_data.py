@@ -40,7 +40,17 @@ def _data_dir(monkeypatch):
 
 
 def cfg(name, seq_len=96, path=None, parity_quirk=False):
-  return types.SimpleNamespace(name=name, path=path, seq_len=seq_len, freq="h", parity_quirk=parity_quirk)
+  return types.SimpleNamespace(
+    name=name,
+    path=path,
+    seq_len=seq_len,
+    freq="h",
+    parity_quirk=parity_quirk,
+    target=None,
+    features="M",
+    future_covariates=(),
+    missing="error",
+  )
 
 
 _CACHE = {}
@@ -196,7 +206,10 @@ def test_window_source_content_and_real_counts():
   assert tuple(map(len, srcs)) == (617, 74, 170)
   test = srcs[2]
   w = test[0]
-  assert {k: v.shape for k, v in w.items()} == {"x": (36, 7), "x_mark": (36, 4), "y": (24, 7), "y_mark": (24, 4)}
+  assert {k: v.shape for k, v in w.items()} == {
+    "x": (36, 7), "x_mark": (36, 4), "y": (24, 7), "y_mark": (24, 4), "t0": ()
+  }  # fmt: skip
+  assert w["t0"] == s.borders["test"][0]  # the window's first row in the series
   # The first test target is the first row after validation ends: targets never overlap across splits.
   assert np.array_equal(w["y"][0], s.values[s.borders["val"][1]])
   assert np.array_equal(test[-1]["y"][-1], s.values[-1])
@@ -275,7 +288,7 @@ def test_time_features_known_timestamps():
   fifteen = pd.date_range("2016-07-01", periods=4, freq="15min")
   np.testing.assert_allclose(data.time_features(fifteen, "t")[:, 0], [-0.5, -0.246, 0.008, 0.263], atol=1e-3)
   with pytest.raises(DataError, match="freq"):
-    data.time_features(t, "q")
+    data.time_features(t, "fortnight")
 
 
 # ----------------------------------------------------------------------------------------------------------------

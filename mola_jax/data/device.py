@@ -17,30 +17,37 @@ from mola_jax import sharding
 from mola_jax.data.sources import WindowSource
 
 
-def gather(values, marks, idx, mask=None, *, seq_len: int, pred_len: int) -> dict:
-  """values [rows, D], marks [rows, F], idx int [B] (window i starts at row i) -> {"x": [B, L, D], "x_mark":
-  [B, L, F], "y": [B, H, D], "y_mark": [B, H, F]} (and "mask" [B] if given), split along the window axis by the
-  `batch` rule under a mesh."""
+def gather(arrays: dict, idx, mask=None, *, seq_len: int, pred_len: int) -> dict:
+  """arrays: a split on the device (DeviceWindows.arrays: "values" [rows, D], "marks" [rows, F], "start" [] the
+  split's first row in the series, and "observed" [rows, D] if any value was filled), idx int [B] (window i starts
+  at the split's row i) -> {"x": [B, L, D], "x_mark": [B, L, F], "y": [B, H, D], "y_mark": [B, H, F], "t0": [B]
+  (each window's first row in the series)}, with "y_observed" [B, H, D] if the split has "observed" and "mask"
+  [B] if given; split along the window axis by the `batch` rule under a mesh."""
+  values, marks = arrays["values"], arrays["marks"]
 
   def window(i):
     cut = jax.lax.dynamic_slice_in_dim
-    return {
+    out = {
       "x": cut(values, i, seq_len),
       "x_mark": cut(marks, i, seq_len),
       "y": cut(values, i + seq_len, pred_len),
       "y_mark": cut(marks, i + seq_len, pred_len),
     }
+    if "observed" in arrays:
+      out["y_observed"] = cut(arrays["observed"], i + seq_len, pred_len)
+    return out
 
   batch = jax.vmap(window)(idx)
+  batch["t0"] = arrays["start"] + idx
   if mask is not None:
     batch["mask"] = mask
   return jax.tree.map(lambda a: sharding.constrain(a, ("batch",) + (None,) * (a.ndim - 1)), batch)
 
 
 @functools.partial(jax.jit, static_argnames=("seq_len", "pred_len", "layout"))
-def _take(values, marks, idx, mask, *, seq_len: int, pred_len: int, layout) -> dict:
+def _take(arrays, idx, mask, *, seq_len: int, pred_len: int, layout) -> dict:
   del layout  # keys the compiled program by the active mesh layout, which `constrain` reads while tracing
-  return gather(values, marks, idx, mask, seq_len=seq_len, pred_len=pred_len)
+  return gather(arrays, idx, mask, seq_len=seq_len, pred_len=pred_len)
 
 
 class DeviceWindows:
@@ -49,14 +56,23 @@ class DeviceWindows:
 
   def __init__(self, src: WindowSource):
     rows = slice(src.start, src.end)
-    self.values, self.marks = sharding.replicate((src.values[rows], src.marks[rows]))  # [rows, D], [rows, F]
+    arrays = {"values": src.values[rows], "marks": src.marks[rows], "start": np.int32(src.start)}
+    if src.observed is not None:
+      arrays["observed"] = src.observed[rows]  # [rows, D] bool
+    self.arrays = sharding.replicate(arrays)
     self.seq_len, self.pred_len, self.size = src.seq_len, src.pred_len, len(src)
+
+  @property
+  def values(self) -> jax.Array:
+    return self.arrays["values"]  # [rows, D]
+
+  @property
+  def marks(self) -> jax.Array:
+    return self.arrays["marks"]  # [rows, F]
 
   def take(self, idx: np.ndarray, mask: np.ndarray | None = None) -> dict:
     """idx int [B] (window i starts at the split's row i) -> batch on the device; with `mask` bool [B] it is
     added as "mask" (an eval batch)."""
     if sharding.current() is not None:  # else jit moves the host arrays itself, for less than device_put costs
       idx, mask = sharding.replicate((idx, mask))
-    return _take(
-      self.values, self.marks, idx, mask, seq_len=self.seq_len, pred_len=self.pred_len, layout=sharding.current()
-    )
+    return _take(self.arrays, idx, mask, seq_len=self.seq_len, pred_len=self.pred_len, layout=sharding.current())

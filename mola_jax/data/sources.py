@@ -12,12 +12,15 @@ import hashlib
 import operator
 import os
 import pathlib
+import types
 
 import numpy as np
 import pandas as pd
 from absl import logging
 
+from mola_jax.data import calendar, tables
 from mola_jax.data.synthetic import synthetic_data
+from mola_jax.data.tables import read_frame
 from mola_jax.errors import DataError
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -256,66 +259,6 @@ def min_rows(kind: str, seq_len: int, *, parity_quirk: bool = False) -> int | No
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Time features (docs/protocol.md §5, timeF)
-
-
-def _second_of_minute(idx):
-  return idx.second / 59.0 - 0.5
-
-
-def _minute_of_hour(idx):
-  return idx.minute / 59.0 - 0.5
-
-
-def _hour_of_day(idx):
-  return idx.hour / 23.0 - 0.5
-
-
-def _day_of_week(idx):
-  return idx.day_of_week / 6.0 - 0.5
-
-
-def _day_of_month(idx):
-  return (idx.day - 1) / 30.0 - 0.5
-
-
-def _day_of_year(idx):
-  return (idx.day_of_year - 1) / 365.0 - 0.5
-
-
-def _month_of_year(idx):
-  return (idx.month - 1) / 11.0 - 0.5
-
-
-def _week_of_year(idx):
-  return (idx.isocalendar().week.to_numpy(np.float64) - 1) / 52.0 - 0.5
-
-
-_HOURLY = (_hour_of_day, _day_of_week, _day_of_month, _day_of_year)
-TIME_FEATURES = {  # freq code -> features in TSLib's column order
-  "s": (_second_of_minute, _minute_of_hour) + _HOURLY,
-  "t": (_minute_of_hour,) + _HOURLY,
-  "min": (_minute_of_hour,) + _HOURLY,
-  "h": _HOURLY,
-  "d": (_day_of_week, _day_of_month, _day_of_year),
-  "b": (_day_of_week, _day_of_month, _day_of_year),
-  "w": (_day_of_month, _week_of_year),
-  "m": (_month_of_year,),
-}
-
-
-def time_features(dates: pd.DatetimeIndex | np.ndarray, freq: str = "h") -> np.ndarray:
-  """[rows, F] float32 timeF features, each in [-0.5, 0.5], columns in the order of docs/protocol.md §5."""
-  # Accept pandas-style multiples ("15min", "10T", "H"): only the unit picks the features, as in TSLib.
-  code = freq.lower().lstrip("0123456789")
-  if code not in TIME_FEATURES:
-    raise DataError(f"unknown time-feature freq {freq!r}; use one of {', '.join(TIME_FEATURES)}")
-  idx = pd.DatetimeIndex(dates)
-  cols = [np.asarray(fn(idx), dtype=np.float64) for fn in TIME_FEATURES[code]]
-  return np.stack(cols, axis=1).astype(np.float32)  # [rows, F]
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # Loading
 
 
@@ -323,151 +266,46 @@ def time_features(dates: pd.DatetimeIndex | np.ndarray, freq: str = "h") -> np.n
 class Series:
   name: str  # dataset name or the custom file's stem
   values: np.ndarray  # [rows, D] float32, standardised with TRAIN-split statistics
-  marks: np.ndarray  # [rows, F] float32 time features
+  marks: np.ndarray  # [rows, F] float32: the time features, then the standardised future covariates
   dates: np.ndarray  # [rows] datetime64[ns]
-  columns: tuple[str, ...]  # channel names, OT last
+  columns: tuple[str, ...]  # channel names, the target last
   mean: np.ndarray  # [D] float64 train mean
   std: np.ndarray  # [D] float64 train population std (0 -> 1)
   borders: dict  # split_borders(...) result
   freq: str  # the time-feature freq used
+  observed: np.ndarray | None = None  # [rows, D] bool: False where a value was filled in; None: all real
+  covariates: tuple[str, ...] = ()  # the future covariates: the last len(covariates) columns of marks
+  covariate_mean: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))  # [C], train rows
+  covariate_std: np.ndarray = dataclasses.field(default_factory=lambda: np.ones(0))  # [C]
+  grid: str | None = None  # the pandas frequency of the dates' regular grid; None: rows by position
+  long: bool = False  # read from a long table (unique_id, ds, y)
 
 
-def _rows_text(rows: np.ndarray, limit: int = 5) -> str:
-  shown = ", ".join(str(int(r)) for r in rows[:limit])
-  return shown + (f" and {len(rows) - limit} more" if len(rows) > limit else "")
-
-
-def load_csv(path, *, name: str, split: str, seq_len: int, freq: str = "h", parity_quirk: bool = False) -> Series:
-  """Read a CSV with a `date` column, order channels ..., OT, split, fit the scaler on TRAIN rows, transform all."""
-  data, dates, channels = read_csv(path)
-  return build_series(
-    data,
-    dates,
-    name=name,
-    columns=channels,
-    split=split,
-    seq_len=seq_len,
-    freq=freq,
-    parity_quirk=parity_quirk,
-    origin=str(path),
-  )
-
-
-def read_csv(path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
-  """A checked CSV -> (values [rows, D] float64, dates [rows] datetime64[ns], channel names with OT last).
-
-  Every fault is a DataError naming the file, what is wrong and where: unreadable or empty files, no `date`
-  column, no data rows, missing, non-numeric or non-finite values, unparseable dates, and time that goes
-  backwards. A repeated timestamp is a warning. Row numbers in messages are 0-based data rows (the header is not
-  counted).
-  """
-  return checked_frame(read_frame(path), path)
-
-
-def read_frame(path) -> pd.DataFrame:
-  """The CSV as a DataFrame, unchecked; an unreadable or empty file is a DataError."""
-  path = pathlib.Path(path)
-  # pandas handles CRLF; the weather header's U+FFFD characters are valid UTF-8 and only ever name columns.
-  try:
-    return pd.read_csv(path)
-  except pd.errors.EmptyDataError:
-    raise DataError(f"{path} is empty; give a CSV with a header (date, channels..., OT) and data rows") from None
-  except (OSError, pd.errors.ParserError, UnicodeDecodeError) as e:
-    raise DataError(f"cannot read {path} as CSV: {' '.join(str(e).split())}") from e
-
-
-def checked_frame(df: pd.DataFrame, path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
-  """A table with a `date` column and data columns -> (values, dates, channels), with read_csv's checks; `path`
-  names the table in messages (a file, or "the DataFrame")."""
-  _check_shape(df, path)
-  channels = [c for c in df.columns if c != "date"]
-  if "OT" in channels:  # the target last, as TSLib's custom loader does; a no-op for the benchmark files
-    channels = [c for c in channels if c != "OT"] + ["OT"]
-  if not channels:
-    raise DataError(f"{path} has a 'date' column but no data columns")
-  values = _checked_values(path, df[channels], channels)
-  dates = _checked_dates(path, df["date"])
-  return values, dates, tuple(str(c) for c in channels)
-
-
-def _check_shape(df: pd.DataFrame, path) -> None:
-  if "date" not in df.columns:
-    raise DataError(
-      f"{path} has no 'date' column (columns: {', '.join(map(str, df.columns[:10]))}); the first header field "
-      "must be 'date'"
-    )
-  if df.empty:
-    raise DataError(f"{path} has a header but no data rows; give a CSV with data")
-
-
-def _checked_values(path, raw: pd.DataFrame, channels: list) -> np.ndarray:
-  """[rows, D] float64; missing, non-numeric and non-finite (inf, -inf) values are errors."""
-  numeric = raw.apply(pd.to_numeric, errors="coerce")
-  missing = raw.isna().to_numpy()  # [rows, D]
-  bad = numeric.isna().to_numpy() & ~missing  # present but not a number
-  values = numeric.to_numpy(np.float64)
-  infinite = np.isinf(values)
-  for mask, what in ((bad, "non-numeric"), (missing, "missing"), (infinite, "non-finite")):
-    if mask.any():
-      cols = [c for c, hit in zip(channels, mask.any(axis=0), strict=True) if hit]
-      rows = np.flatnonzero(mask.any(axis=1))
-      raise DataError(
-        f"{path}: {what} value in column(s) {', '.join(map(repr, cols[:5]))} at data row(s) {_rows_text(rows)} "
-        "(0-based, header excluded); fix or fill them in the file"
-      )
-  return values
-
-
-def _checked_dates(path, column: pd.Series) -> np.ndarray:
-  """[rows] datetime64[ns], strictly increasing; unparseable, backwards and repeated stamps are errors."""
-  try:
-    # No fixed format: ETT writes '2016-07-01 00:00:00', exchange_rate '1990/1/1 0:00'.
-    stamps = pd.to_datetime(column)
-  except (ValueError, TypeError):
-    # Per-element parsing is slow but only runs on odd files; NaT marks the rows to report.
-    stamps = pd.to_datetime(column, format="mixed", errors="coerce")
-  if stamps.isna().any():
-    rows = np.flatnonzero(stamps.isna().to_numpy())
-    raise DataError(
-      f"{path}: missing or unparseable dates at data row(s) {_rows_text(rows)} (0-based, header excluded), "
-      f"e.g. {column.iloc[rows[0]]!r}; fix them in the file"
-    )
-  dates = stamps.to_numpy().astype("datetime64[ns]")  # pandas 3 infers microseconds; the contract is ns
-  # Windows are cut by position: rows out of time order would silently scramble the series. A repeated stamp is
-  # only reported: the field's weather.csv has one (data row 19044), and refusing it would refuse the benchmark.
-  step = np.diff(dates)
-  backwards, repeated = np.flatnonzero(step < np.timedelta64(0)) + 1, np.flatnonzero(step == np.timedelta64(0)) + 1
-  if len(backwards):
-    row = int(backwards[0])
-    raise DataError(
-      f"{path}: time goes backwards at data row {row} ({column.iloc[row]!r} after {column.iloc[row - 1]!r}; "
-      "0-based, header excluded); sort the file by date"
-    )
-  if len(repeated):
+def _standardiser(part: np.ndarray, observed: np.ndarray | None, columns, origin) -> tuple[np.ndarray, np.ndarray]:
+  """(mean, std) [n] of the training rows `part` [rows, n], over observed values only; a constant column is
+  centred, not scaled (std 1)."""
+  if observed is None:
+    mean, std = part.mean(axis=0), part.std(axis=0)  # population std (ddof 0), like sklearn's StandardScaler
+  else:
+    real = np.where(observed, part, np.nan)
+    mean, std = np.nanmean(real, axis=0), np.nanstd(real, axis=0)
+  if (std == 0.0).any():  # dividing by 0 would make the column inf
+    constant = [str(c) for c, zero in zip(columns, std == 0.0, strict=True) if zero]
     logging.warning(
-      "%s: duplicate time at data row(s) %s (0-based, header excluded), e.g. %r; the rows are kept in file order",
-      path,
-      _rows_text(repeated),
-      column.iloc[int(repeated[0])],
+      "%s: column(s) %s are constant on the training split; they are centred but not scaled",
+      origin,
+      ", ".join(constant),
     )
-  return dates
+  return mean, np.where(std == 0.0, 1.0, std)
 
 
 def build_series(
-  data: np.ndarray,
-  dates: np.ndarray,
-  *,
-  name: str,
-  columns: tuple[str, ...],
-  split: str,
-  seq_len: int,
-  freq: str = "h",
-  parity_quirk: bool = False,
+  table: tables.Table, *, name: str, split: str, seq_len: int, freq: str = "h", parity_quirk: bool = False,
   origin: str = "",
-) -> Series:
-  """Raw values [rows, D] + dates -> a split, train-standardised Series. Every loader ends here."""
+) -> Series:  # fmt: skip
+  """A checked table -> a split, train-standardised Series. Every loader ends here."""
   path = origin or name
-  n_rows = len(data)
+  n_rows = len(table.values)
   need = min_rows(split, seq_len, parity_quirk=parity_quirk) if split in SPLIT_KINDS else n_rows
   if need is None:
     raise DataError(f"seq_len {seq_len} is too long for the {split} split of any file; use a shorter seq_len")
@@ -477,60 +315,115 @@ def build_series(
       f"{need} rows for one window per split; use a longer file or a shorter seq_len"
     )
   borders = split_borders(split, n_rows, seq_len, parity_quirk=parity_quirk)
-
-  t0, t1 = borders["train"]
-  mean = data[t0:t1].mean(axis=0)  # [D], train rows only: no statistics leak from val/test
-  std = data[t0:t1].std(axis=0)  # [D], population std (ddof 0) like sklearn's StandardScaler
-  if (std == 0.0).any():  # centred, not scaled: dividing by 0 would make the column inf
-    constant = [str(c) for c, zero in zip(columns, std == 0.0, strict=True) if zero]
-    logging.warning(
-      "%s: column(s) %s are constant on the training split; they are centred but not scaled", path, ", ".join(constant)
-    )
-  std = np.where(std == 0.0, 1.0, std)
-  values = ((data - mean) / std).astype(np.float32)  # [rows, D]
+  train = slice(*borders["train"])  # the scalers see training rows only: no statistics leak from val/test
+  observed = None if table.observed is None else table.observed[train]
+  mean, std = _standardiser(table.values[train], observed, table.columns, path)
+  cov_mean, cov_std = _standardiser(table.covariates[train], None, table.covariate_names, path)
+  covariates = ((table.covariates - cov_mean) / cov_std).astype(np.float32)  # [rows, C]
   return Series(
     name=name,
-    values=values,
-    marks=time_features(dates, freq),
-    dates=dates,
-    columns=columns,
+    values=((table.values - mean) / std).astype(np.float32),  # [rows, D]
+    marks=np.concatenate([calendar.time_features(table.dates, freq), covariates], axis=1),  # [rows, F]
+    dates=table.dates,
+    columns=table.columns,
     mean=mean,
     std=std,
     borders=borders,
     freq=freq,
+    observed=table.observed,
+    covariates=table.covariate_names,
+    covariate_mean=cov_mean,
+    covariate_std=cov_std,
+    grid=None if table.grid is None else table.grid.freq,
+    long=table.long,
   )
 
 
-def load_series(data_cfg) -> Series:
-  """Load the dataset a data config names: registry `name`, or a custom CSV at `path` (7:1:2 split, file stem name).
+# The data config of a benchmark file read as the field reads it: every channel in and out, the target (OT) last,
+# no covariates, no gaps allowed.
+FIELD = types.SimpleNamespace(target=None, features="M", future_covariates=(), missing="error")
 
-  A custom path whose file name is a registry file name (e.g. .../ETTh1.csv) keeps that dataset's split, so moving
-  a benchmark file never silently changes its borders.
+
+def load_csv(path, *, name: str, split: str, seq_len: int, freq: str = "h", parity_quirk: bool = False) -> Series:
+  """A benchmark-style CSV (a `date` column, every channel in and out, OT last), rows by position -> Series."""
+  table = tables.read_table(read_frame(path), str(path), FIELD, regular=False)
+  return build_series(table, name=name, split=split, seq_len=seq_len, freq=freq, parity_quirk=parity_quirk,
+                      origin=str(path))  # fmt: skip
+
+
+def read_csv(path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+  """A checked wide CSV -> (values [rows, D] float64, dates [rows] datetime64[ns], channel names with OT last).
+
+  Every fault is a DataError naming the file, what is wrong and where (tables.py); rows by position, a repeated
+  timestamp a warning."""
+  return checked_frame(read_frame(path), path)
+
+
+def checked_frame(df: pd.DataFrame, path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+  """A wide table with a `date` column -> (values, dates, channels), with read_csv's checks; `path` names the
+  table in messages (a file, or "the DataFrame")."""
+  table = tables.read_table(df, path, FIELD, regular=False)
+  return table.values, table.dates, table.columns
+
+
+def _registry_file(path: pathlib.Path) -> DatasetInfo | None:
+  """The registry entry of an explicit path whose name is a registry file's, else None."""
+  return next((info for info in DATASETS.values() if info.filename == path.name), None)
+
+
+def load_series(data_cfg, frame: pd.DataFrame | None = None) -> Series:
+  """Load the dataset a data config names: registry `name`, or a custom table at `path` (7:1:2 split, file stem
+  name) or given as `frame` (a DataFrame; 7:1:2, named "dataframe"), wide or long, with the config's target,
+  features, future covariates and handling of gaps.
+
+  A benchmark file (the registry's, or an explicit path holding its canonical bytes) is read as the field reads it:
+  rows by position and the hourly time features, so published numbers compare. Any other table is checked
+  against the regular grid of its dates (missing rows found, filled or refused by data.missing) and gets the
+  time features of its own frequency unless data.freq names one. A custom path whose file name is a registry
+  file's (e.g. .../ETTh1.csv) keeps that dataset's split, so moving a benchmark file never silently changes its
+  borders.
   """
+  seq_len, quirk = int(data_cfg.seq_len), bool(data_cfg.parity_quirk)
+  if frame is not None:
+    table = tables.read_table(frame, "the DataFrame", data_cfg, regular=True)
+    freq = _freq(data_cfg, table, benchmark=False)
+    return build_series(table, name="dataframe", split="ratio", seq_len=seq_len, freq=freq, parity_quirk=quirk)
   if data_cfg.name == "synthetic" and data_cfg.path is None:
     values, dates, columns = synthetic_data(data_cfg)  # no file at all
-    return build_series(
-      values,
-      dates,
-      name="synthetic",
-      columns=columns,
-      split="ratio",
-      seq_len=int(data_cfg.seq_len),
-      freq=data_cfg.freq,
-    )
-  path, seq_len, freq, parity_quirk = data_cfg.path, int(data_cfg.seq_len), data_cfg.freq, bool(data_cfg.parity_quirk)
-  if path is not None:
-    p = resolve_path(data_cfg.name, path)
-    known = {info.filename: info for info in DATASETS.values()}
-    if p.name in known:
-      name, split = known[p.name].name, known[p.name].split
-    else:
-      name, split = p.stem, "ratio"
+    frame = pd.DataFrame(values, columns=columns).assign(date=dates)
+    table = tables.read_table(frame, "synthetic", data_cfg, regular=False)
+    return build_series(table, name="synthetic", split="ratio", seq_len=seq_len, freq=_freq(data_cfg, table))
+  if data_cfg.path is not None:
+    p = resolve_path(data_cfg.name, data_cfg.path)
+    info = _registry_file(p)
+    name, split = (info.name, info.split) if info else (p.stem, "ratio")
+    benchmark = info is not None and bool(info.sha256) and _sha256(p) in info.sha256
   else:
     name = data_cfg.name
     p = resolve_path(name, None)
-    split = DATASETS[name].split
-  return load_csv(p, name=name, split=split, seq_len=seq_len, freq=freq, parity_quirk=parity_quirk)
+    split, benchmark = DATASETS[name].split, True
+  table = tables.read_table(read_frame(p), str(p), data_cfg, regular=not benchmark)
+  freq = _freq(data_cfg, table, benchmark=benchmark)
+  return build_series(table, name=name, split=split, seq_len=seq_len, freq=freq, parity_quirk=quirk, origin=str(p))
+
+
+def fingerprint(series: Series) -> str:
+  """sha256 of what a run trains on (values, marks, dates, which values are real): a workdir holds the run of one
+  series, and a rerun on other data must not resume it."""
+  h = hashlib.sha256()
+  for part in (series.values, series.marks, series.dates.astype("int64"), series.observed):
+    h.update(b"-" if part is None else np.ascontiguousarray(part).tobytes())
+  return h.hexdigest()
+
+
+def _freq(data_cfg, table: tables.Table, *, benchmark: bool = True) -> str:
+  """The time features' frequency: data.freq if set ("auto": the dates' own); unset, the field's hourly four for a
+  benchmark file and the dates' own frequency for any other table."""
+  freq = data_cfg.freq
+  if freq == "auto" or (freq is None and not benchmark):
+    grid = table.grid or calendar.infer_grid(table.dates, "the series")
+    return grid.freq
+  return freq or "h"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -547,6 +440,7 @@ class WindowSource:
   end: int  # exclusive end row of the split
   seq_len: int
   pred_len: int
+  observed: np.ndarray | None = None  # [rows, D] bool, False at filled values (left out of losses and scores)
 
   def __len__(self) -> int:
     return max(0, (self.end - self.start) - self.seq_len - self.pred_len + 1)
@@ -560,18 +454,23 @@ class WindowSource:
       raise IndexError(f"window {i} out of range for {n} windows")
     a = self.start + i
     j, k = a + self.seq_len, a + self.seq_len + self.pred_len
-    return {
-      "x": self.values[a:j],
-      "x_mark": self.marks[a:j],  # [L, D], [L, F]
-      "y": self.values[j:k],
-      "y_mark": self.marks[j:k],
-    }  # [H, D], [H, F]
+    return (
+      {
+        "x": self.values[a:j],
+        "x_mark": self.marks[a:j],  # [L, D], [L, F]
+        "y": self.values[j:k],
+        "y_mark": self.marks[j:k],
+        "t0": np.int32(a),  # the row of the window's first step: where a model reads the phase of a cycle
+      }
+      | ({} if self.observed is None else {"y_observed": self.observed[j:k]})
+    )  # [H, D], [H, F], [], [H, D]
 
 
 def host_batch(src: WindowSource, idx, mask=None) -> dict:
   """The windows `idx` of `src` stacked on the host (numpy), as data.DeviceWindows.take gathers them on the device:
   for tests and tools that need a batch in hand."""
-  batch = {k: np.stack([src[int(i)][k] for i in idx]) for k in ("x", "x_mark", "y", "y_mark")}
+  keys = ("x", "x_mark", "y", "y_mark", "t0") + (() if src.observed is None else ("y_observed",))
+  batch = {k: np.stack([src[int(i)][k] for i in idx]) for k in keys}
   return batch | ({"mask": np.asarray(mask, bool)} if mask is not None else {})
 
 
@@ -587,7 +486,7 @@ def window_source(series: Series, split: str, seq_len: int, pred_len: int) -> Wi
       f"the series with seq_len={seq_len}"
     )
   start, end = series.borders[split]
-  src = WindowSource(series.values, series.marks, start, end, seq_len, pred_len)
+  src = WindowSource(series.values, series.marks, start, end, seq_len, pred_len, series.observed)
   if len(src) == 0:
     raise DataError(
       f"the {split} split of {series.name} has {end - start} rows, too few for seq_len {seq_len} + "

@@ -32,7 +32,6 @@ import time
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from flax import nnx
 
 from mola_jax import data, plan, runtime, sharding, steps
@@ -72,20 +71,21 @@ def hbm_bytes(kind: str) -> int | None:
   return next((v for k, v in sorted(HBM_BYTES.items(), key=lambda kv: -len(kv[0])) if k in kind), None)
 
 
-def data_shape(cfg) -> tuple[int, int, int]:
-  """(channels, time features, training rows) of the config's data, without reading a registry file."""
+def data_shape(cfg) -> tuple[int, int, int, int]:
+  """(channels, marks, training rows, future covariates among the marks) of the config's data, without reading
+  a registry file."""
   d = cfg.data
   if d.path is None and d.name == "synthetic":
     channels, rows, kind = int(d.synthetic_channels), int(d.synthetic_rows), "ratio"
-  elif d.path is None and d.name in data.DATASETS:
+  elif d.path is None and d.name in data.DATASETS and not d.future_covariates and d.freq != "auto":
     info = data.DATASETS[d.name]
-    channels, rows, kind = info.channels, info.rows, info.split
+    channels, rows, kind = 1 if d.features == "S" else info.channels, info.rows, info.split
   else:
     series = data.load_series(d)
     train = series.borders["train"]
-    return series.values.shape[1], series.marks.shape[1], train[1] - train[0]
+    return series.values.shape[1], series.marks.shape[1], train[1] - train[0], len(series.covariates)
   start, end = data.split_borders(kind, rows, d.seq_len)["train"]
-  return channels, len(data.time_features(np.array(["2020-01-01"], "datetime64[ns]"), d.freq or "h")[0]), end - start
+  return channels, data.num_features(d.freq or "h"), end - start, 0
 
 
 def sds(shape, dtype=jnp.float32) -> jax.ShapeDtypeStruct:
@@ -100,11 +100,11 @@ def one_run(tree):
 def stage_programs(cfg, stage: plan.Stage, layout: sharding.Layout, shape: tuple, batches: tuple[int, int]):
   """Yield (program name, lowered) for the stage's train chunk and eval chunk on abstract inputs, as fit builds
   them: one run, cfg.chunk_steps steps a call, the training split's rows held on the device."""
-  channels, marks, rows = shape
+  channels, marks, rows, covariates = shape
   segments = stage.segments if stage.name == plan.ADAPT else 0
   spec, seed, k = plan.model_spec(cfg), stage.seed, stage.segments
   make = lambda: build(spec, channels=channels, marks=marks, pred_len=stage.pred_len, segments=segments,
-                       rngs=nnx.Rngs(seed))  # fmt: skip
+                       rngs=nnx.Rngs(seed), covariates=covariates)  # fmt: skip
   tx = steps.make_tx(steps.lr_schedule(stage.recipe.lr, 1000, stage.recipe.lr_decay))
   graphdef, params, stats, frozen = steps.split(nnx.eval_shape(make), stage.name)
   key = sds((2,), jnp.uint32)  # raw key data, as fit keeps it
@@ -121,7 +121,7 @@ def stage_programs(cfg, stage: plan.Stage, layout: sharding.Layout, shape: tuple
   }  # groups: an accelerator's one
   share = stage.name == plan.ADAPT and cfg.adapt.share_prefix_dropout
   chunk = steps.make_train_chunk(graphdef, tx, share_prefix_dropout=share, **common)
-  series = (sds((rows, channels)), sds((rows, marks)))
+  series = {"values": sds((rows, channels)), "marks": sds((rows, marks)), "start": sds((), jnp.int32)}
   segs = (sds((1, k), jnp.int32), sds((1, k), jnp.bool_))
   args = (series, sds((1, c, train_batch), jnp.int32), segs, sds((c,), jnp.bool_), sds((1,), jnp.bool_))
   train_states = (sharding.abstract(state, layout, lead=1), sharding.abstract(one_run(frozen), layout, lead=1))

@@ -200,7 +200,7 @@ def train_setup(ctx: Context, prob: Problem, stage: str, *, forward="batched", d
   src = data.window_source(prob.series, "train", cfg.data.seq_len, prob.s if stage == plan.PRETRAIN else prob.horizon)
   model = model or ctx.model(prob, stage, seed)
   per_epoch = data.num_train_batches(src, recipe.batch_size)
-  tx = steps.make_tx(steps.lr_schedule(recipe.lr, per_epoch, recipe.lr_decay))
+  tx = steps.make_tx(steps.lr_schedule(recipe.lr, per_epoch, recipe.lr_decay, recipe.lr_decay_from))
   graphdef, state, frozen = steps.init_state(model, stage, tx, jax.random.key_data(jax.random.key(seed)))
   state = jax.tree.map(jnp.copy, state)  # the step donates it; the model keeps its own arrays
   share = cfg.adapt.share_prefix_dropout if share_dropout is None else share_dropout
@@ -229,9 +229,7 @@ def chunk_program(ctx: Context, setup: Setup, forward: str, dtype, share_dropout
   )  # fmt: skip
   idx = data.train_order(w, setup.batch_size, seed=setup.seed, epoch=1)[None, :steps_per_call]  # [1, C, B]
   ids, active = setup.active
-  fixed = jax.device_put(
-    ((w.values, w.marks), idx, (ids[None], active[None]), np.ones(idx.shape[1], bool), np.ones(1, bool))
-  )
+  fixed = jax.device_put((w.arrays, idx, (ids[None], active[None]), np.ones(idx.shape[1], bool), np.ones(1, bool)))
   state, frozen = steps.stack([setup.state]), steps.stack([setup.frozen])
   compiled, info = ctx.aot(program, state, frozen, *fixed, key=setup.key + ("chunk", idx.shape[1]))
   return (lambda st, _: compiled(st, frozen, *fixed)), state, info
@@ -333,7 +331,7 @@ def measure_eval(ctx: Context, prob: Problem, model: nnx.Module, *, stage: str, 
   program = steps.make_eval_chunk(graphdef, segments=k, seq_len=src.seq_len, pred_len=src.pred_len,
                                   forward=FORWARDS[forward], compute_dtype=dtype)  # fmt: skip
   e = steps.EVAL_CHUNK
-  args = jax.device_put(((windows.values, windows.marks), np.zeros((1, e, size), np.int32),
+  args = jax.device_put((windows.arrays, np.zeros((1, e, size), np.int32),
                          np.ones((1, e, size), bool), np.ones(e, bool)))  # fmt: skip
   key = ("eval", model_key(cfg), stage, forward, dtype or "float32", k)
   compiled, info = ctx.aot(program, states, *args, key=key)

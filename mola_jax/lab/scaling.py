@@ -185,7 +185,7 @@ def dispatch_seconds(graphdef, tx, state, frozen, windows, order, segments: int,
     graphdef, tx, segments=segments, seq_len=windows.seq_len, pred_len=windows.pred_len, runs=1,
     share_prefix_dropout=share,
   )  # fmt: skip
-  segs, series, seconds = steps.training_segments(np.ones((1, segments), bool)), (windows.values, windows.marks), []
+  segs, series, seconds = steps.training_segments(np.ones((1, segments), bool)), windows.arrays, []
   program = None
   for _ in range(HOST_CALLS + 1):
     jax.block_until_ready(state)

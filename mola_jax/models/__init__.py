@@ -55,6 +55,17 @@ class ModelSpec:
     return techniques.TECHNIQUES[self.method]
 
 
+def marks_read(backbone: str) -> str:
+  """Which marks (time features, future covariates) a backbone reads: "none", "lookback" or "horizon" (also
+  their values over the steps it forecasts)."""
+  return getattr(BACKBONES[backbone], "MARKS", "none")
+
+
+def reads_t0(backbone: str) -> bool:
+  """Whether a backbone reads batch["t0"], the row of a window's first step (the phase of a cycle: CycleNet)."""
+  return getattr(BACKBONES[backbone], "READS_T0", False)
+
+
 def layer_groups(backbone: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
   """-> (groups the backbone offers, groups adapted by default). A backbone with a separate head (HEAD) also
   offers "head": the dense methods then adapt it as well (e.g. --config.adapt.targets="('ffn','head')")."""
@@ -70,10 +81,17 @@ def adapted_groups(backbone: str, method: str, targets: tuple | None) -> tuple[s
   return technique.default_groups(*layer_groups(backbone)) if technique.two_stage else ()
 
 
-def validate(backbone: str, method: str, targets: tuple | None, selection: str) -> None:
-  """ConfigError for a backbone or a layer group that does not exist, or a method the backbone cannot take."""
+def validate(backbone: str, method: str, targets: tuple | None, selection: str, covariates: tuple = ()) -> None:
+  """ConfigError for a backbone or a layer group that does not exist, a method the backbone cannot take, or
+  future covariates it cannot read."""
   if backbone not in BACKBONES:
     raise ConfigError(f"unknown backbone {backbone!r}; use one of {', '.join(sorted(BACKBONES))}")
+  if covariates and marks_read(backbone) != "horizon":
+    readers = sorted(name for name in BACKBONES if marks_read(name) == "horizon")
+    raise ConfigError(
+      f"backbone {backbone} does not read future covariates over the horizon; drop data.future_covariates "
+      f"({', '.join(covariates)}) or use one of {', '.join(readers)}"
+    )
   offered, default = layer_groups(backbone)
   if targets is not None and set(targets) - set(offered):
     bad = sorted(set(targets) - set(offered))
@@ -99,9 +117,11 @@ def validate(backbone: str, method: str, targets: tuple | None, selection: str) 
     )
 
 
-def build(spec: ModelSpec, *, channels: int, marks: int, pred_len: int, segments: int, rngs: nnx.Rngs) -> nnx.Module:
+def build(spec: ModelSpec, *, channels: int, marks: int, pred_len: int, segments: int, rngs: nnx.Rngs,
+          covariates: int = 0) -> nnx.Module:  # fmt: skip
   """The backbone of `spec` with a `pred_len`-step head; with segments > 0 and a two-stage method, every targeted
-  layer also gets the method's bank over `segments` segments (stage 2)."""
+  layer also gets the method's bank over `segments` segments (stage 2). `covariates`: how many of the `marks`
+  (the last ones) are known-future covariates."""
   technique = spec.technique
   if segments and technique.two_stage:
     experts = spec.settings.num_experts if technique.mixture else 0
@@ -109,9 +129,12 @@ def build(spec: ModelSpec, *, channels: int, marks: int, pred_len: int, segments
     make = techniques.factory(technique, bank, spec.targets)
   else:
     make = no_adapter
-  return BACKBONES[spec.backbone](
-    spec.sizes, seq_len=spec.seq_len, pred_len=pred_len, channels=channels, marks=marks, rngs=rngs, make_adapter=make
-  )
+  cls = BACKBONES[spec.backbone]
+  extra = {"covariates": covariates} if getattr(cls, "COVARIATE_TOKENS", False) else {}
+  return cls(
+    spec.sizes, seq_len=spec.seq_len, pred_len=pred_len, channels=channels, marks=marks, rngs=rngs, make_adapter=make,
+    **extra,
+  )  # fmt: skip
 
 
 def predict_per_segment(model: nnx.Module, batch: dict, ctx: Ctx) -> jax.Array:
@@ -136,5 +159,6 @@ def predict(model: nnx.Module, batch: dict, ctx: Ctx) -> jax.Array:
 
 
 __all__ = [
-  "BACKBONES", "Ctx", "ModelSpec", "SegmentParam", "adapted_groups", "build", "layer_groups", "predict", "validate",
+  "BACKBONES", "Ctx", "ModelSpec", "SegmentParam", "adapted_groups", "build", "layer_groups", "predict",
+  "marks_read", "reads_t0", "validate",
 ]  # fmt: skip

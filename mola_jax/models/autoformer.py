@@ -210,6 +210,7 @@ class Autoformer(nnx.Module):
   }
   GROUPS = ("ffn", "dec_ffn", "attn")
   HEAD = True  # the decoder's projection: lora_heads gives each segment its own
+  MARKS = "horizon"  # the time features (and future covariates) of the look-back and of the decoder's steps
   ADAPTED_GROUPS = ("ffn",)  # the official MoLA Autoformer adapts the encoder FFN (docs/method.md §9)
 
   def __init__(self, cfg, *, seq_len: int, pred_len: int, channels: int, marks: int, rngs: nnx.Rngs, make_adapter):

@@ -252,6 +252,7 @@ class Informer(nnx.Module):
   }
   GROUPS = ("ffn", "dec_ffn", "attn")
   HEAD = True  # the projection: lora_heads gives each segment its own
+  MARKS = "horizon"  # the time features (and future covariates) of the look-back and of the decoder's steps
   ADAPTED_GROUPS = ("ffn",)  # adapted when --config.adapt.targets is unset: the official `encoder.*.ffn`
 
   def __init__(self, cfg, *, seq_len: int, pred_len: int, channels: int, marks: int, rngs: nnx.Rngs, make_adapter):

@@ -116,6 +116,7 @@ class Transformer(nnx.Module):
   DEFAULTS = {"d_model": 512, "d_ff": 2048, "n_heads": 8, "e_layers": 2, "d_layers": 1, "dropout": 0.1, "label_len": 48}
   GROUPS = ("ffn", "dec_ffn", "attn")
   HEAD = True  # the projection: lora_heads gives each segment its own
+  MARKS = "horizon"  # the time features (and future covariates) of the look-back and of the decoder's steps
   ADAPTED_GROUPS = ("ffn", "dec_ffn")  # adapted when --config.adapt.targets is unset
 
   def __init__(self, cfg, *, seq_len: int, pred_len: int, channels: int, marks: int, rngs: nnx.Rngs, make_adapter):
