@@ -10,14 +10,15 @@ import numpy as np
 import pytest
 from conftest import REPO, tiny
 
-from mola_jax import config_lib
+from mola_jax import config_lib, configs, plan
 from mola_jax.errors import ConfigError
 from mola_jax.lab import reproduce, study
 from mola_jax.lab.stats import ci95
 
 
 def test_every_dataset_config_loads_and_validates():
-  names = sorted(p.stem for p in (REPO / "configs").glob("*.py") if p.stem != "__init__")
+  """Every config and each variant it offers (etth1:fixed_s, every dataset's :cyclenet and :cyclenet_mlp)."""
+  names = configs.names()
   assert {
     "etth1",
     "etth2",
@@ -34,10 +35,11 @@ def test_every_dataset_config_loads_and_validates():
     spec = importlib.util.spec_from_file_location(name, REPO / "configs" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    cfg = module.get_config()
-    for h in reproduce.horizons_of(cfg, reproduce.defaults()):  # every horizon a study runs by default
-      cfg.horizon = h
-      config_lib.validate(cfg)
+    for variant in (None, *getattr(module, "VARIANTS", ())):
+      cfg = module.get_config(variant) if variant else module.get_config()
+      for h in reproduce.horizons_of(cfg, reproduce.defaults()):  # every horizon a study runs by default
+        cfg.horizon = h
+        plan.make(cfg)
   assert reproduce.horizons_of(config_lib.load("national_illness"), reproduce.defaults()) == [24, 36, 48, 60]
 
 

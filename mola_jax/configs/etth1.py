@@ -7,12 +7,14 @@
 A reproduction study (`python -m mola_jax.lab.reproduce`) adds segment lengths found in the data to the paper's
 options unless `--study.segment_options=config`. `--config configs/etth1.py:fixed_s` keeps only the default
 (first) segment length per horizon; with `--study.segment_options=config` nothing is added, so a study trains
-one S instead of choosing between several on validation.
+one S instead of choosing between several on validation. `:cyclenet` and `:cyclenet_mlp`: CycleNet on its own
+recipe, W = 24 (configs/_recipes.py).
 """
 
 from mola_jax import config_lib
+from mola_jax.configs import _recipes
 
-VARIANTS = ("fixed_s",)
+VARIANTS = ("fixed_s", *_recipes.VARIANTS)
 
 
 def get_config(variant: str | None = None):
@@ -20,6 +22,7 @@ def get_config(variant: str | None = None):
   cfg.data.name = "ETTh1"
   if variant == "fixed_s":
     cfg.segment_options = {h: options[:1] for h, options in config_lib.SEGMENT_OPTIONS.items()}
-  elif variant is not None:
+    return cfg
+  if variant is not None and variant not in VARIANTS:
     raise config_lib.ConfigError(f"unknown variant {variant!r} of configs/etth1.py; use one of {', '.join(VARIANTS)}")
-  return cfg
+  return _recipes.apply(cfg, variant, name="etth1", cycle=24)

@@ -2,12 +2,17 @@
 
 python -m mola_jax.train --config configs/etth2.py --workdir runs/etth2
 python -m mola_jax.lab.reproduce --config configs/etth2.py --workdir runs/repro_etth2
+
+`:cyclenet` / `:cyclenet_mlp`: CycleNet on its own recipe, W = 24 (configs/_recipes.py).
 """
 
 from mola_jax import config_lib
+from mola_jax.configs import _recipes
+
+VARIANTS = _recipes.VARIANTS
 
 
-def get_config():
+def get_config(variant: str | None = None):
   cfg = config_lib.default()
   cfg.data.name = "ETTh2"
-  return cfg
+  return _recipes.apply(cfg, variant, name="etth2", cycle=24)

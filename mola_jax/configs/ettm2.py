@@ -2,12 +2,17 @@
 
 python -m mola_jax.train --config configs/ettm2.py --workdir runs/ettm2
 python -m mola_jax.lab.reproduce --config configs/ettm2.py --workdir runs/repro_ettm2
+
+`:cyclenet` / `:cyclenet_mlp`: CycleNet on its own recipe, W = 96 (configs/_recipes.py).
 """
 
 from mola_jax import config_lib
+from mola_jax.configs import _recipes
+
+VARIANTS = _recipes.VARIANTS
 
 
-def get_config():
+def get_config(variant: str | None = None):
   cfg = config_lib.default()
   cfg.data.name = "ETTm2"
-  return cfg
+  return _recipes.apply(cfg, variant, name="ettm2", cycle=96)

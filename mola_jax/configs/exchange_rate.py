@@ -3,12 +3,17 @@ TSLib's iTransformer exchange script (2 layers, d_model = d_ff = 128). At T = 72
 windows, so early stopping there is noisy.
 
     python -m mola_jax.lab.reproduce --config configs/exchange_rate.py --workdir runs/repro_exchange
+
+`:cyclenet` / `:cyclenet_mlp`: CycleNet on its own recipe, W = 7 (configs/_recipes.py).
 """
 
 from mola_jax import config_lib
+from mola_jax.configs import _recipes
+
+VARIANTS = _recipes.VARIANTS
 
 
-def get_config():
+def get_config(variant: str | None = None):
   cfg = config_lib.default()
   cfg.data.name = "exchange_rate"
-  return cfg
+  return _recipes.apply(cfg, variant, name="exchange_rate", cycle=7)

@@ -3,16 +3,21 @@ field's ILI protocol (docs/protocol.md §1); the segment options are ours (two d
 study runs every horizon that has options.
 
     python -m mola_jax.lab.reproduce --config configs/national_illness.py --workdir runs/repro_ili
+
+`:cyclenet` / `:cyclenet_mlp`: CycleNet on its own recipe, W = 52 (configs/_recipes.py).
 """
 
 from mola_jax import config_lib
+from mola_jax.configs import _recipes
+
+VARIANTS = _recipes.VARIANTS
 
 
-def get_config():
+def get_config(variant: str | None = None):
   cfg = config_lib.default()
   cfg.data.name = "national_illness"
   cfg.data.seq_len = 36
   cfg.data.label_len = 18
   cfg.horizon = 24
   cfg.segment_options = {"24": (12, 6), "36": (12, 18), "48": (24, 12), "60": (12, 30)}
-  return cfg
+  return _recipes.apply(cfg, variant, name="national_illness", cycle=52)

@@ -3,16 +3,21 @@ The file is not distributed offline: put traffic.csv (Autoformer bundle) into $M
 --config.data.path; without it the run stops with a clear error before doing anything.
 
     python -m mola_jax.lab.reproduce --config configs/traffic.py --workdir runs/repro_traffic
+
+`:cyclenet` / `:cyclenet_mlp`: CycleNet on its own recipe, W = 168 (configs/_recipes.py).
 """
 
 from mola_jax import config_lib
+from mola_jax.configs import _recipes
+
+VARIANTS = _recipes.VARIANTS
 
 
-def get_config():
+def get_config(variant: str | None = None):
   cfg = config_lib.default()
   cfg.data.name = "traffic"
   cfg.model.itransformer.update(d_model=512, d_ff=512, e_layers=4)
   cfg.pretrain.batch_size = 16
   cfg.adapt.batch_size = 16
   cfg.data.eval_batch_size = 32
-  return cfg
+  return _recipes.apply(cfg, variant, name="traffic", cycle=168, batch_size=64, mlp_lr=0.002)

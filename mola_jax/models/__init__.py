@@ -20,6 +20,7 @@ from mola_jax.errors import ConfigError
 from mola_jax.models import techniques
 from mola_jax.models.adapters import SegmentParam, no_adapter, segment_rows
 from mola_jax.models.autoformer import Autoformer
+from mola_jax.models.cyclenet import CycleNet
 from mola_jax.models.dlinear import DLinear
 from mola_jax.models.informer import Informer
 from mola_jax.models.itransformer import ITransformer
@@ -34,6 +35,7 @@ BACKBONES = {
   "transformer": Transformer,
   "informer": Informer,
   "autoformer": Autoformer,
+  "cyclenet": CycleNet,
 }
 
 
