@@ -19,6 +19,7 @@ from mola_jax import data
 from mola_jax.errors import ConfigError
 from mola_jax.models import BACKBONES
 from mola_jax.models.techniques import TECHNIQUES
+from mola_jax.steps import LOSSES
 
 METHODS = tuple(TECHNIQUES)  # mtf: the direct T-step baseline; every other method is stage 2 on a frozen stage 1
 STAGES = ("all", "pretrain", "adapt")
@@ -87,6 +88,9 @@ def default() -> ml_collections.ConfigDict:
   cfg.pretrain.lr = 5e-4
   cfg.pretrain.lr_decay = 0.5  # per epoch from epoch lr_decay_from (TSLib's type1); 1.0 = constant
   cfg.pretrain.lr_decay_from = 3  # the first epoch at a decayed lr: 3 in TSLib's type1, 5 in CycleNet's type3
+  # The training loss: "mse" (the field's); "weighted_l1", OLinear's |error| (t + 1)^-1/2 over the horizon's steps.
+  # Validation, selection and every score stay MSE.
+  cfg.pretrain.loss = "mse"
   cfg.pretrain.epochs = 5
   cfg.pretrain.patience = 2
   cfg.pretrain.batch_size = 32
@@ -96,6 +100,7 @@ def default() -> ml_collections.ConfigDict:
   cfg.adapt.lr = 1e-3
   cfg.adapt.lr_decay = 0.5  # the stage-2 schedule; 1.0 = constant (a per-dataset choice, docs/results.md §11)
   cfg.adapt.lr_decay_from = 3
+  cfg.adapt.loss = "mse"
   cfg.adapt.epochs = 10
   cfg.adapt.patience = 3  # per segment (docs/method.md §7)
   # any_improved: keep the whole state of the last epoch in which any segment improved (the official rule);
@@ -298,6 +303,8 @@ def validate(cfg) -> None:
       raise ConfigError(f"{key}.batch_size, {key}.epochs and {key}.lr must be positive")
     if not 0.0 < sub.lr_decay <= 1.0:
       raise ConfigError(f"{key}.lr_decay must lie in (0, 1] (0.5 halves the lr each epoch, 1 keeps it): {sub.lr_decay}")
+    if sub.loss not in LOSSES:
+      raise ConfigError(f"unknown {key}.loss {sub.loss!r}; use one of {', '.join(LOSSES)}")
     if sub.lr_decay_from < 2:
       raise ConfigError(f"{key}.lr_decay_from is the first epoch at a decayed lr, at least 2: {sub.lr_decay_from}")
   if cfg.matmul_precision not in MATMUL_PRECISIONS:

@@ -145,7 +145,7 @@ class StageLoop:
     share = st.name == plan.ADAPT and self.recipe.share_prefix_dropout
     self.chunk = steps.make_train_chunk(
       self.graphdef, self.tx, segments=st.segments, seq_len=windows.seq_len, pred_len=windows.pred_len, runs=runs,
-      share_prefix_dropout=share, compute_dtype=dtype, target_only=self.loop.target_only,
+      share_prefix_dropout=share, compute_dtype=dtype, target_only=self.loop.target_only, loss=self.recipe.loss,
     )  # fmt: skip
     self.eval_chunk = steps.make_eval_chunk(
       self.graphdef, segments=st.segments, seq_len=windows.seq_len, pred_len=windows.pred_len, runs=runs,

@@ -192,7 +192,8 @@ class Run:
     mean, std = np.asarray(self.scaler["mean"]), np.asarray(self.scaler["std"])
     scaled = ((hist.values - mean) / std).astype(np.float32)  # the training split's scaler, never refitted
     marks = self._marks(hist.dates, hist.covariates)
-    first = data.positions(hist.dates[:1], np.datetime64(self.scaler.get("last_date", hist.dates[-1])),
+    # Rows counted on the training grid (a benchmark file without one: at the history's own median step).
+    first = data.positions(hist.dates, np.datetime64(self.scaler.get("last_date", hist.dates[-1])),
                            self.scaler.get("rows", len(hist.dates)) - 1, self.scaler.get("grid"))[0]  # fmt: skip
     seq_len, d = self.cfg.data.seq_len, len(self.outputs)
     out, scales = [], []

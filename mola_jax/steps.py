@@ -63,6 +63,21 @@ def segment_mse(pred: jax.Array, y: jax.Array, observed: jax.Array | None = None
   return jnp.sum(sq, axis=(0, 2, 3)) / jnp.maximum(jnp.sum(observed, axis=(0, 2, 3)), 1)
 
 
+def segment_weighted_l1(pred: jax.Array, y: jax.Array, observed: jax.Array | None, ids: jax.Array) -> jax.Array:
+  """OLinear's loss per segment: pred, y [B, K, S, D] of the segments `ids` [K] -> [K], the mean over batch, steps
+  and channels of |pred - y| (t + 1)^-1/2, t the step's place in the whole horizon (segment k holds kS .. kS + S - 1):
+  near steps weigh more. With `observed`, over the observed values only."""
+  s = pred.shape[2]
+  t = ids.astype(jnp.float32)[:, None] * s + jnp.arange(s, dtype=jnp.float32)  # [K, S]
+  err = jnp.abs(pred - y) * jax.lax.rsqrt(t + 1.0)[None, :, :, None]
+  if observed is None:
+    return jnp.mean(err, axis=(0, 2, 3))
+  return jnp.sum(jnp.where(observed, err, 0.0), axis=(0, 2, 3)) / jnp.maximum(jnp.sum(observed, axis=(0, 2, 3)), 1)
+
+
+LOSSES = ("mse", "weighted_l1")  # a stage recipe's loss: the field's MSE, or OLinear's step-weighted L1
+
+
 def scored(batch: dict, pred: jax.Array, target_only: bool, shape=None):
   """(pred, y, observed or None) as the loss and the scores read them: the target channel alone under MS
   (`target_only`), y and observed reshaped to `shape` (pred's: [B, K, S, D] in training)."""
@@ -125,6 +140,7 @@ def train_step_fn(
   compute_dtype: str | None = None,
   groups: int | None = None,
   target_only: bool = False,
+  loss: str = "mse",
 ):
   """The train step, unjitted: step(state, frozen, batch, (ids, active)) -> (state, loss), state = {params, opt,
   stats, key}.
@@ -139,7 +155,8 @@ def train_step_fn(
   `predict_per_segment` (the official K passes) for benchmarks. compute_dtype: e.g. "bfloat16" runs the forward
   and backward pass in that dtype on float32 master params (see `caster`); None or "float32" is the plain step.
   target_only (data.features MS): the loss reads the target channel alone. A batch with "y_observed" (a series
-  with filled values) leaves the filled target values out of the loss."""
+  with filled values) leaves the filled target values out of the loss. loss: "mse" (segment_mse) or
+  "weighted_l1" (segment_weighted_l1), summed over the trained segments either way."""
   cast = caster(compute_dtype)
   groups = default_groups() if groups is None else groups
 
@@ -159,7 +176,8 @@ def train_step_fn(
     shape = (pred.shape[0], segments, -1, pred.shape[-1])
     pick = lambda a: None if a is None else a.reshape(shape)[:, ids]  # [B, K_a, S, D]: the computed segments
     pred, y, observed = scored({"y": pick(batch["y"]), "y_observed": pick(batch.get("y_observed"))}, pred, target_only)
-    return jnp.sum(jnp.where(active, segment_mse(pred, y, observed), 0.0)), new_stats
+    per_segment = segment_mse(pred, y, observed) if loss == "mse" else segment_weighted_l1(pred, y, observed, ids)
+    return jnp.sum(jnp.where(active, per_segment, 0.0)), new_stats
 
   def step(state, frozen, batch, segs):
     ids, active = segs
@@ -196,7 +214,7 @@ def over_runs(fn, runs: int):
 
 def make_train_chunk(graphdef, tx, *, segments: int, seq_len: int, pred_len: int, runs: int = 1,
                      share_prefix_dropout: bool = False, forward=predict, compute_dtype=None, groups=None,
-                     layout=None, target_only: bool = False):  # fmt: skip
+                     layout=None, target_only: bool = False, loss: str = "mse"):  # fmt: skip
   """C train steps of R runs as one jitted, donated lax.scan, each batch gathered on the device inside the body:
   chunk(state, frozen, series, idx, segs, valid, live) -> (state, losses [C, R]).
 
@@ -206,7 +224,7 @@ def make_train_chunk(graphdef, tx, *, segments: int, seq_len: int, pred_len: int
   chunk) are skipped by a conditional, so every chunk has one shape and a stage one program per segment bucket;
   live bool [R]: a run that has finished is held (its state, optimizer state included, does not move)."""
   step = train_step_fn(graphdef, tx, segments=segments, share_prefix_dropout=share_prefix_dropout, forward=forward,
-                       compute_dtype=compute_dtype, groups=groups, target_only=target_only)  # fmt: skip
+                       compute_dtype=compute_dtype, groups=groups, target_only=target_only, loss=loss)  # fmt: skip
 
   def chunk(state, frozen, series, idx, segs, valid, live):
     def one(st, fr, i, sg, lv):  # one run, one step

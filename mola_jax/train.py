@@ -96,13 +96,15 @@ def _log(cfg, path: pathlib.Path, lead: bool) -> metrics.MetricsLog:
   return metrics.MetricsLog(path / "metrics.jsonl" if lead else pathlib.Path(os.devnull), tb_dir)
 
 
-def stage_model(spec, stage: plan.Stage, *, channels: int, marks: int, covariates: int = 0) -> nnx.Module:
+def stage_model(spec, stage: plan.Stage, *, channels: int, marks: int, covariates: int = 0, train_values=None):
   """A fresh model for `stage` (born sharded under a mesh): the backbone with its S-step head, and in stage 2 the
-  method's banks; the parameters it creates are drawn from the stage's seed."""
+  method's banks; the parameters it creates are drawn from the stage's seed. `train_values`: the training rows a
+  backbone's data constants come from, in stage 1 (stage 2 restores them with the backbone)."""
   segments = stage.segments if stage.name == plan.ADAPT else 0  # 0: no adapters
+  rows = train_values if stage.name == plan.PRETRAIN else None
   # Fresh Rngs inside the builder: sharding.create traces it once for the shapes and once for the values.
   make = lambda: build(spec, channels=channels, marks=marks, pred_len=stage.pred_len, segments=segments,
-                       rngs=nnx.Rngs(stage.seed), covariates=covariates)  # fmt: skip
+                       rngs=nnx.Rngs(stage.seed), covariates=covariates, train_values=rows)  # fmt: skip
   return sharding.create(make)
 
 
@@ -112,7 +114,8 @@ def train_stages(run_plans: list, series, paths: list, init_dirs: list, logs: li
   first = run_plans[0]
   idents = [checkpointing.backbone_identity(p.model, series, p.segment_len) for p in run_plans]
   timings, models = [{} for _ in run_plans], None
-  shape = {"channels": series.values.shape[1], "marks": series.marks.shape[1], "covariates": len(series.covariates)}
+  shape = {"channels": series.values.shape[1], "marks": series.marks.shape[1], "covariates": len(series.covariates),
+           "train_values": series.values[slice(*series.borders["train"])]}  # fmt: skip
   for j, stage in enumerate(first.stages):
     models = [stage_model(p.model, p.stages[j], **shape) for p in run_plans]
     if stage.name == plan.ADAPT:

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import ml_collections
 import numpy as np
+import pandas as pd
 import pytest
 from flax import nnx
 
-from mola_jax import config_lib, plan
+from mola_jax import config_lib, data, plan
 from mola_jax.errors import ConfigError
 from mola_jax.models import Ctx, adapted_groups, build, predict, predict_per_segment, validate
 from mola_jax.models.adapters import no_adapter
@@ -198,5 +199,23 @@ def test_mola_on_cyclenet_trains_end_to_end(tmp_path, monkeypatch):
   cfg.model.cyclenet.cycle = 24
   cfg.horizon, cfg.segment_len = 48, 24
   cfg.pretrain.epochs, cfg.adapt.epochs = 1, 1
+  cfg.pretrain.lr = cfg.adapt.lr = 0.01  # CycleNet's: the cycle table moves well away from zero in one epoch
   results = train_and_evaluate(cfg, tmp_path / "run")
   assert np.isfinite(results["test_mse"]) and results["segments"] == 2
+  # A trained run forecasts new data at the phase its rows had in training: the backtest of the training table
+  # from row L equals the model's forecast of that window at t0 = 0, and differs from another phase.
+  from mola_jax.data.synthetic import synthetic_data
+  from mola_jax.inference import load_run
+
+  values, dates, columns = synthetic_data(cfg.data)
+  frame = pd.DataFrame(values, columns=columns).assign(date=dates)
+  run = load_run(tmp_path / "run")
+  got = run.backtest(frame, stride=10_000)  # one origin: row L
+  scaled = ((values - np.asarray(run.scaler["mean"])) / np.asarray(run.scaler["std"])).astype(np.float32)
+  marks = data.time_features(dates, "h")
+  batch = lambda t0: {"x": scaled[None, :96], "x_mark": marks[None, :96], "y_mark": marks[None, 96:144],
+                      "t0": np.array([t0], np.int32)}  # fmt: skip
+  want = run.forecast(batch(0))[0] * np.asarray(run.scaler["std"]) + np.asarray(run.scaler["mean"])  # [T, D]
+  np.testing.assert_allclose(got["forecast"].to_numpy().reshape(48, -1), want, rtol=1e-4, atol=1e-4)
+  shifted = run.forecast(batch(5))[0] * np.asarray(run.scaler["std"]) + np.asarray(run.scaler["mean"])
+  assert not np.allclose(shifted, want, atol=1e-3)

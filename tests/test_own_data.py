@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import re
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from flax import nnx
 from mola_jax import data, plan, steps
 from mola_jax.data import DataError
 from mola_jax.models import build
+from mola_jax.models.techniques import TECHNIQUES
 
 
 def data_cfg(**keys):
@@ -220,6 +222,8 @@ def test_positions_count_rows_on_the_grid():
   np.testing.assert_array_equal(data.positions(dates, dates[-1], 109, "h"), np.arange(100, 110))
   months = pd.date_range("2020-01-01", periods=5, freq="MS").to_numpy()
   np.testing.assert_array_equal(data.positions(months[3:], months[0], 0, "MS"), [3, 4])
+  quarters = pd.date_range("2016-07-01", periods=400, freq="15min").to_numpy()  # a benchmark file: no grid kept
+  np.testing.assert_array_equal(data.positions(quarters[:50], quarters[-1], 399, None), np.arange(50))
 
 
 def test_covariates_become_marks(etth1):
@@ -307,3 +311,69 @@ def test_covariates_absent_from_the_horizon_are_one_line(readme_runs, tmp_path):
   )  # fmt: skip
   assert proc.returncode == 0, proc.stderr[-1500:]
   assert list(pd.read_csv(tmp_path / "ok.csv").columns)[:3] == ["origin", "date", "OT"]
+
+
+@pytest.mark.parametrize("method", sorted(m for m in TECHNIQUES if m != "mtf"))
+def test_every_technique_trains_on_the_target_alone_under_ms(method):
+  """MS: a stage-2 step of every technique reads the target channel alone: the other channels' truths change
+  neither its loss nor its update; under M they do."""
+  cfg = tiny()
+  cfg.method = method
+  model = build(plan.model_spec(cfg), channels=3, marks=4, pred_len=4, segments=2, rngs=nnx.Rngs(0))
+  tx = steps.make_tx(steps.lr_schedule(1e-2, 10))
+  graphdef, state, frozen = steps.init_state(model, "adapt", tx, jax.random.key_data(jax.random.key(0)))
+  batch = masked_batch()
+  del batch["y_observed"]
+  moved = dict(batch, y=batch["y"] + np.array([3.0, -2.0, 0.0], np.float32))  # every channel but the target
+  segs = (np.arange(2, dtype=np.int32), np.ones(2, bool))
+  for target_only, same in ((True, True), (False, False))[: 2 if method == "mola" else 1]:  # M's side: once
+    step = jax.jit(steps.train_step_fn(graphdef, tx, segments=2, share_prefix_dropout=False, target_only=target_only))
+    (_, a), (_, b) = (step(jax.tree.map(np.copy, state), frozen, x, segs) for x in (batch, moved))
+    assert np.isfinite(a) and (a == b) == same, (method, target_only, a, b)
+
+
+def test_a_long_csv_through_the_forecast_cli(readme_runs, tmp_path):
+  """The forecast CLI on a long CSV answers long (origin, unique_id, ds, forecast, bounds) and plots each series."""
+  here, _ = readme_runs
+  wide = pd.read_csv(here / "ett.csv").iloc[:1000]
+  long = wide.melt(id_vars="date", var_name="unique_id", value_name="y").rename(columns={"date": "ds"})
+  long.to_csv(tmp_path / "long.csv", index=False)
+  proc = subprocess.run(
+    [sys.executable, "-m", "mola_jax.forecast", "--workdir", str(here / "runs" / "long"), "--csv",
+     str(tmp_path / "long.csv"), "--out", str(tmp_path / "out" / "fc.csv"), "--roll"],
+    capture_output=True, text=True, cwd=REPO, timeout=300,
+  )  # fmt: skip
+  assert proc.returncode == 0, proc.stderr[-1500:]
+  out = pd.read_csv(tmp_path / "out" / "fc.csv", parse_dates=["origin", "ds"])
+  assert list(out.columns) == ["origin", "unique_id", "ds", "forecast", "lower_80", "upper_80", "lower_95", "upper_95"]
+  last = out[out["origin"] == out["origin"].max()]
+  assert sorted(last["unique_id"].unique()) == sorted(wide.columns[1:]) and len(last) == 7 * 96
+  assert (last["lower_80"] < last["forecast"]).all() and (last["forecast"] < last["upper_80"]).all()
+  assert len(list((tmp_path / "out").glob("forecast_*.png"))) == 7
+
+
+def test_the_exported_forecaster_takes_raw_covariates(readme_runs, tmp_path):
+  """An exported S run with a future covariate: the covariate goes in in original units, after the time features,
+  and the export forecasts what run.predict forecasts."""
+  import mola_jax
+
+  here, _ = readme_runs
+  out = tmp_path / "plan.jaxexport"
+  proc = subprocess.run(
+    [sys.executable, "-m", "mola_jax.export", "--workdir", str(here / "runs" / "plan"), "--out", str(out)],
+    capture_output=True, text=True, cwd=REPO, timeout=600,
+  )  # fmt: skip
+  assert proc.returncode == 0, proc.stderr[-1500:]
+  side = json.loads(pathlib.Path(f"{out}.json").read_text())
+  assert side["outputs"] == ["OT"] and side["covariates"] == ["HUFL"]
+  df = pd.read_csv(here / "ett.csv")
+  hist, plan_rows = df.iloc[:3800], df.iloc[3800:3896]
+  dates = pd.to_datetime(df["date"]).to_numpy()
+  marks = lambda rows: np.concatenate(  # time features, then the raw covariate
+    [data.time_features(dates[rows], side["freq"]), df["HUFL"].to_numpy(np.float32)[rows, None]], axis=1
+  )
+  x = hist[["OT"]].to_numpy(np.float32)[-96:][None]
+  args = (x, marks(slice(3704, 3800))[None], marks(slice(3800, 3896))[None])
+  got = np.asarray(jax.export.deserialize(bytearray(out.read_bytes())).call(*args))[0, :, 0]
+  want = mola_jax.load_run(here / "runs" / "plan").predict(hist, future=plan_rows[["date", "HUFL"]])["OT"].to_numpy()
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())

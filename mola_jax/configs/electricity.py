@@ -10,7 +10,7 @@ The file is not distributed offline: put electricity.csv (Autoformer bundle) int
 from mola_jax import config_lib
 from mola_jax.configs import _recipes
 
-VARIANTS = _recipes.VARIANTS
+VARIANTS = _recipes.variants("electricity")
 
 
 def get_config(variant: str | None = None):

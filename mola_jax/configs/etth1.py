@@ -8,13 +8,13 @@ A reproduction study (`python -m mola_jax.lab.reproduce`) adds segment lengths f
 options unless `--study.segment_options=config`. `--config configs/etth1.py:fixed_s` keeps only the default
 (first) segment length per horizon; with `--study.segment_options=config` nothing is added, so a study trains
 one S instead of choosing between several on validation. `:cyclenet` and `:cyclenet_mlp`: CycleNet on its own
-recipe, W = 24 (configs/_recipes.py).
+recipe, W = 24; `:olinear`: OLinear on its own recipe, whole-day segments (configs/_recipes.py).
 """
 
 from mola_jax import config_lib
 from mola_jax.configs import _recipes
 
-VARIANTS = ("fixed_s", *_recipes.VARIANTS)
+VARIANTS = ("fixed_s", *_recipes.variants("ETTh1"))
 
 
 def get_config(variant: str | None = None):
@@ -25,4 +25,8 @@ def get_config(variant: str | None = None):
     return cfg
   if variant is not None and variant not in VARIANTS:
     raise config_lib.ConfigError(f"unknown variant {variant!r} of configs/etth1.py; use one of {', '.join(VARIANTS)}")
+  if variant == "olinear":
+    # Whole days, one S per horizon: those ETTh1's validation chose for CycleNet (docs/results.md §13). A stage-2
+    # cell of OLinear costs K times its direct model, so its study tries no other option on this CPU.
+    cfg.segment_options = {"96": (24,), "192": (48,), "336": (48,), "720": (240,)}
   return _recipes.apply(cfg, variant, name="etth1", cycle=24)

@@ -9,7 +9,7 @@ python -m mola_jax.lab.reproduce --config configs/ettm1.py --workdir runs/repro_
 from mola_jax import config_lib
 from mola_jax.configs import _recipes
 
-VARIANTS = _recipes.VARIANTS
+VARIANTS = _recipes.variants("ETTm1")
 
 
 def get_config(variant: str | None = None):

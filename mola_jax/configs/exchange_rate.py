@@ -10,7 +10,7 @@ windows, so early stopping there is noisy.
 from mola_jax import config_lib
 from mola_jax.configs import _recipes
 
-VARIANTS = _recipes.VARIANTS
+VARIANTS = _recipes.variants("exchange_rate")
 
 
 def get_config(variant: str | None = None):

@@ -10,7 +10,7 @@ The file is not distributed offline: put traffic.csv (Autoformer bundle) into $M
 from mola_jax import config_lib
 from mola_jax.configs import _recipes
 
-VARIANTS = _recipes.VARIANTS
+VARIANTS = _recipes.variants("traffic")
 
 
 def get_config(variant: str | None = None):

@@ -9,7 +9,7 @@
 from mola_jax import config_lib
 from mola_jax.configs import _recipes
 
-VARIANTS = _recipes.VARIANTS
+VARIANTS = _recipes.variants("weather")
 
 
 def get_config(variant: str | None = None):

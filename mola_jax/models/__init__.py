@@ -25,6 +25,7 @@ from mola_jax.models.dlinear import DLinear
 from mola_jax.models.informer import Informer
 from mola_jax.models.itransformer import ITransformer
 from mola_jax.models.layers import Ctx
+from mola_jax.models.olinear import OLinear
 from mola_jax.models.patchtst import PatchTST
 from mola_jax.models.transformer import Transformer
 
@@ -36,6 +37,7 @@ BACKBONES = {
   "informer": Informer,
   "autoformer": Autoformer,
   "cyclenet": CycleNet,
+  "olinear": OLinear,
 }
 
 
@@ -120,10 +122,12 @@ def validate(backbone: str, method: str, targets: tuple | None, selection: str, 
 
 
 def build(spec: ModelSpec, *, channels: int, marks: int, pred_len: int, segments: int, rngs: nnx.Rngs,
-          covariates: int = 0) -> nnx.Module:  # fmt: skip
+          covariates: int = 0, train_values=None) -> nnx.Module:  # fmt: skip
   """The backbone of `spec` with a `pred_len`-step head; with segments > 0 and a two-stage method, every targeted
   layer also gets the method's bank over `segments` segments (stage 2). `covariates`: how many of the `marks`
-  (the last ones) are known-future covariates."""
+  (the last ones) are known-future covariates. `train_values` [rows, D]: the training rows, for a backbone whose
+  constants come from the data (FROM_DATA: OLinear's bases); without them such constants keep their placeholder
+  until a checkpoint restores them (stage 2, a loaded run)."""
   technique = spec.technique
   if segments and technique.two_stage:
     experts = spec.settings.num_experts if technique.mixture else 0
@@ -133,10 +137,13 @@ def build(spec: ModelSpec, *, channels: int, marks: int, pred_len: int, segments
     make = no_adapter
   cls = BACKBONES[spec.backbone]
   extra = {"covariates": covariates} if getattr(cls, "COVARIATE_TOKENS", False) else {}
-  return cls(
+  model = cls(
     spec.sizes, seq_len=spec.seq_len, pred_len=pred_len, channels=channels, marks=marks, rngs=rngs, make_adapter=make,
     **extra,
   )  # fmt: skip
+  if train_values is not None and getattr(cls, "FROM_DATA", False):
+    model.set_basis(train_values)
+  return model
 
 
 def predict_per_segment(model: nnx.Module, batch: dict, ctx: Ctx) -> jax.Array:

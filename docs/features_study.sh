@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Feature modes on ETTh1 (docs/results.md §14): oil temperature from all seven series (MS) and from its own history
+# alone (S), iTransformer on the official MoLA recipe, the direct model (mtf) and MoLA at T = 96, 3 seeds, S chosen
+# on validation (the reproduce defaults).
+#
+#   bash docs/features_study.sh runs/features
+set -euo pipefail
+out=${1:-runs/features}
+for features in MS S; do
+  python -m mola_jax.lab.reproduce --config etth1 --workdir "$out/etth1-$features" --config.data.features=$features \
+    --config.data.target=OT --study.horizons='(96,)' --study.methods='("mtf","mola")'
+done

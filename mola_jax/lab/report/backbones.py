@@ -1,0 +1,106 @@
+"""MoLA on a modern backbone (docs/results.md §13; docs/cyclenet_study.sh): per dataset and backbone variant, the
+direct model (mtf) against MoLA at every horizon (mean test MSE ± Student-t 95% over seeds, the paired 95%
+interval of MoLA − mtf), the mean over the horizons, where MoLA loses by segment (its per-segment test MSE against
+mtf's over the same steps), and per dataset the configuration validation prefers.
+
+    python -m mola_jax.lab.report.backbones runs/cyclenet [runs/olinear ...]
+
+A study is a folder <dataset>-<variant> holding a reproduction study (lab/reproduce.py) of mtf and mola.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+
+import numpy as np
+
+from mola_jax.lab.report.segments import chosen_cells
+from mola_jax.lab.stats import ci95 as ci
+from mola_jax.lab.stats import table
+
+# Published full-test-set means over the four horizons (test MSE), look-back 96 (ILI: 36), as their authors
+# report them; not produced here. CycleNet: the 5-seed means of its repository's result.txt; iTransformer: its paper.
+PUBLISHED = {
+  "ETTh1": {"CycleNet/Linear": 0.4328, "CycleNet/MLP": 0.4573, "iTransformer": 0.454},
+  "ETTm2": {"CycleNet/Linear": 0.2723, "CycleNet/MLP": 0.2669, "iTransformer": 0.288},
+  "weather": {"CycleNet/Linear": 0.2545, "CycleNet/MLP": 0.2433, "iTransformer": 0.258},
+  "exchange_rate": {"iTransformer": 0.360},
+  "national_illness": {},
+}
+
+
+def studies(roots: list[pathlib.Path]) -> dict:
+  """{(dataset, variant): study folder} of every finished reproduction study under `roots`."""
+  found = {}
+  for root in roots:
+    for path in sorted(p for p in root.iterdir() if (p / "table.csv").is_file()):
+      dataset = table(path)[0]["dataset"]
+      found[(dataset, path.name.split("-", 1)[1] if "-" in path.name else path.name)] = path
+  return found
+
+
+def cells(path: pathlib.Path, method: str) -> dict:
+  """{horizon: {seed: results}} of a method's chosen cells."""
+  return {h: chosen_cells(path, method, h) for h in sorted({r["horizon"] for r in table(path)})}
+
+
+def compare(path: pathlib.Path) -> list[dict]:
+  """Per horizon: mtf and mola test MSE (mean, ci), the paired difference, validation means, per-segment gaps."""
+  mtf, mola = cells(path, "mtf"), cells(path, "mola")
+  rows = []
+  for h in sorted(set(mtf) & set(mola)):
+    seeds = sorted(set(mtf[h]) & set(mola[h]))
+    a = [mtf[h][s]["test_mse"] for s in seeds]
+    b = [mola[h][s]["test_mse"] for s in seeds]
+    diff = np.subtract(b, a)
+    k = len(mola[h][seeds[0]]["per_segment_test_mse"])
+    own = np.mean([mola[h][s]["per_segment_test_mse"] for s in seeds], axis=0)
+    direct = np.mean([np.reshape(mtf[h][s]["per_step_test_mse"], (k, -1)).mean(axis=1) for s in seeds], axis=0)
+    rows.append({
+      "horizon": h, "S": mola[h][seeds[0]]["segment_len"], "seeds": len(seeds),
+      "mtf": (np.mean(a), ci(a)), "mola": (np.mean(b), ci(b)), "diff": (diff.mean(), ci(diff)),
+      "val": {m: np.mean([c[h][s]["val_mse"] for s in seeds]) for m, c in (("mtf", mtf), ("mola", mola))},
+      "segments": own - direct,
+    })  # fmt: skip
+  return rows
+
+
+def verdict(row: dict) -> str:
+  mean, half = row["diff"]
+  word = "wins" if mean < 0 else ("level" if mean == 0 else "loses")
+  return f"{word}, {'outside' if abs(mean) > half else 'inside'} the spread"
+
+
+def print_study(dataset: str, variant: str, rows: list[dict]) -> None:
+  print(f"\n{dataset}, {variant}\n")
+  print("| T | S | mtf | mola | mola − mtf (paired 95%) | per segment, mola − mtf |")
+  print("|---|---|---|---|---|---|")
+  for r in rows:
+    segs = " ".join(f"{x:+.3f}" for x in r["segments"])
+    print(f"| {r['horizon']} | {r['S']} | {r['mtf'][0]:.4f} ± {r['mtf'][1]:.4f} | {r['mola'][0]:.4f} ± "
+          f"{r['mola'][1]:.4f} | {r['diff'][0]:+.4f} ± {r['diff'][1]:.4f} ({verdict(r)}) | {segs} |")  # fmt: skip
+  means = [np.mean([r[m][0] for r in rows]) for m in ("mtf", "mola")]
+  print(f"| mean | | {means[0]:.4f} | {means[1]:.4f} | {means[1] - means[0]:+.4f} | |")
+
+
+def main(roots: list[pathlib.Path]) -> None:
+  found = studies(roots)
+  chosen = {}
+  for (dataset, variant), path in sorted(found.items()):
+    rows = compare(path)
+    print_study(dataset, variant, rows)
+    for method in ("mtf", "mola"):  # validation alone picks what a user should run
+      val = np.mean([r["val"][method] for r in rows])
+      test = np.mean([r[method][0] for r in rows])
+      if dataset not in chosen or val < chosen[dataset][0]:
+        chosen[dataset] = (val, f"{variant} {method}", test, len(rows))
+  print("\n| dataset | validation prefers | its mean test MSE | published (as their authors report) |")
+  print("|---|---|---|---|")
+  for dataset, (val, what, test, n) in sorted(chosen.items()):
+    published = ", ".join(f"{k} {v:.4f}" for k, v in PUBLISHED.get(dataset, {}).items()) or "—"
+    print(f"| {dataset} | {what} (mean val MSE {val:.4f}, {n} horizons) | {test:.4f} | {published} |")
+
+
+if __name__ == "__main__":
+  main([pathlib.Path(p) for p in sys.argv[1:]] or [pathlib.Path("runs/cyclenet")])
