@@ -318,3 +318,24 @@ def test_chunks_of_steps_train_what_one_step_per_dispatch_trains(segments, skip,
   assert len(one_params) == len(five_params) > 10
   for a, b in zip(one_params, five_params, strict=True):
     np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-6)
+
+
+def test_weighted_l1_weighs_each_step_by_its_place_in_the_horizon():
+  """OLinear's loss: |error| (t + 1)^-1/2 with t the step's place in the whole horizon, so segment k of S steps
+  weighs its steps as a direct model of T = K S steps weighs kS .. kS + S - 1; filled values are left out."""
+  rng = np.random.default_rng(0)
+  pred, y = rng.normal(size=(2, 3, 4, 5)), rng.normal(size=(2, 3, 4, 5))  # [B, K, S, D]
+  ids = np.array([0, 2, 5], np.int32)  # three of six segments
+  got = np.asarray(steps.segment_weighted_l1(pred, y, None, ids))
+  t = ids[:, None] * 4 + np.arange(4)  # [K, S]
+  want = (np.abs(pred - y) / np.sqrt(t + 1.0)[None, :, :, None]).mean(axis=(0, 2, 3))
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  whole = np.asarray(steps.segment_weighted_l1(pred.reshape(2, 1, 12, 5), y.reshape(2, 1, 12, 5), None, np.zeros(1)))
+  t = np.arange(12)
+  np.testing.assert_allclose(
+    whole, (np.abs(pred - y).reshape(2, 12, 5) / np.sqrt(t + 1.0)[None, :, None]).mean(), rtol=1e-6
+  )
+  observed = rng.random(pred.shape) > 0.5
+  masked = np.asarray(steps.segment_weighted_l1(pred, np.where(observed, y, 1e6), observed, ids))
+  weights = observed / np.sqrt(ids[:, None] * 4 + np.arange(4) + 1.0)[None, :, :, None]
+  np.testing.assert_allclose(masked, (np.abs(pred - y) * weights).sum((0, 2, 3)) / observed.sum((0, 2, 3)), rtol=1e-5)
