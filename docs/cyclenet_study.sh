@@ -5,6 +5,7 @@
 #
 #   bash docs/cyclenet_study.sh runs/cyclenet                      # the five datasets of the table
 #   bash docs/cyclenet_study.sh runs/cyclenet etth1 weather        # some of them
+#   VARIANTS=cyclenet bash docs/cyclenet_study.sh runs/cyclenet    # CycleNet/Linear only
 #   python -m mola_jax.lab.report.backbones runs/cyclenet          # the table of docs/results.md §13
 set -euo pipefail
 out=${1:-runs/cyclenet}
@@ -12,7 +13,7 @@ shift || true
 datasets=("$@")
 if [ ${#datasets[@]} -eq 0 ]; then datasets=(etth1 ettm2 exchange_rate national_illness weather); fi
 for dataset in "${datasets[@]}"; do
-  for variant in cyclenet cyclenet_mlp; do
+  for variant in ${VARIANTS:-cyclenet cyclenet_mlp}; do
     start=$(date +%s)
     python -m mola_jax.lab.reproduce --config "$dataset:$variant" --workdir "$out/$dataset-$variant" \
       --study.methods='("mtf","mola")'

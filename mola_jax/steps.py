@@ -78,6 +78,15 @@ def segment_weighted_l1(pred: jax.Array, y: jax.Array, observed: jax.Array | Non
 LOSSES = ("mse", "weighted_l1")  # a stage recipe's loss: the field's MSE, or OLinear's step-weighted L1
 
 
+def segment_losses(pred: jax.Array, batch: dict, ids: jax.Array, *, segments: int, target_only: bool, loss: str):
+  """pred [B, K_a, S, D] of the segments `ids` (of `segments`) -> [K_a]: each one's training loss against the
+  batch's truth [B, K S, D], on the scored channels and the observed values."""
+  shape = (pred.shape[0], segments, -1, pred.shape[-1])
+  pick = lambda a: None if a is None else a.reshape(shape)[:, ids]  # [B, K_a, S, D]: the computed segments
+  pred, y, observed = scored({"y": pick(batch["y"]), "y_observed": pick(batch.get("y_observed"))}, pred, target_only)
+  return segment_mse(pred, y, observed) if loss == "mse" else segment_weighted_l1(pred, y, observed, ids)
+
+
 def scored(batch: dict, pred: jax.Array, target_only: bool, shape=None):
   """(pred, y, observed or None) as the loss and the scores read them: the target channel alone under MS
   (`target_only`), y and observed reshaped to `shape` (pred's: [B, K, S, D] in training)."""
@@ -173,10 +182,7 @@ def train_step_fn(
       pred = pred.astype(jnp.float32)
       # running statistics keep their float32 dtype (and so the step its one compiled shape)
       new_stats = jax.tree.map(lambda n, o: n.astype(o.dtype), new_stats, stats)
-    shape = (pred.shape[0], segments, -1, pred.shape[-1])
-    pick = lambda a: None if a is None else a.reshape(shape)[:, ids]  # [B, K_a, S, D]: the computed segments
-    pred, y, observed = scored({"y": pick(batch["y"]), "y_observed": pick(batch.get("y_observed"))}, pred, target_only)
-    per_segment = segment_mse(pred, y, observed) if loss == "mse" else segment_weighted_l1(pred, y, observed, ids)
+    per_segment = segment_losses(pred, batch, ids, segments=segments, target_only=target_only, loss=loss)
     return jnp.sum(jnp.where(active, per_segment, 0.0)), new_stats
 
   def step(state, frozen, batch, segs):
