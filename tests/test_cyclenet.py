@@ -130,10 +130,12 @@ def test_bad_sizes_are_clear_errors():
     standalone(cycle=0)
 
 
-@pytest.mark.parametrize("variant", ["linear", "mlp"])
-def test_stage2_segment_k_adds_the_cycle_of_its_own_steps(variant, graph_mode):
-  """Zero deltas: segment k is the stage-1 map plus the cycle at phase t0 + L + kS (its steps of the horizon)."""
-  base, model = stage2(variant, segments=3)
+@pytest.mark.parametrize("variant,method", [("linear", "mola"), ("mlp", "mola"), ("linear", "lora"), ("mlp", "fourier"),
+                                            ("linear", "mofourier")])  # fmt: skip
+def test_stage2_segment_k_adds_the_cycle_of_its_own_steps(variant, method, graph_mode):
+  """Zero deltas (every technique that applies, at its start): segment k is the stage-1 map plus the cycle at phase
+  t0 + L + kS (its steps of the horizon)."""
+  base, model = stage2(variant, segments=3, method=method)
   x = batch()
   got = np.asarray(forward(model, x, segments=3))  # [B, K, S, D]
   np.testing.assert_allclose(got[:, 0], np.asarray(forward(base, x))[:, 0], rtol=1e-5, atol=1e-5)
