@@ -377,3 +377,23 @@ def test_the_exported_forecaster_takes_raw_covariates(readme_runs, tmp_path):
   got = np.asarray(jax.export.deserialize(bytearray(out.read_bytes())).call(*args))[0, :, 0]
   want = mola_jax.load_run(here / "runs" / "plan").predict(hist, future=plan_rows[["date", "HUFL"]])["OT"].to_numpy()
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def test_a_workdir_refuses_to_resume_on_other_data(tmp_path):
+  """A DataFrame run records its series' sha256: the same call again is the same run (it resumes, here: is done),
+  the same config on changed data is refused in one line, and nothing of the first run is touched."""
+  from mola_jax.errors import CheckpointError
+  from mola_jax.train import train_and_evaluate
+
+  rng = np.random.default_rng(0)
+  dates = pd.date_range("2021-01-01", periods=900, freq="h")
+  df = pd.DataFrame({"date": dates, "a": np.sin(np.arange(900) / 4.0), "OT": rng.normal(size=900)})
+  cfg = tiny()
+  cfg.method, cfg.horizon, cfg.data.seq_len = "mtf", 24, 48
+  first = train_and_evaluate(cfg, tmp_path / "run", data=df)
+  before = (tmp_path / "run" / "results.json").read_bytes()
+  assert train_and_evaluate(cfg, tmp_path / "run", data=df)["test_mse"] == first["test_mse"]
+  changed = df.assign(OT=df["OT"] + 1.0)
+  with pytest.raises(CheckpointError, match="on other data"):
+    train_and_evaluate(cfg, tmp_path / "run", data=changed)
+  assert (tmp_path / "run" / "results.json").read_bytes() == before

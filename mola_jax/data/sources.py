@@ -408,10 +408,12 @@ def load_series(data_cfg, frame: pd.DataFrame | None = None) -> Series:
 
 
 def fingerprint(series: Series) -> str:
-  """sha256 of what a run trains on (values, marks, dates, which values are real): a workdir holds the run of one
-  series, and a rerun on other data must not resume it."""
+  """sha256 of what a run trains on (standardised values and their scaler, marks, dates, which values are real): a
+  workdir holds the run of one series, and a rerun on other data must not resume it."""
   h = hashlib.sha256()
-  for part in (series.values, series.marks, series.dates.astype("int64"), series.observed):
+  parts = (series.values, series.mean, series.std, series.marks, series.covariate_mean, series.covariate_std,
+           series.dates.astype("int64"), series.observed)  # fmt: skip
+  for part in parts:
     h.update(b"-" if part is None else np.ascontiguousarray(part).tobytes())
   return h.hexdigest()
 
