@@ -280,5 +280,15 @@ def test_mola_on_olinear_trains_end_to_end(tmp_path, monkeypatch):
   cfg.data.name, cfg.data.synthetic_rows = "synthetic", 1000
   cfg.horizon, cfg.segment_len = 48, 24
   cfg.pretrain.epochs, cfg.adapt.epochs = 1, 1
+  cfg.pretrain.loss = cfg.adapt.loss = "weighted_l1"  # OLinear's own loss, end to end
   results = train_and_evaluate(cfg, tmp_path / "run")
   assert np.isfinite(results["test_mse"]) and results["segments"] == 2
+  # The bases came from the training rows in stage 1 and came back with the backbone in stage 2.
+  from mola_jax import data
+  from mola_jax.inference import load_run
+
+  series = data.load_series(cfg.data)
+  rows = series.values[slice(*series.borders["train"])]
+  model = load_run(tmp_path / "run").model
+  np.testing.assert_allclose(np.asarray(model.basis_in[...]), orthogonal_basis(rows, 96), atol=1e-5)
+  np.testing.assert_allclose(np.asarray(model.basis_out[...]), orthogonal_basis(rows, 24), atol=1e-5)
