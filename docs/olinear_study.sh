@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # MoLA on OLinear (docs/results.md §13): OLinear on its own recipe (mola_jax/configs/_recipes.py), the direct model
 # (mtf) and MoLA, 3 seeds, the four horizons; segment lengths: the config's (for ETTh1 whole days, one per horizon:
-# the ones validation chose for CycleNet), as a stage-2 cell of OLinear costs K times its direct model on a CPU.
+# the ones validation chose for CycleNet), one stage-1 model per horizon and seed (each option would train its own).
 #
 #   bash docs/olinear_study.sh runs/olinear [DATASETS...]
 #   python -m mola_jax.lab.report.backbones runs/olinear
