@@ -10,7 +10,8 @@ import pytest
 from flax import nnx
 from scipy.special import erf
 
-from mola_jax import config_lib, plan, steps
+from mola_jax import config_lib, data, plan, steps
+from mola_jax.inference import load_run
 from mola_jax.models import Ctx, build, layer_groups, predict, predict_per_segment, validate
 from mola_jax.models.adapters import SegmentDelta, no_adapter
 from mola_jax.models.olinear import Mixing, OLinear, lag_correlation, orthogonal_basis
@@ -284,9 +285,6 @@ def test_mola_on_olinear_trains_end_to_end(tmp_path, monkeypatch):
   results = train_and_evaluate(cfg, tmp_path / "run")
   assert np.isfinite(results["test_mse"]) and results["segments"] == 2
   # The bases came from the training rows in stage 1 and came back with the backbone in stage 2.
-  from mola_jax import data
-  from mola_jax.inference import load_run
-
   series = data.load_series(cfg.data)
   rows = series.values[slice(*series.borders["train"])]
   model = load_run(tmp_path / "run").model

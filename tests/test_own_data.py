@@ -21,8 +21,10 @@ from flax import nnx
 
 from mola_jax import data, plan, steps
 from mola_jax.data import DataError
+from mola_jax.errors import CheckpointError
 from mola_jax.models import build
 from mola_jax.models.techniques import TECHNIQUES
+from mola_jax.train import train_and_evaluate
 
 
 def data_cfg(**keys):
@@ -382,9 +384,6 @@ def test_the_exported_forecaster_takes_raw_covariates(readme_runs, tmp_path):
 def test_a_workdir_refuses_to_resume_on_other_data(tmp_path):
   """A DataFrame run records its series' sha256: the same call again is the same run (it resumes, here: is done),
   the same config on changed data is refused in one line, and nothing of the first run is touched."""
-  from mola_jax.errors import CheckpointError
-  from mola_jax.train import train_and_evaluate
-
   rng = np.random.default_rng(0)
   dates = pd.date_range("2021-01-01", periods=900, freq="h")
   df = pd.DataFrame({"date": dates, "a": np.sin(np.arange(900) / 4.0), "OT": rng.normal(size=900)})
