@@ -198,24 +198,14 @@ def save_resume(mngr: ocp.CheckpointManager, step: int, state, loop: dict) -> No
 
 
 def restore_resume(mngr: ocp.CheckpointManager, target) -> tuple | None:
-  """-> (state, loop) of the newest readable resume checkpoint, or None if there is none. An unreadable one
-  (killed mid-write, disk trouble) is reported and the previous one is used."""
-  out = restore_runs([mngr], [target])
-  return None if out is None else (out[0][0], out[1][0])
-
-
-def restore_runs(mngrs: list, targets: list) -> tuple | None:
-  """-> ([state of each run], [loop record of each run]) of the newest resume step that every run's manager holds
-  and reads (runs side by side are saved together, under one step; a kill between two of their saves leaves the
-  step before as the newest common one), or None if there is none."""
-  common = set.intersection(*(set(m.all_steps()) for m in mngrs)) if mngrs else set()
-  for step in sorted(common, reverse=True):
+  """-> (state, loop record) of the newest readable resume checkpoint, restored into `target`'s structure, shapes
+  and shardings, or None if there is none. An unreadable one (killed mid-write, disk trouble) is reported and the
+  previous one is used."""
+  for step in sorted(mngr.all_steps(), reverse=True):
     try:
-      out = [
-        m.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(t), loop=ocp.args.JsonRestore()))
-        for m, t in zip(mngrs, targets, strict=True)
-      ]
-      return [o["state"] for o in out], [dict(o["loop"]) for o in out]
+      args = ocp.args.Composite(state=ocp.args.StandardRestore(target), loop=ocp.args.JsonRestore())
+      out = mngr.restore(step, args=args)
+      return out["state"], dict(out["loop"])
     except Exception as e:  # orbax raises many types for a damaged directory; any of them means "skip it"
       reason = " ".join(str(e).split())[:200]
       logging.warning("resume checkpoint %d is unreadable (%s); falling back to the previous one", step, reason)

@@ -25,14 +25,13 @@ def fail(message: str, code: int = 2):
 def resolve_config(value: str) -> str:
   """`--config` takes a path (configs/etth1.py, optionally :VARIANT) or a built-in config's name (etth1,
   etth1:fixed_s), which works from any directory once the package is installed."""
-  from mola_jax import configs
+  from mola_jax import config_lib
 
-  path, sep, variant = value.partition(":")
-  if path.endswith(".py") or "/" in path or pathlib.Path(path).exists():
-    return value
-  if path not in configs.names():
-    fail(f"unknown config {path!r}; give a config file's path or a built-in name: {', '.join(configs.names())}")
-  return str(configs.DIR / f"{path}.py") + sep + variant
+  try:
+    file, variant = config_lib.config_file(value)
+  except ConfigError as e:
+    fail(str(e))
+  return str(file) + (f":{variant}" if variant else "")
 
 
 def _with_config_resolved(argv: list[str]) -> list[str]:
@@ -70,35 +69,19 @@ def start(argv, distributed: bool = False, *, multi_process: bool = True) -> Non
   that cannot run on several processes (`multi_process=False`) says so in one line."""
   from absl import app, logging
 
-  from mola_jax import sharding
+  from mola_jax import distributed as multi_host
 
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}; overrides look like --config.horizon=192")
   logging.set_verbosity(logging.WARNING)
-  if not sharding.initialize_distributed(distributed):
+  if not multi_host.initialize_distributed(distributed):
     return
   if not multi_process:
     fail(
       f"{pathlib.Path(sys.argv[0]).stem} measures one process; run it without MOLA_DISTRIBUTED / --config.distributed"
     )
-  if not sharding.is_lead():
+  if not multi_host.is_lead():
     sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
-
-
-def config_command(run, workdir_help: str, *, multi_process: bool = True) -> None:
-  """Entry point of a `--config FILE --workdir DIR` command that calls run(cfg, workdir)."""
-  from absl import app
-  from ml_collections import config_flags
-
-  def main(argv) -> None:
-    start(argv, flags.FLAGS.config.distributed, multi_process=multi_process)
-    with user_errors():
-      run(flags.FLAGS.config, flags.FLAGS.workdir)
-
-  config_flags.DEFINE_config_file("config", None, CONFIG_HELP, lock_config=True)
-  flags.DEFINE_string("workdir", None, workdir_help, required=True)
-  flags.mark_flag_as_required("config")
-  app.run(main, flags_parser=parse_flags)
 
 
 @contextlib.contextmanager

@@ -223,15 +223,23 @@ def from_json(saved: dict) -> ml_collections.ConfigDict:
   return cfg
 
 
-def load(name: str, configs_dir: pathlib.Path | None = None) -> ml_collections.ConfigDict:
-  """A config by built-in name ("etth1", "etth1:fixed_s") or by a config file's path (with an optional
-  ":VARIANT"), as `--config` takes it."""
+def config_file(name: str, configs_dir: pathlib.Path | None = None) -> tuple[pathlib.Path, str]:
+  """-> (the config file, its variant) of a built-in config's name ("etth1", "etth1:fixed_s") or a config file's
+  path (with an optional ":VARIANT"), as `--config` takes them; ConfigError for neither."""
   from mola_jax import configs
 
   path, _, variant = str(name).partition(":")
   file = pathlib.Path(path) if path.endswith(".py") or "/" in path else (configs_dir or configs.DIR) / f"{path}.py"
   if not file.is_file():
-    raise ConfigError(f"no config {name!r}; use a config file's path or one of {', '.join(configs.names())}")
+    raise ConfigError(
+      f"unknown config {path!r}; give a config file's path or a built-in name: {', '.join(configs.names())}"
+    )
+  return file, variant
+
+
+def load(name: str, configs_dir: pathlib.Path | None = None) -> ml_collections.ConfigDict:
+  """A config by built-in name or by a config file's path (config_file)."""
+  file, variant = config_file(name, configs_dir)
   spec = importlib.util.spec_from_file_location(f"mola_jax_config_{file.stem}", file)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)

@@ -23,13 +23,13 @@ import pathlib
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from absl import app, flags
 
-from mola_jax import cli, models, plan, runtime, sharding, steps, workdir
+from mola_jax import cli, distributed, models, plan, runtime, steps, workdir
 from mola_jax.data import calendar
 from mola_jax.inference import Run, load_run
 from mola_jax.models import adapters, techniques
+from mola_jax.state import TrainState
 
 
 def export_run(run: Run) -> jax.export.Exported:
@@ -38,17 +38,15 @@ def export_run(run: Run) -> jax.export.Exported:
   layers = adapters.adapted_layers(model)
   if run.stage == plan.ADAPT and layers and all(techniques.has_delta(layer.adapter) for layer in layers.values()):
     adapters.bake(model, jax.device_get(adapters.deltas(model)))  # fixed per-segment deltas instead of the banks
-  graphdef, states = steps.eval_states(model, run.stage)
-  mean, std = (np.asarray(run.scaler[k], np.float32) for k in ("mean", "std"))
-  cov_mean, cov_std = (np.asarray(run.scaler.get(k, []), np.float32) for k in ("covariate_mean", "covariate_std"))
-  f = int(run.scaler["marks"])
-  calendar_f, out = f - len(cov_mean), len(run.outputs)
-  marks = lambda m: jnp.concatenate([m[..., :calendar_f], (m[..., calendar_f:] - cov_mean) / cov_std], axis=-1)
+  state, scaler = TrainState.create(model, run.stage), run.scaler
+  f, out = int(run.record["marks"]), len(run.outputs)
+  calendar_f = f - len(scaler.covariate_mean)
+  # The covariates arrive in original units: standardised here, as the training marks were.
+  marks = lambda m: jnp.concatenate([m[..., :calendar_f], scaler.scale_covariates(m[..., calendar_f:])], axis=-1)
 
   def forecaster(x, x_mark, y_mark, *t0):
-    batch = {"x": (x - mean) / std, "x_mark": marks(x_mark), "y_mark": marks(y_mark)} | ({"t0": t0[0]} if t0 else {})
-    pred = steps.eval_forward(graphdef, states, batch, segments=run.segments, groups=1)[..., -out:]
-    return pred * std[-out:] + mean[-out:]
+    batch = {"x": scaler.scale(x), "x_mark": marks(x_mark), "y_mark": marks(y_mark)} | ({"t0": t0[0]} if t0 else {})
+    return scaler.unscale(steps.eval_forward(state, batch, segments=run.segments, groups=1)[..., -out:], out)
 
   b = jax.export.symbolic_shape("b")[0]
   seq_len, d = run.cfg.data.seq_len, len(run.columns)
@@ -61,13 +59,14 @@ def export_run(run: Run) -> jax.export.Exported:
 
 def describe(run: Run) -> dict:
   """The sidecar: what the inputs are and how to make them."""
-  names = [fn.__name__.lstrip("_") for fn in calendar.TIME_FEATURES[calendar.feature_code(run.scaler["freq"])]]
+  record = run.record
+  names = [fn.__name__.lstrip("_") for fn in calendar.TIME_FEATURES[calendar.feature_code(record["freq"])]]
   out = {
     "columns": run.columns,
     "outputs": run.outputs,
     "seq_len": run.cfg.data.seq_len,
     "horizon": run.horizon,
-    "freq": run.scaler["freq"],
+    "freq": record["freq"],
     "inputs": {
       "x": "[B, seq_len, channels], original units",
       "x_mark": "[B, seq_len, features]: the time features, then the covariates in original units",
@@ -81,13 +80,13 @@ def describe(run: Run) -> dict:
   }
   if models.reads_t0(run.cfg.backbone):
     out["inputs"]["t0"] = (
-      f"[B] int32: the row of the look-back's first step, counting {run.scaler.get('last_date')} as row "
-      f"{run.scaler.get('rows', 0) - 1} at the frequency {run.scaler.get('grid')} (mola_jax.data.positions)"
+      f"[B] int32: the row of the look-back's first step, counting {record.get('last_date')} as row "
+      f"{record.get('rows', 0) - 1} at the frequency {record.get('grid')} (mola_jax.data.positions)"
     )
   if run.conformal:
     out["intervals"] = {
       "band": "forecast +- multiplier[t][d] * max(std of the look-back x[:, :, d], scale_floor[d]), original units",
-      "scale_floor": (run.conformal["scale_floor"] * np.asarray(run.scaler["std"])).tolist(),  # [D]
+      "scale_floor": (run.conformal["scale_floor"] * run.scaler.std).tolist(),  # [D]
       "multiplier": {
         f"{level:g}": q for level, q in zip(run.conformal["levels"], run.conformal["multiplier"], strict=True)
       },  # level -> [T][D]
@@ -100,7 +99,7 @@ def main(argv) -> None:
   f = flags.FLAGS
   with cli.user_errors():
     run = load_run(f.workdir)
-  if not sharding.is_lead():
+  if not distributed.is_lead():
     return
   out = pathlib.Path(f.out)
   out.parent.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from absl import app, flags
 
-from mola_jax import cli, data, sharding, workdir
+from mola_jax import cli, data, distributed, workdir
 from mola_jax.inference import Run, load_run
 
 
@@ -88,7 +88,7 @@ def main(argv) -> None:
   with cli.user_errors():
     run = load_run(f.workdir)
     forecast = forecast_csv(run, f.csv, roll=f.roll, future_path=f.future)
-  if not sharding.is_lead():
+  if not distributed.is_lead():
     return
   out = pathlib.Path(f.out)
   out.parent.mkdir(parents=True, exist_ok=True)

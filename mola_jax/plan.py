@@ -20,7 +20,7 @@ import dataclasses
 import ml_collections
 import numpy as np
 
-from mola_jax import config_lib, models, sharding
+from mola_jax import config_lib, models, sharding, steps
 from mola_jax.models.techniques import TECHNIQUES
 
 PRETRAIN, ADAPT = "pretrain", "adapt"
@@ -90,6 +90,17 @@ class Plan:
   @property
   def two_stage(self) -> bool:
     return len(self.method_stages) == 2
+
+
+def step_options(stage: Stage, loop: Loop) -> steps.StepOptions:
+  """How the stage's train step computes."""
+  share = stage.name == ADAPT and stage.recipe.share_prefix_dropout
+  return steps.StepOptions(stage.segments, loop.target_only, stage.recipe.loss, loop.compute_dtype, share)
+
+
+def eval_options(stage: Stage, evaluation: Evaluation) -> steps.StepOptions:
+  """How the stage's eval step computes (validation, the test pass, the intervals)."""
+  return steps.StepOptions(stage.segments, evaluation.target_only, compute_dtype=evaluation.compute_dtype)
 
 
 def stage_seed(seed: int, stage: str) -> int:

@@ -1,5 +1,5 @@
-"""Process-wide JAX settings a run asks for (the persistent compilation cache), and what XLA reports of a compiled
-program."""
+"""Process-wide JAX settings a run asks for (the persistent compilation cache, the matmul precision), where it ran,
+and a profiler trace of its steps."""
 
 from __future__ import annotations
 
@@ -58,38 +58,6 @@ def environment() -> dict:
     "devices": jax.device_count(),
     "processes": jax.process_count(),
     "jax": jax.__version__,
-  }
-
-
-def compiled_cost(compiled) -> dict:
-  """XLA's FLOPs and memory of a compiled program, per device: {flops_per_call, bytes_per_device (arguments +
-  outputs + temporaries - donated buffers; -1 where the platform reports none), temp_bytes, memory (the parts)}."""
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  mem = compiled.memory_analysis()
-  parts = (
-    "argument_size_in_bytes",
-    "output_size_in_bytes",
-    "temp_size_in_bytes",
-    "alias_size_in_bytes",
-    "generated_code_size_in_bytes",
-  )
-  memory = {k: int(getattr(mem, k)) for k in parts} if mem else {}
-  total = (
-    (
-      memory["argument_size_in_bytes"]
-      + memory["output_size_in_bytes"]
-      + memory["temp_size_in_bytes"]
-      - memory["alias_size_in_bytes"]
-    )
-    if memory
-    else -1
-  )
-  return {
-    "flops_per_call": float(cost.get("flops", float("nan"))) if cost else float("nan"),
-    "bytes_per_device": total,
-    "temp_bytes": memory.get("temp_size_in_bytes", -1),
-    "memory": memory,
   }
 
 

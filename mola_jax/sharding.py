@@ -1,11 +1,12 @@
-"""Device mesh, logical-axis rules, sharded state and global batches (after the T5X and MaxText logical-axis rules).
+"""Device mesh, logical-axis rules, sharded state and programs (after the T5X and MaxText logical-axis rules). What
+several processes must do together lives in distributed.py.
 
 Modules name the axes of their variables and activations with *logical* names; a small named table of rules,
 chosen by `cfg.mesh.rules`, maps those names onto the axes of a device mesh built from `cfg.mesh`:
 
     with sharding.use(sharding.make_mesh(cfg.mesh), cfg.mesh.rules):   # jax.set_mesh + the rules table
       model = sharding.create(lambda: build(cfg, ..., rngs=nnx.Rngs(seed)))   # params born sharded
-      step = steps.make_train_step(...)   # jitted with explicit in/out shardings derived from the rules
+      chunk = steps.make_train_chunk(..., layout=layout)   # its output state constrained by the rules
 
 Outside `use(...)` nothing here does anything: `create` calls the builder, `constrain` returns its input and the
 step factories keep their plain `jax.jit`, so a single-device run needs no mesh and is bit-identical to a run
@@ -38,7 +39,6 @@ import contextlib
 import contextvars
 import dataclasses
 import math
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -106,21 +106,6 @@ def mesh_shape(shape, names, num_devices: int) -> tuple[int, ...]:
   if math.prod(shape) != num_devices:
     raise ConfigError(f"mesh.shape {shape} needs {math.prod(shape)} devices, there are {num_devices}")
   return shape
-
-
-def mesh_devices(n: int) -> list:
-  """The first `n` devices, taken evenly from every process (a sub-mesh must span all processes, since every
-  process runs every computation)."""
-  if n == jax.device_count():
-    return jax.devices()
-  count = jax.process_count()
-  if n % count:
-    raise ConfigError(f"a mesh of {n} devices cannot be spread evenly over {count} processes")
-  per = n // count
-  devices = []
-  for p in range(count):
-    devices += [d for d in jax.devices() if d.process_index == p][:per]
-  return devices
 
 
 def make_mesh(mesh_cfg, devices=None) -> jax.sharding.Mesh | None:
@@ -303,70 +288,28 @@ def global_batch(batch: dict, layout: Layout) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Steps jitted with explicit shardings.
+# Programs.
 
 
-class ShardedStep:
-  """`fn` jitted with in/out shardings from the layout: argument `batch_argnum` (if any) by the batch rule, every
-  other argument (and every output) by `state_shardings` (`lead` axes unnamed, e.g. a run axis). The shardings
-  and the jitted function are made once per argument signature (one flatten of the arguments and their shapes);
-  a call passes device arrays as they are (a step's outputs already have its shardings) and places only host
-  arrays, so a step costs the host a dictionary lookup, not a placement per leaf."""
+def jit(fn, *, donate_argnums=(), layout: Layout | None = None, lead: int = 0):
+  """`jax.jit(fn)`; under a `layout` its trace sees that layout (the activation constraints of `constrain`) and
+  its outputs are constrained to the layout's state shardings (`state_shardings`), so a train step returns its
+  state as it took it. The inputs bring their own shardings (a state born sharded, batches and indices placed by
+  `replicate` or `global_batch`); jax's own cache keeps one compiled program per signature. A program cached by
+  its factory is cached per layout, since `layout` is part of what it computes. `lead`: leading axes of the outputs
+  that the logical names do not cover (a run axis), replicated."""
+  if layout is None:
+    return jax.jit(fn, donate_argnums=donate_argnums)
 
-  def __init__(self, fn, layout: Layout, *, batch_argnum: int | None, donate_argnums=(), lead: int = 0):
-    self.fn, self.layout, self.batch_argnum, self.donate_argnums = fn, layout, batch_argnum, donate_argnums
-    self.lead, self._cache = lead, {}
-
-  def shardings(self, *args):
-    ins = tuple(
-      self.layout.batch_shardings(a) if i == self.batch_argnum else self.layout.state_shardings(a, self.lead)
-      for i, a in enumerate(args)
-    )
-    outs = self.layout.state_shardings(jax.eval_shape(self._traced, *args), self.lead)
-    return ins, outs
-
-  def _traced(self, *args):
-    token = _LAYOUT.set(self.layout)  # the activation constraints see this layout wherever it is traced
+  def traced(*args):
+    token = _LAYOUT.set(layout)
     try:
-      return self.fn(*args)
+      out = fn(*args)
     finally:
       _LAYOUT.reset(token)
+    return jax.lax.with_sharding_constraint(out, layout.state_shardings(out, lead))
 
-  def _jitted(self, args):
-    leaves, tree = jax.tree.flatten(args)
-    key = (tree, tuple((np.shape(x), str(getattr(x, "dtype", None) or np.result_type(x))) for x in leaves))
-    if key not in self._cache:
-      ins, outs = self.shardings(*args)
-      jitted = jax.jit(self._traced, in_shardings=ins, out_shardings=outs, donate_argnums=self.donate_argnums)
-      self._cache[key] = jitted, ins
-    return (*self._cache[key], leaves)
-
-  def place(self, *args) -> tuple:
-    """The arguments as the compiled step wants them (global arrays with the step's in_shardings)."""
-    args = list(args)
-    if self.batch_argnum is not None and isinstance(args[self.batch_argnum], dict):
-      args[self.batch_argnum] = global_batch(args[self.batch_argnum], self.layout)
-    ins = self._jitted(args)[1]
-    return tuple(jax.tree.map(_put, a, s) for a, s in zip(args, ins, strict=True))
-
-  def lower(self, *args):
-    """AOT: lower on placed arrays or on jax.ShapeDtypeStructs (see `abstract`)."""
-    return self._jitted(list(args))[0].lower(*args)
-
-  def bind(self, *args):
-    """The jitted program of these arguments' signature, shardings fixed: called again with placed arguments of
-    that signature, it costs the host jax's own dispatch and none of this wrapper's work (fit binds its chunk
-    program once per stage and segment bucket)."""
-    return self._jitted(args)[0]
-
-  def __call__(self, *args):
-    jitted, _, leaves = self._jitted(args)
-    if not all(isinstance(x, jax.Array) for x in leaves):  # host arrays: place them (rare)
-      args = self.place(*args)
-    return jitted(*args)
-
-  def _cache_size(self) -> int:
-    return sum(jitted._cache_size() for jitted, _ in self._cache.values())
+  return jax.jit(traced, donate_argnums=donate_argnums)
 
 
 def replicate(tree):
@@ -403,83 +346,6 @@ def _put(x, sharding: NamedSharding):
     return jax.device_put(x, sharding)
   host = np.asarray(x)
   return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
-
-
-def bind(program, *args):
-  """`program` (from `jit`) fixed to the signature of `args`: ShardedStep.bind under a layout; a plain jax.jit
-  already dispatches from its own cache."""
-  return program.bind(*args) if isinstance(program, ShardedStep) else program
-
-
-def jit(fn, *, batch_argnum: int | None, donate_argnums=(), layout: Layout | None = None, lead: int = 0):
-  """`jax.jit(fn, donate_argnums=...)` outside a layout; a ShardedStep under one (or under `layout`)."""
-  layout = layout or current()
-  if layout is None:
-    return jax.jit(fn, donate_argnums=donate_argnums)
-  return ShardedStep(fn, layout, batch_argnum=batch_argnum, donate_argnums=donate_argnums, lead=lead)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Multi-host.
-
-
-def _truthy(value: str | None) -> bool:
-  return (value or "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def initialize_distributed(requested: bool = False) -> bool:
-  """jax.distributed.initialize() if `requested` (cfg.distributed) or MOLA_DISTRIBUTED=1; call it before
-  anything touches a device. The coordinator, process count and id come from the cluster (Cloud TPU, SLURM,
-  Open MPI, Kubernetes are auto-detected) or from JAX_COORDINATOR_ADDRESS, MOLA_NUM_PROCESSES and
-  MOLA_PROCESS_ID (e.g. several CPU processes on one machine: launch/local.sh). Returns whether it ran."""
-  if not (requested or _truthy(os.environ.get("MOLA_DISTRIBUTED"))):
-    return False
-  kwargs = {}
-  if os.environ.get("MOLA_NUM_PROCESSES"):
-    kwargs["num_processes"] = int(os.environ["MOLA_NUM_PROCESSES"])
-  if os.environ.get("MOLA_PROCESS_ID"):
-    kwargs["process_id"] = int(os.environ["MOLA_PROCESS_ID"])
-  jax.distributed.initialize(**kwargs)
-  return True
-
-
-def is_lead() -> bool:
-  """Process 0: the only one that writes logs and results (every process writes its checkpoint shards)."""
-  return jax.process_index() == 0
-
-
-def sync(name: str) -> None:
-  """Wait until every process gets here (no-op with one process)."""
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-
-    multihost_utils.sync_global_devices(name)
-
-
-def fetch(tree):
-  """Device arrays -> numpy on every process. An array whose shards all live in this process, or one that every
-  device holds whole (fully replicated), is read locally; any other (e.g. batch-sharded over the devices of
-  several processes) is gathered by a collective, so every process must call this at the same point, as they do:
-  they run the same program."""
-
-  def one(x):
-    if not isinstance(x, jax.Array) or x.is_fully_addressable or x.is_fully_replicated:
-      return np.asarray(x)
-    from jax.experimental import multihost_utils
-
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-  return jax.tree.map(one, tree)
-
-
-def agree(flag: bool) -> bool:
-  """Process 0's `flag` on every process (no-op with one process): a decision that every process must take alike,
-  such as saving a collective checkpoint now, although each would judge it by its own clock."""
-  if jax.process_count() == 1:
-    return bool(flag)
-  from jax.experimental import multihost_utils
-
-  return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag, np.int32)))
 
 
 def target_shardings(state):

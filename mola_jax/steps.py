@@ -1,8 +1,12 @@
-"""Train and eval steps in split/merge form, valid in NNX graph and tree mode.
+"""The train and eval steps of one run, valid in NNX graph and tree mode, and the programs fit runs: chunks of
+steps as one jitted lax.scan that gathers its batches on the device.
 
-The model is split once per stage into (segment-axis adapter params, other trainable params, batch stats,
-frozen rest). Only the trainable groups get gradients and optimizer state, so the frozen backbone costs
-neither. Stage 1, stage 2 and every method use these same two steps; only the filter and the model differ.
+    step = train_step_fn(train_forecast(), opts)        # (state, batch, (ids, active)) -> (state, loss)
+    chunk = make_train_chunk(opts, seq_len=L, pred_len=T)  # C steps a call, the state donated
+    sums = make_eval_chunk(opts, seq_len=L, pred_len=T)(state.forecaster(), series, idx, mask, valid)
+
+Stage 1, stage 2 and every method use these same steps; only the state's split and the model differ. Several
+runs side by side (seeds in one program) vmap these one-run programs: mola_jax/lab/side_by_side.py.
 """
 
 from __future__ import annotations
@@ -18,25 +22,22 @@ import optax
 from flax import nnx
 
 from mola_jax import data, sharding
-from mola_jax.models import Ctx, SegmentParam, predict
+from mola_jax.models import Ctx, predict
 from mola_jax.models.adapters import segment_rows
+from mola_jax.state import TrainState
 
-TRAINABLE = {"pretrain": nnx.Param, "adapt": nnx.LoRAParam}
-
-
-def split(model: nnx.Module, stage: str):
-  """-> graphdef, (segment params, other trainable params), batch stats, frozen state."""
-  graphdef, seg, train, stats, frozen = nnx.split(model, SegmentParam, TRAINABLE[stage], nnx.BatchStat, ...)
-  return graphdef, (seg, train), stats, frozen
+LOSSES = ("mse", "weighted_l1")  # a stage recipe's loss: the field's MSE, or OLinear's step-weighted L1
 
 
-def init_state(model: nnx.Module, stage: str, tx: optax.GradientTransformation, key: jax.Array):
-  """The one training state of a stage -> (graphdef, state, frozen): state = {"params": (segment params, other
-  trainable params), "opt": tx's state of those, "stats": batch statistics, "key": raw PRNG key data}, which the
-  train step donates and returns; `frozen` is the rest of the model, an argument of every step."""
-  graphdef, params, stats, frozen = split(model, stage)
-  state = {"params": params, "opt": tx.init(params), "stats": stats, "key": key}
-  return graphdef, sharding.commit(state), sharding.commit(frozen)
+@dataclasses.dataclass(frozen=True)
+class StepOptions:
+  """How a stage's steps compute (plan.step_options): the same for every step of the stage."""
+
+  segments: int  # K
+  target_only: bool = False  # data.features == "MS": the loss and the scores read the target (last channel) alone
+  loss: str = "mse"  # LOSSES
+  compute_dtype: str | None = None  # None/"float32", or "bfloat16" on float32 master weights (`caster`)
+  share_prefix_dropout: bool = False  # cfg.adapt.share_prefix_dropout (models/layers.py Ctx)
 
 
 def lr_schedule(lr: float, steps_per_epoch: int, decay: float = 0.5, decay_from: int = 3) -> optax.Schedule:
@@ -54,13 +55,26 @@ def make_tx(schedule: optax.Schedule) -> optax.GradientTransformation:
   return optax.inject_hyperparams(optax.adam)(learning_rate=schedule)
 
 
-def segment_mse(pred: jax.Array, y: jax.Array, observed: jax.Array | None = None) -> jax.Array:
-  """pred [B, K, S, D], y [B, K, S, D] -> [K]: each segment's MSE over batch, steps and channels; with `observed`
-  (bool, y's shape) over the observed values only, so a filled-in target value never enters the loss."""
+# ---------------------------------------------------------------------------------------------------------------
+# Losses and scores.
+
+
+def masked_sum(x: jax.Array, observed: jax.Array | None, axis) -> jax.Array:
+  """The sum of `x` over `axis`, over the observed values only (observed bool, broadcast to x): selected, not
+  multiplied, so a filled-in or padded value cannot leak, even a non-finite one."""
+  return jnp.sum(x if observed is None else jnp.where(observed, x, 0.0), axis=axis)
+
+
+def masked_mean(x: jax.Array, observed: jax.Array | None, axis) -> jax.Array:
+  """The mean of `x` over `axis`, over the observed values only (observed None: all of them)."""
   if observed is None:
-    return jnp.mean((pred - y) ** 2, axis=(0, 2, 3))
-  sq = jnp.where(observed, (pred - y) ** 2, 0.0)  # selected, not multiplied: the filled value cannot leak
-  return jnp.sum(sq, axis=(0, 2, 3)) / jnp.maximum(jnp.sum(observed, axis=(0, 2, 3)), 1)
+    return jnp.mean(x, axis=axis)
+  return masked_sum(x, observed, axis) / jnp.maximum(jnp.sum(observed, axis=axis), 1)
+
+
+def segment_mse(pred: jax.Array, y: jax.Array, observed: jax.Array | None = None) -> jax.Array:
+  """pred, y [B, K, S, D] -> [K]: each segment's MSE over batch, steps and channels (observed values only)."""
+  return masked_mean((pred - y) ** 2, observed, axis=(0, 2, 3))
 
 
 def segment_weighted_l1(pred: jax.Array, y: jax.Array, observed: jax.Array | None, ids: jax.Array) -> jax.Array:
@@ -69,32 +83,22 @@ def segment_weighted_l1(pred: jax.Array, y: jax.Array, observed: jax.Array | Non
   near steps weigh more. With `observed`, over the observed values only."""
   s = pred.shape[2]
   t = ids.astype(jnp.float32)[:, None] * s + jnp.arange(s, dtype=jnp.float32)  # [K, S]
-  err = jnp.abs(pred - y) * jax.lax.rsqrt(t + 1.0)[None, :, :, None]
-  if observed is None:
-    return jnp.mean(err, axis=(0, 2, 3))
-  return jnp.sum(jnp.where(observed, err, 0.0), axis=(0, 2, 3)) / jnp.maximum(jnp.sum(observed, axis=(0, 2, 3)), 1)
+  return masked_mean(jnp.abs(pred - y) * jax.lax.rsqrt(t + 1.0)[None, :, :, None], observed, axis=(0, 2, 3))
 
 
-LOSSES = ("mse", "weighted_l1")  # a stage recipe's loss: the field's MSE, or OLinear's step-weighted L1
-
-
-def segment_losses(pred: jax.Array, batch: dict, ids: jax.Array, *, segments: int, target_only: bool, loss: str):
-  """pred [B, K_a, S, D] of the segments `ids` (of `segments`) -> [K_a]: each one's training loss against the
-  batch's truth [B, K S, D], on the scored channels and the observed values."""
-  shape = (pred.shape[0], segments, -1, pred.shape[-1])
+def segment_losses(pred: jax.Array, batch: dict, ids: jax.Array, opts: StepOptions) -> jax.Array:
+  """pred [B, K_a, S, D] of the segments `ids` -> [K_a]: each one's training loss against the batch's truth
+  [B, K S, D], on the scored channels and the observed values."""
+  shape = (pred.shape[0], opts.segments, -1, pred.shape[-1])
   pick = lambda a: None if a is None else a.reshape(shape)[:, ids]  # [B, K_a, S, D]: the computed segments
-  pred, y, observed = scored({"y": pick(batch["y"]), "y_observed": pick(batch.get("y_observed"))}, pred, target_only)
-  return segment_mse(pred, y, observed) if loss == "mse" else segment_weighted_l1(pred, y, observed, ids)
+  pred, y, observed = scored({"y": pick(batch["y"]), "y_observed": pick(batch.get("y_observed"))}, pred, opts)
+  return segment_mse(pred, y, observed) if opts.loss == "mse" else segment_weighted_l1(pred, y, observed, ids)
 
 
-def scored(batch: dict, pred: jax.Array, target_only: bool, shape=None):
-  """(pred, y, observed or None) as the loss and the scores read them: the target channel alone under MS
-  (`target_only`), y and observed reshaped to `shape` (pred's: [B, K, S, D] in training)."""
+def scored(batch: dict, pred: jax.Array, opts: StepOptions):
+  """(pred, y, observed or None) as the loss and the scores read them: the target channel alone under MS."""
   y, observed = batch["y"], batch.get("y_observed")
-  if shape is not None:
-    y = y.reshape(shape)
-    observed = None if observed is None else observed.reshape(shape)
-  if target_only:  # the target is the last channel (data/tables.py)
+  if opts.target_only:  # the target is the last channel (data/tables.py)
     pred, y = pred[..., -1:], y[..., -1:]
     observed = None if observed is None else observed[..., -1:]
   return pred, y, observed
@@ -115,15 +119,8 @@ def cast_inputs(cast, batch: dict) -> dict:
   return {k: v if k == "y" else cast(v) for k, v in batch.items()}
 
 
-def hold_stopped(new, old, keep: jax.Array):
-  """Put back the rows of segments that did not train (keep [K] False). A zero gradient would still move them
-  through Adam's momentum; stopping is permanent, so restoring the old rows freezes them exactly."""
-
-  def one(n, o):
-    mask = keep.reshape((-1,) + (1,) * (n.ndim - 1))
-    return jnp.where(mask, n, o)
-
-  return jax.tree.map(one, new, old)
+# ---------------------------------------------------------------------------------------------------------------
+# The forecast of a step: the K segments in one batched pass (on a CPU, one pass per core).
 
 
 def split_groups(n: int, groups: int) -> list[slice]:
@@ -139,113 +136,100 @@ def default_groups() -> int:
   return len(os.sched_getaffinity(0)) if jax.default_backend() == "cpu" else 1
 
 
-def train_step_fn(
-  graphdef,
-  tx: optax.GradientTransformation,
-  *,
-  segments: int,
-  share_prefix_dropout: bool,
-  forward=predict,
-  compute_dtype: str | None = None,
-  groups: int | None = None,
-  target_only: bool = False,
-  loss: str = "mse",
-):
-  """The train step, unjitted: step(state, frozen, batch, (ids, active)) -> (state, loss), state = {params, opt,
-  stats, key}.
-
-  The step computes the segments `ids` (int32 [K_a], a subset of 0 .. segments - 1) and trains those whose
-  `active` (bool [K_a]) is set (`training_segments` makes the pair): loss = sum over them of the segment MSE (a
-  sum, as the official code: docs/method.md §6). Training passes the segments that have not early-stopped (padded
-  to one of at most two sizes, `segment_buckets`), so a stopped segment costs nothing or little; the padding
-  segments are computed, kept out of the loss, their rows held, and kept out of BatchNorm's running statistics.
-  Dropout masks follow the segment ids (layers.keep_mask), so a segment draws the same masks whichever others
-  run beside it. forward(model, batch, ctx) -> [B, K_a, S, D]: `predict` (one batched pass), or e.g.
-  `predict_per_segment` (the official K passes) for benchmarks. compute_dtype: e.g. "bfloat16" runs the forward
-  and backward pass in that dtype on float32 master params (see `caster`); None or "float32" is the plain step.
-  target_only (data.features MS): the loss reads the target channel alone. A batch with "y_observed" (a series
-  with filled values) leaves the filled target values out of the loss. loss: "mse" (segment_mse) or
-  "weighted_l1" (segment_weighted_l1), summed over the trained segments either way."""
-  cast = caster(compute_dtype)
+def train_forecast(groups: int | None = None, forward=predict):
+  """The training forecast: f(graphdef, parts, batch, ctx, ids, active) -> ([B, K_a, S, D], batch statistics after
+  the pass), parts = (seg, train, stats, frozen) of the model structure `graphdef`, the segments `ids` computed in
+  `groups` independent passes (`active` [K_a]: the segments whose statistics count; padding segments are left out of
+  BatchNorm's running averages). `forward(model, batch, ctx)`: models.predict (benchmarks pass their variants)."""
   groups = default_groups() if groups is None else groups
 
-  def loss_fn(params, stats, frozen, batch, key, ids, active):
+  def forecast(graphdef, parts, batch, ctx: Ctx, ids, active):
+    seg, train, stats, frozen = parts
+    preds = []
+    for part in split_groups(ids.shape[0], groups):
+      # copy=True: fresh Variables at this trace level, so that a forward pass may update its BatchStats in place
+      # (a BatchNorm in training); merging the jit-level Variables themselves makes that a TraceContextError.
+      # A group starts from the statistics the group before it left: the same sequential updates as one pass.
+      model = nnx.merge(graphdef, segment_rows(seg, ids[part]), train, stats, frozen, copy=True)
+      part_ctx = dataclasses.replace(ctx, segments=part.stop - part.start, segment_ids=ids[part], active=active[part])
+      preds.append(forward(model, batch, part_ctx))  # [B, K_g, S, D]
+      stats = nnx.state(model, nnx.BatchStat)
+    return jnp.concatenate(preds, axis=1), stats
+
+  return forecast
+
+
+def hold_stopped(new, old, keep: jax.Array):
+  """Put back the rows of segments that did not train (keep [K] False). A zero gradient would still move them
+  through Adam's momentum; stopping is permanent, so restoring the old rows freezes them exactly."""
+
+  def one(n, o):
+    mask = keep.reshape((-1,) + (1,) * (n.ndim - 1))
+    return jnp.where(mask, n, o)
+
+  return jax.tree.map(one, new, old)
+
+
+def train_step_fn(forecast, opts: StepOptions):
+  """The train step, unjitted: step(state, batch, (ids, active)) -> (state, loss).
+
+  The step computes the segments `ids` (int32 [K_a], a subset of 0 .. K - 1) and trains those whose `active` (bool
+  [K_a]) is set (`training_segments` makes the pair): loss = sum over them of the segment loss (a sum, as the
+  official code: docs/method.md §6). Training passes the segments that have not early-stopped (padded to one of at
+  most two sizes, `segment_buckets`), so a stopped segment costs nothing or little; the padding segments are
+  computed, kept out of the loss, their rows held. Dropout masks follow the segment ids (layers.keep_mask), so a
+  segment draws the same masks whichever others run beside it. A batch with "y_observed" leaves filled target
+  values out of the loss. `forecast`: `train_forecast()`."""
+  cast = caster(opts.compute_dtype)
+
+  def loss_fn(params, state: TrainState, batch, key, ids, active):
     seg, train = params
+    frozen = state.frozen
     if cast is not None:
       seg, train, frozen, batch = cast(seg), cast(train), cast(frozen), cast_inputs(cast, batch)
-    if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):  # raw key data, as fit keeps it
-      key = jax.random.wrap_key_data(key)
-    ctx = Ctx(key=key, share_prefix_dropout=share_prefix_dropout)
-    states = (seg, train, stats, frozen)
-    pred, new_stats = train_forward(graphdef, states, batch, ctx, ids, groups, forward, active=active)
+    ctx = Ctx(key=jax.random.wrap_key_data(key), share_prefix_dropout=opts.share_prefix_dropout)
+    pred, stats = forecast(state.graphdef, (seg, train, state.stats, frozen), batch, ctx, ids, active)
     if cast is not None:
       pred = pred.astype(jnp.float32)
       # running statistics keep their float32 dtype (and so the step its one compiled shape)
-      new_stats = jax.tree.map(lambda n, o: n.astype(o.dtype), new_stats, stats)
-    per_segment = segment_losses(pred, batch, ids, segments=segments, target_only=target_only, loss=loss)
-    return jnp.sum(jnp.where(active, per_segment, 0.0)), new_stats
+      stats = jax.tree.map(lambda n, o: n.astype(o.dtype), stats, state.stats)
+    return jnp.sum(jnp.where(active, segment_losses(pred, batch, ids, opts), 0.0)), stats
 
-  def step(state, frozen, batch, segs):
+  def step(state: TrainState, batch: dict, segs):
     ids, active = segs
-    key, sub = jax.random.split(state["key"])
-    (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state["params"], state["stats"], frozen, batch, sub, ids, active
-    )
-    updates, opt = tx.update(grads, state["opt"], state["params"])
-    seg, train = optax.apply_updates(state["params"], updates)
-    seg = hold_stopped(seg, state["params"][0], jnp.zeros(segments, bool).at[ids].set(active))
-    return {"params": (seg, train), "opt": opt, "stats": stats, "key": key}, loss
+    key, sub = jax.random.split(state.key)
+    (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, state, batch, sub, ids, active)
+    updates, opt = state.tx.update(grads, state.opt, state.params)
+    seg, train = optax.apply_updates(state.params, updates)
+    seg = hold_stopped(seg, state.seg, jnp.zeros(opts.segments, bool).at[ids].set(active))
+    return state.replace(seg=seg, train=train, opt=opt, stats=stats, key=key), loss
 
   return step
 
 
-def make_train_step(graphdef, tx, *, segments, share_prefix_dropout, layout=None, forward=predict,
-                    compute_dtype=None, groups=None, target_only=False):  # fmt: skip
-  """train_step_fn jitted alone (the state donated): step(state, frozen, batch, (ids, active)) -> (state, loss),
-  one dispatch per step, for the benchmark and the tests (fit runs chunks of steps: make_train_chunk). Under a
-  mesh (`layout`, else the active `sharding.use`) jitted with explicit in/out shardings (sharding.ShardedStep)."""
-  step = train_step_fn(graphdef, tx, segments=segments, share_prefix_dropout=share_prefix_dropout, forward=forward,
-                       compute_dtype=compute_dtype, groups=groups, target_only=target_only)  # fmt: skip
-  return sharding.jit(step, batch_argnum=2, donate_argnums=0, layout=layout)
+def train_chunk_fn(step, *, seq_len: int, pred_len: int):
+  """C train steps as one lax.scan, each batch gathered on the device inside the body, unjitted:
+  chunk(state, series, idx, segs, valid) -> (state, losses [C]). series: the split's arrays
+  (data.DeviceWindows.arrays); idx int32 [C, B]: the window indices of each step; segs: (ids, active); valid bool
+  [C]: steps beyond an epoch's end (a last, shorter chunk) are skipped by a conditional, so every chunk has one
+  shape and a stage one program per segment bucket."""
 
-
-def over_runs(fn, runs: int):
-  """`fn` of one run, applied to arguments that carry a leading run axis R (several runs trained side by side:
-  seeds in one program). vmap for R > 1; for R = 1 the axis is squeezed away inside the program, so a single run
-  computes exactly its own step."""
-  if runs > 1:
-    return jax.vmap(fn)
-  return lambda *args: jax.tree.map(lambda x: x[None], fn(*jax.tree.map(lambda x: x[0], args)))
-
-
-def make_train_chunk(graphdef, tx, *, segments: int, seq_len: int, pred_len: int, runs: int = 1,
-                     share_prefix_dropout: bool = False, forward=predict, compute_dtype=None, groups=None,
-                     layout=None, target_only: bool = False, loss: str = "mse"):  # fmt: skip
-  """C train steps of R runs as one jitted, donated lax.scan, each batch gathered on the device inside the body:
-  chunk(state, frozen, series, idx, segs, valid, live) -> (state, losses [C, R]).
-
-  state, frozen: the runs' train states and frozen rests stacked on a leading axis [R, ...]; series: the split's
-  arrays (data.DeviceWindows.arrays); idx int32 [R, C, B]: each run's window indices of each step; segs:
-  (ids int32 [R, K_a], active bool [R, K_a]); valid bool [C]: steps beyond an epoch's end (a last, shorter
-  chunk) are skipped by a conditional, so every chunk has one shape and a stage one program per segment bucket;
-  live bool [R]: a run that has finished is held (its state, optimizer state included, does not move)."""
-  step = train_step_fn(graphdef, tx, segments=segments, share_prefix_dropout=share_prefix_dropout, forward=forward,
-                       compute_dtype=compute_dtype, groups=groups, target_only=target_only, loss=loss)  # fmt: skip
-
-  def chunk(state, frozen, series, idx, segs, valid, live):
-    def one(st, fr, i, sg, lv):  # one run, one step
-      new, loss = step(st, fr, data.gather(series, i, seq_len=seq_len, pred_len=pred_len), sg)
-      if runs > 1:  # a single run trains until it is done, so only side-by-side runs are ever held
-        new, loss = jax.tree.map(lambda n, o: jnp.where(lv, n, o), new, st), jnp.where(lv, loss, 0.0)
-      return new, loss
-
+  def chunk(state, series, idx, segs, valid):
     def body(st, c):
-      do = lambda st: over_runs(one, runs)(st, frozen, idx[:, c], segs, live)
-      return jax.lax.cond(valid[c], do, lambda st: (st, jnp.zeros(runs, jnp.float32)), st)
+      do = lambda st: step(st, data.gather(series, idx[c], seq_len=seq_len, pred_len=pred_len), segs)
+      return jax.lax.cond(valid[c], do, lambda st: (st, jnp.zeros((), jnp.float32)), st)
 
-    return jax.lax.scan(body, state, jnp.arange(idx.shape[1]))
+    return jax.lax.scan(body, state, jnp.arange(idx.shape[0]))
 
-  return sharding.jit(chunk, batch_argnum=None, donate_argnums=0, layout=layout, lead=1)
+  return chunk
+
+
+@functools.lru_cache(maxsize=32)
+def make_train_chunk(opts: StepOptions, *, seq_len: int, pred_len: int, layout=None):
+  """`train_chunk_fn` of the train step, jitted with the state donated; under a mesh (`layout`) its output state
+  keeps the logical shardings (sharding.jit). Cached per settings and layout, as make_eval_chunk."""
+  step = train_step_fn(train_forecast(), opts)
+  return sharding.jit(train_chunk_fn(step, seq_len=seq_len, pred_len=pred_len), donate_argnums=0, layout=layout)
 
 
 def segment_buckets(segments: int, multiple: int = 1) -> tuple[int, ...]:
@@ -255,25 +239,6 @@ def segment_buckets(segments: int, multiple: int = 1) -> tuple[int, ...]:
   half = -(-segments // 2)  # ceil(K / 2)
   half = min(segments, -(-half // multiple) * multiple)
   return tuple(sorted({half, segments}))
-
-
-def train_forward(graphdef, states, batch, ctx: Ctx, ids, groups: int, forward=predict, active=None):
-  """The training forecast [B, K_a, S, D] of the segments `ids` in `groups` independent passes over groups of
-  segments, and the batch statistics they leave (`active` [K_a]: the segments whose statistics count; padding
-  segments are left out of BatchNorm's running averages). states = (segment params, other trainable, stats,
-  frozen)."""
-  seg, train, stats, frozen = states
-  preds = []
-  for part in split_groups(ids.shape[0], groups):
-    ctx = dataclasses.replace(ctx, active=None if active is None else active[part])
-    # copy=True: fresh Variables at this trace level, so that a forward pass may update its BatchStats in place
-    # (a BatchNorm in training); merging the jit-level Variables themselves makes that a TraceContextError.
-    # A group starts from the statistics the group before it left: the same sequential updates as one pass.
-    model = nnx.merge(graphdef, segment_rows(seg, ids[part]), train, stats, frozen, copy=True)
-    part_ctx = dataclasses.replace(ctx, segments=part.stop - part.start, segment_ids=ids[part])
-    preds.append(forward(model, batch, part_ctx))  # [B, K_g, S, D]
-    stats = nnx.state(model, nnx.BatchStat)
-  return jnp.concatenate(preds, axis=1), stats
 
 
 def training_segments(active, skip_stopped: bool = True, sizes: tuple[int, ...] | None = None):
@@ -293,125 +258,103 @@ def training_segments(active, skip_stopped: bool = True, sizes: tuple[int, ...] 
     pad = lambda r: np.flatnonzero(~r)[: size - int(r.sum())]
     ids = np.stack([np.sort(np.concatenate([np.flatnonzero(r)[:size], pad(r)])) for r in runs])
     mask = np.take_along_axis(runs, ids, axis=1)
-  ids, mask = jnp.asarray(ids, jnp.int32), jnp.asarray(mask)
+  ids, mask = ids.astype(np.int32), mask
   return (ids, mask) if active.ndim == 2 else (ids[0], mask[0])
 
 
-def eval_step_fn(graphdef, *, segments: int, forward=predict, compute_dtype=None, groups=None,
-                 target_only: bool = False):  # fmt: skip
-  """The eval step, unjitted: step(states, batch) -> {"sq": [T], "abs": [T], "count": []}, the sums of squared
-  and absolute errors per forecast step over the batch's real (mask == True) windows and the scored channels
-  (all, or the target alone: target_only), and the windows' count; a batch with "y_observed" also sums
-  "scored" [T], the observed values per step, and leaves filled values out. states = (segment params, *the rest of
-  the model's state), the split `eval_states` makes. Padded rows and filled values are selected out, not
-  multiplied by 0, so a non-finite value there cannot leak. Errors accumulate in float32."""
-  cast = caster(compute_dtype)
-  groups = default_groups() if groups is None else groups
-
-  def step(states, batch):
-    pred = eval_forward(graphdef, states, batch, segments=segments, groups=groups, forward=forward, cast=cast)
-    pred, y, observed = scored(batch, pred, target_only)
-    err = pred - y  # [B, T, D']
-    real = batch["mask"][:, None, None]  # [B, 1, 1]
-    if observed is not None:
-      real = real & observed  # [B, T, D']
-    sums = {
-      "sq": jnp.sum(jnp.where(real, err**2, 0.0), axis=(0, 2)),  # [T]
-      "abs": jnp.sum(jnp.where(real, jnp.abs(err), 0.0), axis=(0, 2)),  # [T]
-      "count": jnp.sum(batch["mask"]),
-    }
-    if observed is not None:
-      sums["scored"] = jnp.sum(real, axis=(0, 2)).astype(jnp.float32)  # [T]
-    return sums
-
-  return step
+# ---------------------------------------------------------------------------------------------------------------
+# Evaluation.
 
 
-@functools.lru_cache(maxsize=32)
-def make_eval_step(graphdef, *, segments: int, layout=None, forward=predict, compute_dtype=None, groups=None,
-                   target_only=False):  # fmt: skip
-  """eval_step_fn jitted alone: step(acc, states, batch) -> acc + the batch's sums (acc donated; steps.empty_acc
-  to start), one dispatch per batch, for the benchmark and the tests (evaluation runs chunks: make_eval_chunk)."""
-  one = eval_step_fn(graphdef, segments=segments, forward=forward, compute_dtype=compute_dtype, groups=groups,
-                     target_only=target_only)  # fmt: skip
-  step = lambda acc, states, batch: jax.tree.map(jnp.add, acc, one(states, batch))
-  return sharding.jit(step, batch_argnum=2, donate_argnums=0, layout=layout)
-
-
-EVAL_CHUNK = 8  # eval batches per call: every split is scored by one program, its last call padded
-
-
-@functools.lru_cache(maxsize=32)
-def make_eval_chunk(graphdef, *, segments: int, seq_len: int, pred_len: int, runs: int = 1, forward=predict,
-                    compute_dtype=None, groups=None, layout=None, target_only=False):  # fmt: skip
-  """The eval step of a model structure as an eval chunk (`eval_chunk`). Validation and the test pass of a stage
-  share this one program (cached per model structure and settings)."""
-  one = eval_step_fn(graphdef, segments=segments, forward=forward, compute_dtype=compute_dtype, groups=groups,
-                     target_only=target_only)  # fmt: skip
-  return eval_chunk(one, seq_len=seq_len, pred_len=pred_len, runs=runs, layout=layout)
-
-
-def eval_chunk(one, *, seq_len: int, pred_len: int, runs: int = 1, layout=None):
-  """EVAL_CHUNK eval batches of R runs as one jitted lax.scan, gathered on the device inside the body:
-  chunk(states, series, idx, mask, valid) -> per-batch sums {"sq": [E, R, T], "abs": [E, R, T], "count": [E, R]}.
-  one(states, batch) -> a batch's sums (eval_step_fn); states: the runs' eval states stacked [R, ...]; series: the
-  split's arrays (data.DeviceWindows.arrays); idx int32 [R, E, B], mask bool [R, E, B]: each run's windows,
-  padded and masked; valid bool [E]: batches beyond the split's end are skipped by a conditional."""
-
-  def chunk(states, series, idx, mask, valid):
-    batch = lambda i, m: data.gather(series, i, m, seq_len=seq_len, pred_len=pred_len)
-
-    def zeros():
-      out = {"sq": jnp.zeros((runs, pred_len)), "abs": jnp.zeros((runs, pred_len)), "count": jnp.zeros(runs, jnp.int32)}
-      return out | ({"scored": jnp.zeros((runs, pred_len))} if "observed" in series else {})
-
-    def body(_, e):
-      do = lambda: over_runs(lambda st, i, m: one(st, batch(i, m)), runs)(states, idx[:, e], mask[:, e])
-      return None, jax.lax.cond(valid[e], do, zeros)
-
-    return jax.lax.scan(body, None, jnp.arange(idx.shape[1]))[1]
-
-  return sharding.jit(chunk, batch_argnum=None, layout=layout, lead=1)
-
-
-def eval_forward(graphdef, states, batch, *, segments: int, groups: int, forward=predict, cast=None) -> jax.Array:
+def eval_forward(state: TrainState, batch: dict, *, segments: int, groups: int, cast=None, forward=predict):
   """The eval-mode forecast [B, T, D] of every window of `batch` (float32), the K segments in `groups`
   independent passes (as in training)."""
+  parts = (state.seg, state.train, state.stats, state.frozen)
   if cast is not None:
-    states, batch = cast(states), cast_inputs(cast, batch)
-  seg, *rest = states
+    parts, batch = cast(parts), cast_inputs(cast, batch)
+  seg, *rest = parts
   preds = []
   for part in split_groups(segments, groups):
-    model = nnx.merge(graphdef, segment_rows(seg, part), *rest)
+    model = nnx.merge(state.graphdef, segment_rows(seg, part), *rest)
     ids = jnp.arange(part.start, part.stop, dtype=jnp.int32)
     preds.append(forward(model, batch, Ctx(segments=part.stop - part.start, segment_ids=ids)))  # [B, K_g, S, D]
   pred = jnp.concatenate(preds, axis=1).astype(jnp.float32)  # [B, K, S, D]
   return pred.reshape(pred.shape[0], -1, pred.shape[-1])
 
 
+def eval_step_fn(opts: StepOptions, *, groups: int | None = None, forward=predict):
+  """The eval step, unjitted: step(state, batch[, bands]) -> {"sq": [T], "abs": [T], "count": []}, the sums of
+  squared and absolute errors per forecast step over the batch's real (mask == True) windows and the scored
+  channels, and the windows' count; a batch with "y_observed" also sums "scored" [T], the observed values per step,
+  and leaves filled values out. With `bands` (multipliers [V, T, D'] of prediction intervals at V levels,
+  evaluation.py) it also sums "inside" [V] (truths within their band) and "width" [V] (the bands' widths). Errors
+  accumulate in float32."""
+  cast, groups = caster(opts.compute_dtype), default_groups() if groups is None else groups
+
+  def step(state, batch, bands=None):
+    pred = eval_forward(state, batch, segments=opts.segments, groups=groups, cast=cast, forward=forward)
+    pred, y, observed = scored(batch, pred, opts)
+    err = pred - y  # [B, T, D']
+    real = batch["mask"][:, None, None]  # [B, 1, 1]
+    if observed is not None:
+      real = real & observed  # [B, T, D']
+    sums = {
+      "sq": masked_sum(err**2, real, axis=(0, 2)),  # [T]
+      "abs": masked_sum(jnp.abs(err), real, axis=(0, 2)),  # [T]
+      "count": jnp.sum(batch["mask"]),
+    }
+    if observed is not None:
+      sums["scored"] = jnp.sum(real, axis=(0, 2)).astype(jnp.float32)  # [T]
+    if bands is not None:
+      scale = lookback_scale(batch["x"][..., -pred.shape[-1] :])  # [B, D']
+      half = bands[:, None] * scale[None, :, None, :]  # [V, B, T, D']
+      real = jnp.broadcast_to(real, err.shape)[None]  # [1, B, T, D']
+      sums["inside"] = jnp.sum(real & (jnp.abs(err)[None] <= half), axis=(1, 2, 3), dtype=jnp.int32)  # exact counts
+      sums["width"] = masked_sum(2 * half, real, axis=(1, 2, 3))
+    return sums
+
+  return step
+
+
+SCALE_FLOOR = 0.05  # standardised units: a flat look-back (a constant channel) still gets a band
+
+
+def lookback_scale(x):
+  """x [n, L, D] (standardised) -> sigma [n, D]: each window's per-channel spread over its look-back (numpy or jax,
+  float32 either way)."""
+  xp = jnp if isinstance(x, jax.Array) else np
+  return xp.maximum(x.std(axis=1), SCALE_FLOOR)
+
+
+EVAL_CHUNK = 8  # eval batches per call: every split is scored by one program, its last call padded
+
+
+def eval_chunk_fn(one, *, seq_len: int, pred_len: int):
+  """EVAL_CHUNK eval batches as one lax.scan, gathered on the device inside the body, unjitted:
+  chunk(state, series, idx, mask, valid[, bands]) -> per-batch sums {"sq": [E, T], ...}. one(state, batch[, bands])
+  -> a batch's sums (eval_step_fn); idx int32 [E, B], mask bool [E, B]: the split's windows, padded and masked;
+  valid bool [E]: batches beyond the split's end are skipped by a conditional."""
+
+  def chunk(state, series, idx, mask, valid, *bands):
+    batch = lambda e: data.gather(series, idx[e], mask[e], seq_len=seq_len, pred_len=pred_len)
+    zeros = lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(one, state, batch(0), *bands))
+    body = lambda _, e: (None, jax.lax.cond(valid[e], lambda: one(state, batch(e), *bands), zeros))
+    return jax.lax.scan(body, None, jnp.arange(idx.shape[0]))[1]
+
+  return chunk
+
+
 @functools.lru_cache(maxsize=32)
-def make_predict_step(graphdef, *, segments: int, compute_dtype: str | None = None, groups: int | None = None):
-  """step(states, batch) -> forecast [B, T, D] of every window of the batch (the eval step's forward pass)."""
-  cast, groups = caster(compute_dtype), default_groups() if groups is None else groups
-  return jax.jit(functools.partial(eval_forward, graphdef, segments=segments, groups=groups, cast=cast))
+def make_eval_chunk(opts: StepOptions, *, seq_len: int, pred_len: int, layout=None):
+  """The eval chunk, jitted (jax's own cache then keeps a compiled program per state structure and shape). Cached
+  per settings and layout, the mesh it is compiled for: validation and the test pass of a stage, and every run of
+  a study in one process, share it."""
+  one = eval_step_fn(opts)
+  return sharding.jit(eval_chunk_fn(one, seq_len=seq_len, pred_len=pred_len), layout=layout)
 
 
-def eval_states(model: nnx.Module, stage: str = "adapt") -> tuple[nnx.GraphDef, tuple]:
-  """-> (graphdef, (segment params, other trainable params, batch stats, frozen rest)): a model split as the eval
-  step takes it, the way the training loop splits it (so validation and the test pass share one program)."""
-  graphdef, params, stats, frozen = split(model, stage)
-  return graphdef, (*params, stats, frozen)
-
-
-def stack(trees: list):
-  """Trees of the same structure -> one tree whose arrays carry a leading run axis [R, ...]."""
-  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
-
-
-def unstack(tree, r: int):
-  """Run r's slice of a stacked tree."""
-  return jax.tree.map(lambda x: x[r], tree)
-
-
-def empty_acc(horizon: int) -> dict:
-  return {"sq": jnp.zeros(horizon), "abs": jnp.zeros(horizon), "count": jnp.zeros((), jnp.int32)}
+@functools.lru_cache(maxsize=32)
+def make_predict_step(*, segments: int, compute_dtype: str | None = None):
+  """step(state, batch) -> forecast [B, T, D] of every window of the batch (the eval step's forward pass)."""
+  forecast = functools.partial(eval_forward, segments=segments, groups=default_groups(), cast=caster(compute_dtype))
+  return jax.jit(forecast)

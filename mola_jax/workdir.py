@@ -79,27 +79,6 @@ def claim(cfg, workdir: pathlib.Path, overwrite: bool, data_sha256: str | None =
     write_json(data_path, {"sha256": data_sha256})
 
 
-def write_scaler(workdir: pathlib.Path, series) -> None:
-  """The training scaler travels with the run, so forecasting new data needs neither the training file nor a
-  refit (mola_jax/inference.py)."""
-  scaler = {
-    "dataset": series.name,
-    "columns": list(series.columns),  # the target last
-    "mean": series.mean.tolist(),
-    "std": series.std.tolist(),
-    "freq": series.freq,  # the time features'
-    "marks": int(series.marks.shape[1]),  # time features, then the future covariates
-    "covariates": list(series.covariates),
-    "covariate_mean": series.covariate_mean.tolist(),
-    "covariate_std": series.covariate_std.tolist(),
-    "grid": series.grid,  # the pandas frequency of the dates (None: a benchmark file, rows by position)
-    "last_date": str(series.dates[-1]),  # the last row's date and position: where a cycle's phase is counted from
-    "rows": len(series.dates),
-    "long": series.long,
-  }
-  write_json(workdir / "scaler.json", scaler)
-
-
 LOCK = ".lock"
 
 

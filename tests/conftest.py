@@ -50,3 +50,24 @@ def forecast_cli(*args: str) -> subprocess.CompletedProcess:
   return subprocess.run(
     [sys.executable, "-m", "mola_jax.forecast", *args], capture_output=True, text=True, cwd=REPO, timeout=300
   )
+
+
+def new_state(model, stage: str = "adapt", lr: float = 1e-2):
+  """The model's train state for `stage`: Adam at `lr`, a fixed dropout stream."""
+  import jax
+
+  from mola_jax import steps
+  from mola_jax.state import TrainState
+
+  tx = steps.make_tx(steps.lr_schedule(lr, 10))
+  return TrainState.create(model, stage, tx, jax.random.key_data(jax.random.key(0)))
+
+
+def train_step(segments: int, groups: int | None = None, **options):
+  """The core's train step jitted alone, the state donated: step(state, batch, (ids, active)) -> (state, loss)."""
+  import jax
+
+  from mola_jax import steps
+
+  opts = steps.StepOptions(segments, **options)
+  return jax.jit(steps.train_step_fn(steps.train_forecast(groups), opts), donate_argnums=0)

@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO))
 
 from mola_jax import checkpointing, config_lib, plan, sharding, steps  # noqa: E402
 from mola_jax.models import build  # noqa: E402
+from mola_jax.state import TrainState  # noqa: E402
 
 GOLDEN = REPO / "tests" / "golden" / "param_specs.json"
 CHANNELS, MARKS, SEQ_LEN, SEG_LEN, SEGMENTS, BATCH = 12, 4, 24, 6, 4, 8  # 16 tokens; K = 4; T = 24
@@ -96,8 +97,19 @@ def mesh(shape) -> jax.sharding.Mesh:
   return jax.make_mesh(shape, sharding.MESH_AXES, axis_types=(AxisType.Auto,) * 2)
 
 
-def train_state(model: nnx.Module, stage: str, tx):
-  return steps.init_state(model, stage, tx, jax.random.key_data(jax.random.key(7)))
+def train_state(model: nnx.Module, stage: str, tx) -> TrainState:
+  return TrainState.create(model, stage, tx, jax.random.key_data(jax.random.key(7)))
+
+
+def train_step(k: int, layout):
+  """The core's train step jitted under `layout` (its output state constrained to the layout's shardings)."""
+  return sharding.jit(
+    steps.train_step_fn(steps.train_forecast(), steps.StepOptions(k)), donate_argnums=0, layout=layout
+  )
+
+
+def placed(batch: dict, layout) -> dict:
+  return sharding.global_batch(batch, layout) if layout else batch
 
 
 def host(tree) -> list[np.ndarray]:
@@ -115,22 +127,21 @@ def run(method: str, start, layout=None, evaluate: bool = True) -> dict:
   with sharding.use(layout.mesh if layout else None, layout.rules if layout else "data_parallel"):
     model = nnx.merge(graphdef, jax.tree.map(jnp.array, pure))  # fresh device arrays: the steps donate them
     sharding.place_model(model)
-    graphdef, state, frozen = train_state(model, stage, tx)
-    step = steps.make_train_step(graphdef, tx, segments=k, share_prefix_dropout=False)
+    state, step = train_state(model, stage, tx), train_step(k, layout)
     losses = []
     for batch in batches(method):  # dropout is on: its masks must not depend on the sharding either
-      state, loss = step(state, frozen, batch, active)
+      state, loss = step(state, placed(batch, layout), sharding.replicate(active))
       losses.append(float(loss))
     out = {
       "loss": np.array(losses),
-      "params": host(state["params"]),
-      "opt": host(state["opt"]),
-      "specs": [spec_list(x.sharding.spec) for x in jax.tree.leaves((state["params"], frozen))] if layout else None,
+      "params": host(state.params),
+      "opt": host(state.opt),
+      "specs": [spec_list(x.sharding.spec) for x in jax.tree.leaves((state.params, state.frozen))] if layout else None,
     }
     if evaluate:
-      eval_step = steps.make_eval_step(graphdef, segments=k)
+      eval_step = sharding.jit(steps.eval_step_fn(steps.StepOptions(k)), layout=layout)
       eval_batch = dict(batches(method, 1)[0], mask=np.arange(BATCH) < BATCH - 3)  # 3 padded rows
-      acc = eval_step(steps.empty_acc(SEG_LEN * k), (*state["params"], state["stats"], frozen), eval_batch)
+      acc = eval_step(state.forecaster(), placed(eval_batch, layout))
       out.update(eval=[np.asarray(acc["sq"]), np.asarray(acc["abs"])], count=int(acc["count"]))
   return out
 
@@ -205,15 +216,15 @@ def checkpoint_round_trip() -> dict:
         for x, s in zip(jax.tree.leaves(born), jax.tree.leaves(layout.state_shardings(born)), strict=True)
       )
       init_diff = max_diff(host(born), host(nnx.state(make_model("mola"))))  # vs the eager single-device build
-      graphdef, state, frozen = train_state(model, "adapt", tx)
-      step = steps.make_train_step(graphdef, tx, segments=SEGMENTS, share_prefix_dropout=False)
-      state, _ = step(state, frozen, batches("mola")[0], steps.training_segments(ACTIVE, skip_stopped=False))
+      state, step = train_state(model, "adapt", tx), train_step(SEGMENTS, layout)
+      segs = sharding.replicate(steps.training_segments(ACTIVE, skip_stopped=False))
+      state, _ = step(state, placed(batches("mola")[0], layout), segs)
       saved_specs = sorted({json.dumps(spec_list(x.sharding.spec)) for x in jax.tree.leaves(state)})
       saved = [np.asarray(x) for x in jax.tree.leaves(state)]
       with checkpointing.resume_manager(tmp / "resume") as mngr:
         checkpointing.save_resume(mngr, 1, state, {"epoch": 1})
         mngr.wait_until_finished()
-      best = nnx.merge(graphdef, *state["params"], state["stats"], frozen)
+      best = state.model()
       with checkpointing.manager(tmp / "best") as mngr:
         checkpointing.save(mngr, 1, nnx.state(best), {"stage": "adapt"})
         mngr.wait_until_finished()
@@ -221,7 +232,7 @@ def checkpoint_round_trip() -> dict:
 
     with sharding.use(mesh((8, 1)), "data_parallel") as layout:
       model = sharding.create(lambda: make_model("mola"))
-      _, target, _ = train_state(model, "adapt", tx)
+      target = train_state(model, "adapt", tx)
       with checkpointing.resume_manager(tmp / "resume") as mngr:
         restored, loop = checkpointing.restore_resume(mngr, target)
       want = jax.tree.leaves(layout.state_shardings(target))

@@ -62,7 +62,7 @@ def test_the_exported_forecaster_matches_run_predict(api_run, tmp_path):
   run.predict gives."""
   import mola_jax
   from mola_jax import data
-  from mola_jax.inference import future_dates
+
 
   here, _ = api_run
   out = tmp_path / "etth1.jaxexport"
@@ -82,7 +82,7 @@ def test_the_exported_forecaster_matches_run_predict(api_run, tmp_path):
   one = (
     values[-seq_len:].astype(np.float32),
     data.time_features(dates[-seq_len:], side["freq"]),
-    data.time_features(future_dates(dates, horizon), side["freq"]),
+    data.time_features(data.following(dates, horizon), side["freq"]),
   )
   x, x_mark, y_mark = (np.stack([a, a]) for a in one)  # a batch of 2: the batch size is symbolic
   got = np.asarray(exported.call(x, x_mark, y_mark))

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import tiny
+from conftest import new_state, tiny, train_step
 from flax import nnx
 
 from mola_jax import config_lib, plan, steps
@@ -229,13 +229,11 @@ def test_stage2_train_step_trains_only_the_adapters():
   _, model = stage2(cfg, segments=2)
   leaves = lambda m, kind: [np.asarray(v) for v in jax.tree.leaves(nnx.state(m, kind))]
   frozen_before, adapters_before = leaves(model, nnx.Not(nnx.LoRAParam)), leaves(model, nnx.LoRAParam)
-  tx = steps.make_tx(steps.lr_schedule(1e-2, 10))
-  graphdef, state, frozen = steps.init_state(model, "adapt", tx, jax.random.key_data(jax.random.key(0)))
-  step = steps.make_train_step(graphdef, tx, segments=2, share_prefix_dropout=False)
+  state, step = new_state(model), train_step(2)
   for _ in range(2):
-    state, loss = step(state, frozen, batch(2), steps.training_segments([True, True]))
+    state, loss = step(state, batch(2), steps.training_segments([True, True]))
   assert np.isfinite(float(loss))
-  after = nnx.merge(graphdef, *state["params"], state["stats"], frozen)
+  after = state.model()
   for a, b in zip(frozen_before, leaves(after, nnx.Not(nnx.LoRAParam)), strict=True):
     np.testing.assert_array_equal(a, b)
   assert any(not np.array_equal(a, b) for a, b in zip(adapters_before, leaves(after, nnx.LoRAParam), strict=True))

@@ -213,11 +213,11 @@ def test_mola_on_cyclenet_trains_end_to_end(tmp_path, monkeypatch):
   frame = pd.DataFrame(values, columns=columns).assign(date=dates)
   run = load_run(tmp_path / "run")
   got = run.backtest(frame, stride=10_000)  # one origin: row L
-  scaled = ((values - np.asarray(run.scaler["mean"])) / np.asarray(run.scaler["std"])).astype(np.float32)
+  scaled = run.scaler.scale(values)
   marks = data.time_features(dates, "h")
   batch = lambda t0: {"x": scaled[None, :96], "x_mark": marks[None, :96], "y_mark": marks[None, 96:144],
                       "t0": np.array([t0], np.int32)}  # fmt: skip
-  want = run.forecast(batch(0))[0] * np.asarray(run.scaler["std"]) + np.asarray(run.scaler["mean"])  # [T, D]
+  want = run.scaler.unscale(run.forecast(batch(0))[0])  # [T, D]
   np.testing.assert_allclose(got["forecast"].to_numpy().reshape(48, -1), want, rtol=1e-4, atol=1e-4)
-  shifted = run.forecast(batch(5))[0] * np.asarray(run.scaler["std"]) + np.asarray(run.scaler["mean"])
+  shifted = run.scaler.unscale(run.forecast(batch(5))[0])
   assert not np.allclose(shifted, want, atol=1e-3)

@@ -229,8 +229,8 @@ def test_etth1_train_statistics():
   assert s.columns == ("HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT")
   mean = [7.937742, 2.021039, 5.079771, 0.746186, 2.781762, 0.788453, 17.128262]
   std = [5.812749, 2.090105, 5.518794, 1.926379, 1.023523, 0.630237, 9.176491]
-  np.testing.assert_allclose(s.mean, mean, rtol=1e-5)
-  np.testing.assert_allclose(s.std, std, rtol=1e-5)
+  np.testing.assert_allclose(s.scaler.mean, mean, rtol=1e-5)
+  np.testing.assert_allclose(s.scaler.std, std, rtol=1e-5)
   np.testing.assert_allclose(s.values[:8640].mean(0), 0, atol=1e-5)
 
 
@@ -239,19 +239,19 @@ def test_scaler_uses_train_rows_only(tmp_path):
   base = data.load_csv(write_csv(tmp_path / "a.csv", n), name="a", split="ratio", seq_len=24)
   n_train = int(n * 0.7)
   np.testing.assert_allclose(
-    base.mean, [np.arange(n_train).mean(), np.arange(n_train).mean() + 1000, 2 * np.arange(n_train).mean()]
+    base.scaler.mean, [np.arange(n_train).mean(), np.arange(n_train).mean() + 1000, 2 * np.arange(n_train).mean()]
   )
   df = pd.read_csv(tmp_path / "a.csv")
   df.loc[n - 1, "c0"] = 1e6  # a test row
   df.loc[n_train, "OT"] = -1e6  # the first validation row
   df.to_csv(tmp_path / "b.csv", index=False)
   leaked = data.load_csv(tmp_path / "b.csv", name="b", split="ratio", seq_len=24)
-  np.testing.assert_array_equal(leaked.mean, base.mean)
-  np.testing.assert_array_equal(leaked.std, base.std)
+  np.testing.assert_array_equal(leaked.scaler.mean, base.scaler.mean)
+  np.testing.assert_array_equal(leaked.scaler.std, base.scaler.std)
   assert leaked.values[n - 1, 0] > 1000  # transformed with the train statistics, not refitted
   df.loc[5, "c0"] = 1e6  # a train row does move them
   df.to_csv(tmp_path / "c.csv", index=False)
-  assert data.load_csv(tmp_path / "c.csv", name="c", split="ratio", seq_len=24).mean[0] != base.mean[0]
+  assert data.load_csv(tmp_path / "c.csv", name="c", split="ratio", seq_len=24).scaler.mean[0] != base.scaler.mean[0]
 
 
 def test_scaler_zero_std_and_parity_quirk(tmp_path):
@@ -260,10 +260,10 @@ def test_scaler_zero_std_and_parity_quirk(tmp_path):
   df["c1"] = 3.0
   df.to_csv(path, index=False)
   s = data.load_csv(path, name="q", split="ratio", seq_len=24)
-  assert s.std[1] == 1.0 and np.all(s.values[:, 1] == 0)
+  assert s.scaler.std[1] == 1.0 and np.all(s.values[:, 1] == 0)
   q = data.load_csv(path, name="q", split="ratio", seq_len=24, parity_quirk=True)
   assert q.borders["train"] == (1, 140)
-  assert q.mean[0] == np.arange(1, 140).mean()  # row 0 is left out of the fit too
+  assert q.scaler.mean[0] == np.arange(1, 140).mean()  # row 0 is left out of the fit too
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import tiny
+from conftest import new_state, tiny, train_step
 from flax import nnx
 from test_backbones import D, F, S, batch, count, forward, stage2
 
@@ -173,16 +173,14 @@ def test_stage2_step_trains_only_the_adapters():
   stats_before = [np.asarray(v) for v in jax.tree.leaves(nnx.state(model, nnx.BatchStat))]
   adapters_before = [np.asarray(v) for v in jax.tree.leaves(nnx.state(model, nnx.LoRAParam))]
   assert len(stats_before) == 2  # one distilling BatchNorm: running mean and variance
-  tx = steps.make_tx(steps.lr_schedule(1e-2, 10))
-  graphdef, state, frozen = steps.init_state(model, "adapt", tx, jax.random.key_data(jax.random.key(0)))
-  step = steps.make_train_step(graphdef, tx, segments=2, share_prefix_dropout=False, groups=1)
+  state, step = new_state(model), train_step(2, groups=1)
   for _ in range(2):
-    state, loss = step(state, frozen, batch(2), steps.training_segments([True, True]))
+    state, loss = step(state, batch(2), steps.training_segments([True, True]))
   assert np.isfinite(float(loss))
-  after = nnx.merge(graphdef, *state["params"], state["stats"], frozen)
+  after = state.model()
   for a, b in zip(before, frozen_weights(after), strict=True):
     np.testing.assert_array_equal(a, b)
-  for a, b in zip(stats_before, jax.tree.leaves(state["stats"]), strict=True):
+  for a, b in zip(stats_before, jax.tree.leaves(state.stats), strict=True):
     assert not np.array_equal(a, np.asarray(b))
   moved = [
     not np.array_equal(a, np.asarray(b))

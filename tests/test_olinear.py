@@ -10,12 +10,13 @@ import pytest
 from flax import nnx
 from scipy.special import erf
 
-from mola_jax import config_lib, data, plan, steps
+from mola_jax import config_lib, data, plan
 from mola_jax.inference import load_run
 from mola_jax.models import Ctx, build, layer_groups, predict, predict_per_segment, validate
 from mola_jax.models.adapters import SegmentDelta, no_adapter
 from mola_jax.models.olinear import Mixing, OLinear, lag_correlation, orthogonal_basis
 from mola_jax.models.techniques import HeadBank
+from mola_jax.state import TrainState
 from mola_jax.train import train_and_evaluate
 
 L, S, D, E = 96, 8, 5, 3  # the config's look-back L; E: the embedding width
@@ -202,8 +203,9 @@ def test_set_basis_fills_both_bases_from_the_training_rows():
 def test_the_bases_belong_to_the_frozen_backbone():
   base, model = stage2(segments=2)
   for m, stage in ((base, "pretrain"), (model, "adapt")):
-    _, (seg, train), stats, frozen = steps.split(m, stage)
-    assert {"basis_in", "basis_out"} <= set(frozen) and not {"basis_in", "basis_out"} & (set(train) | set(seg))
+    state = TrainState.create(m, stage)
+    assert {"basis_in", "basis_out"} <= set(state.frozen)
+    assert not {"basis_in", "basis_out"} & (set(state.train) | set(state.seg))
 
 
 def test_groups_and_ffn_shape():

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, tiny
+from conftest import REPO, new_state, tiny
 from flax import nnx
 
 from mola_jax import data, plan, steps
@@ -24,6 +24,7 @@ from mola_jax.data import DataError
 from mola_jax.errors import CheckpointError
 from mola_jax.models import build
 from mola_jax.models.techniques import TECHNIQUES
+from mola_jax.state import TrainState
 from mola_jax.train import train_and_evaluate
 
 
@@ -127,21 +128,19 @@ def test_a_filled_target_changes_neither_the_loss_nor_the_scores():
   trained parameters and the same eval sums; an observed value changes them."""
   cfg = tiny()
   model = build(plan.model_spec(cfg), channels=3, marks=4, pred_len=4, segments=2, rngs=nnx.Rngs(0))
-  tx = steps.make_tx(steps.lr_schedule(1e-2, 10))
-  graphdef, state, frozen = steps.init_state(model, "adapt", tx, jax.random.key_data(jax.random.key(0)))
-  step = jax.jit(steps.train_step_fn(graphdef, tx, segments=2, share_prefix_dropout=False))
-  evaluate = jax.jit(steps.eval_step_fn(graphdef, segments=2))
+  state = new_state(model)
+  step = jax.jit(steps.train_step_fn(steps.train_forecast(), steps.StepOptions(2)))
+  evaluate = jax.jit(steps.eval_step_fn(steps.StepOptions(2)))
   a = masked_batch()
   b = dict(a, y=np.where(a["y_observed"], a["y"], 1e6).astype(np.float32))  # wild values where filled
   c = dict(a, y=np.where(a["y_observed"], a["y"] + 1.0, a["y"]).astype(np.float32))  # observed ones moved
   segs = (np.arange(2, dtype=np.int32), np.ones(2, bool))
-  results = [step(jax.tree.map(np.copy, state), frozen, batch, segs) for batch in (a, b, c)]
+  results = [step(jax.tree.map(np.copy, state), batch, segs) for batch in (a, b, c)]
   np.testing.assert_array_equal(results[0][1], results[1][1])
   for x, y in zip(jax.tree.leaves(results[0][0]), jax.tree.leaves(results[1][0]), strict=True):
     np.testing.assert_array_equal(x, y)
   assert results[0][1] != results[2][1]
-  _, states = steps.eval_states(model)
-  sums = [evaluate(states, dict(batch, mask=np.ones(4, bool))) for batch in (a, b, c)]
+  sums = [evaluate(state.forecaster(), dict(batch, mask=np.ones(4, bool))) for batch in (a, b, c)]
   for key in ("sq", "abs", "scored"):
     np.testing.assert_array_equal(sums[0][key], sums[1][key])
   np.testing.assert_array_equal(sums[0]["scored"], a["y_observed"].sum(axis=(0, 2)))
@@ -152,15 +151,15 @@ def test_ms_scores_the_target_alone():
   """Under MS (target_only) the eval sums read the last channel only: an error in another channel is unseen."""
   cfg = tiny()
   model = build(plan.model_spec(cfg), channels=3, marks=4, pred_len=8, segments=0, rngs=nnx.Rngs(0))
-  graphdef, states = steps.eval_states(model, "pretrain")
+  states = TrainState.create(model, "pretrain")
   batch = dict(masked_batch(), mask=np.ones(4, bool))
   del batch["y_observed"]
   moved = dict(batch, y=batch["y"] + np.array([5.0, 5.0, 0.0], np.float32))  # every channel but the target
-  ms = jax.jit(steps.eval_step_fn(graphdef, segments=1, target_only=True))
-  m = jax.jit(steps.eval_step_fn(graphdef, segments=1))
+  ms = jax.jit(steps.eval_step_fn(steps.StepOptions(1, target_only=True)))
+  m = jax.jit(steps.eval_step_fn(steps.StepOptions(1)))
   np.testing.assert_array_equal(ms(states, batch)["sq"], ms(states, moved)["sq"])
   assert not np.array_equal(m(states, batch)["sq"], m(states, moved)["sq"])
-  pred = np.asarray(steps.make_predict_step(graphdef, segments=1)(states, batch))
+  pred = np.asarray(steps.make_predict_step(segments=1)(states, batch))
   np.testing.assert_allclose(ms(states, batch)["sq"], ((pred[..., -1] - batch["y"][..., -1]) ** 2).sum(0), rtol=1e-5)
 
 
@@ -194,8 +193,8 @@ def test_filled_values_stay_out_of_the_scaler(etth1):
   s = data.build_series(data.read_table(df, "ett", data_cfg(missing="ffill"), regular=True), name="e",
                         split="ratio", seq_len=24)  # fmt: skip
   train = etth1["OT"].iloc[: s.borders["train"][1]].drop(index=range(100, 200))
-  np.testing.assert_allclose(s.mean[-1], train.mean())
-  np.testing.assert_allclose(s.std[-1], train.std(ddof=0))
+  np.testing.assert_allclose(s.scaler.mean[-1], train.mean())
+  np.testing.assert_allclose(s.scaler.std[-1], train.std(ddof=0))
   window = data.window_source(s, "train", 24, 8)[180 - 24]  # targets at rows 180..187: filled
   assert not window["y_observed"][:, -1].any() and window["y_observed"][:, :-1].all()
 
@@ -322,15 +321,14 @@ def test_every_technique_trains_on_the_target_alone_under_ms(method):
   cfg = tiny()
   cfg.method = method
   model = build(plan.model_spec(cfg), channels=3, marks=4, pred_len=4, segments=2, rngs=nnx.Rngs(0))
-  tx = steps.make_tx(steps.lr_schedule(1e-2, 10))
-  graphdef, state, frozen = steps.init_state(model, "adapt", tx, jax.random.key_data(jax.random.key(0)))
+  state = new_state(model)
   batch = masked_batch()
   del batch["y_observed"]
   moved = dict(batch, y=batch["y"] + np.array([3.0, -2.0, 0.0], np.float32))  # every channel but the target
   segs = (np.arange(2, dtype=np.int32), np.ones(2, bool))
   for target_only, same in ((True, True), (False, False))[: 2 if method == "mola" else 1]:  # M's side: once
-    step = jax.jit(steps.train_step_fn(graphdef, tx, segments=2, share_prefix_dropout=False, target_only=target_only))
-    (_, a), (_, b) = (step(jax.tree.map(np.copy, state), frozen, x, segs) for x in (batch, moved))
+    step = jax.jit(steps.train_step_fn(steps.train_forecast(), steps.StepOptions(2, target_only=target_only)))
+    (_, a), (_, b) = (step(jax.tree.map(np.copy, state), x, segs) for x in (batch, moved))
     assert np.isfinite(a) and (a == b) == same, (method, target_only, a, b)
 
 

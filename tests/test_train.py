@@ -12,8 +12,9 @@ from conftest import tiny
 from flax import nnx
 
 from mola_jax import checkpointing, data, metrics, plan, steps
-from mola_jax.fit import fit
+from mola_jax.fit import RunSetup, fit
 from mola_jax.models import build
+from mola_jax.state import TrainState
 from mola_jax.stopping import SegmentStopper
 from mola_jax.train import train_and_evaluate
 
@@ -59,9 +60,8 @@ def test_a_real_stage2_fit_moves_only_the_adapters(graph, tmp_path, monkeypatch)
     )
     backbone = leaves(nnx.state(model, nnx.Not(nnx.LoRAParam)))
     adapters = leaves(nnx.state(model, nnx.LoRAParam))
-    log = metrics.MetricsLog(tmp_path / "m")
-    fit([model], stage, series=series, loops=[run_plan.loop], evaluations=[run_plan.evaluation],
-        workdirs=[tmp_path], metas=[{}], logs=[log])  # fmt: skip
+    run = RunSetup(tmp_path, {}, metrics.MetricsLog(tmp_path / "m"), run_plan.loop, run_plan.evaluation)
+    model = fit(model, stage, series=series, run=run)[0].model()
     after = leaves(nnx.state(model, nnx.Not(nnx.LoRAParam)))
   assert len(after) == len(backbone) > 10
   for a, b in zip(backbone, after, strict=True):
@@ -75,9 +75,9 @@ def test_stopped_segments_rows_stay_put_through_the_step():
   cfg = tiny()
   model = build(plan.model_spec(cfg), channels=7, marks=4, pred_len=8, segments=3, rngs=nnx.Rngs(0))
   tx = steps.make_tx(steps.lr_schedule(1e-2, 10))
-  graphdef, state, frozen = steps.init_state(model, "adapt", tx, jax.random.key_data(jax.random.key(0)))
-  seg_before, shared_before = leaves(state["params"][0]), leaves(state["params"][1])
-  step = steps.make_train_step(graphdef, tx, segments=3, share_prefix_dropout=False)
+  state = TrainState.create(model, "adapt", tx, jax.random.key_data(jax.random.key(0)))
+  seg_before, shared_before = leaves(state.seg), leaves(state.train)
+  step = jax.jit(steps.train_step_fn(steps.train_forecast(), steps.StepOptions(3)), donate_argnums=0)
   rng = np.random.default_rng(0)
   for skip in (False, True):  # the stopped segment masked out of the loss, or not computed at all
     for _ in range(2):
@@ -86,10 +86,10 @@ def test_stopped_segments_rows_stay_put_through_the_step():
         "x_mark": np.zeros((4, 96, 4), np.float32),
         "y": rng.standard_normal((4, 24, 7), np.float32),
       }
-      state, loss = step(state, frozen, batch, steps.training_segments([True, False, True], skip_stopped=skip))
+      state, loss = step(state, batch, steps.training_segments([True, False, True], skip_stopped=skip))
     assert np.isfinite(float(loss))
-  assert any(not np.array_equal(a, b) for a, b in zip(shared_before, leaves(state["params"][1]), strict=True))
-  for before, after in zip(seg_before, leaves(state["params"][0]), strict=True):
+  assert any(not np.array_equal(a, b) for a, b in zip(shared_before, leaves(state.train), strict=True))
+  for before, after in zip(seg_before, leaves(state.seg), strict=True):
     np.testing.assert_array_equal(before[1], after[1])
     assert not np.array_equal(before[0], after[0]) and not np.array_equal(before[2], after[2])
 
@@ -128,8 +128,8 @@ def test_a_non_finite_value_on_a_padded_row_does_not_reach_the_sums():
   """The eval step selects the real rows instead of multiplying by the mask (0 * nan = nan)."""
   cfg = tiny()
   model = build(plan.model_spec(cfg), channels=7, marks=4, pred_len=24, segments=0, rngs=nnx.Rngs(0))
-  graphdef, states = steps.eval_states(model)
-  step = steps.make_eval_step(graphdef, segments=1)
+  state = TrainState.create(model, "pretrain")
+  step = jax.jit(steps.eval_step_fn(steps.StepOptions(1)))
   rng = np.random.default_rng(0)
   batch = {
     "x": rng.standard_normal((4, 96, 7), np.float32),
@@ -137,10 +137,10 @@ def test_a_non_finite_value_on_a_padded_row_does_not_reach_the_sums():
     "y": rng.standard_normal((4, 24, 7), np.float32),
     "mask": np.array([True, True, True, False]),
   }
-  clean = step(steps.empty_acc(24), states, batch)
+  clean = step(state, batch)
   batch["x"][3] = np.nan  # the padded row
   batch["y"][3] = np.inf
-  dirty = step(steps.empty_acc(24), states, batch)
+  dirty = step(state, batch)
   assert np.isfinite(np.asarray(dirty["sq"])).all() and int(dirty["count"]) == 3
   np.testing.assert_allclose(np.asarray(dirty["sq"]), np.asarray(clean["sq"]), rtol=1e-6)
 
@@ -161,13 +161,14 @@ def test_eval_scores_every_window_once(data_dir):
   cfg = tiny()
   series = data.load_series(cfg.data)
   model = build(plan.model_spec(cfg), channels=7, marks=4, pred_len=96, segments=0, rngs=nnx.Rngs(0))
-  graphdef, states = steps.eval_states(model)
+  state = TrainState.create(model, "pretrain")
   src = data.window_source(series, "test", 96, 96)
-  acc = steps.empty_acc(96)
-  step = steps.make_eval_step(graphdef, segments=1)
+  acc = {"sq": np.zeros(96), "count": 0}
+  step = jax.jit(steps.eval_step_fn(steps.StepOptions(1)))
   windows = data.DeviceWindows(src)
   for idx, mask in zip(*data.eval_order(src, 32), strict=True):  # 87 full batches and one holding a single window
-    acc = step(acc, states, windows.take(idx, mask))
+    sums = step(state, windows.take(idx, mask))
+    acc = {"sq": acc["sq"] + np.asarray(sums["sq"]), "count": acc["count"] + int(sums["count"])}
   assert int(acc["count"]) == 2785
   # Same sums as a plain numpy pass over all windows.
   from mola_jax.models import Ctx, predict
@@ -250,12 +251,12 @@ def test_per_segment_selection_keeps_each_segments_best_epoch(tmp_path, monkeypa
   curves = np.array([r["val_mse_per_segment"] for r in records if r["stage"] == "adapt"])  # [epochs + 1, K]
   assert curves.shape == (5, 3)
 
-  from mola_jax.evaluation import evaluate_split
+  from mola_jax.evaluation import score_split
   from mola_jax.inference import load_run
 
   run, run_plan = load_run(tmp_path / "run"), plan.make(cfg)
   series = data.load_series(cfg.data)
-  val = evaluate_split(run.model, run_plan.final, series=series, evaluation=run_plan.evaluation, split="val")
+  val = score_split(run.state, run_plan.final, series=series, evaluation=run_plan.evaluation, split="val")
   np.testing.assert_allclose(val["per_segment_mse"], curves.min(axis=0), rtol=1e-5)
 
 

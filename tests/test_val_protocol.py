@@ -4,12 +4,16 @@ a small hand-made series with a forecaster that always says 0, so that every err
 
 from __future__ import annotations
 
+import dataclasses
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import tiny
 
-from mola_jax import config_lib, data, evaluation, steps
+from mola_jax import config_lib, data, plan, steps
+from mola_jax import evaluation as evaluation_lib
 from mola_jax.data.sources import WindowSource
 from mola_jax.errors import ConfigError
 from mola_jax.train import train_and_evaluate
@@ -30,8 +34,16 @@ def zero_one(states, batch):
           "count": jnp.sum(batch["mask"])}  # fmt: skip
 
 
-zero_forecaster = steps.eval_chunk(zero_one, seq_len=3, pred_len=4)  # an eval chunk, as the ones fit runs
-STATES = {"w": jnp.zeros((1, 1))}  # one run's (unused) states
+zero_forecaster = jax.jit(steps.eval_chunk_fn(zero_one, seq_len=3, pred_len=4))  # an eval chunk, as fit runs
+STATES = {"w": jnp.zeros(1)}  # the (unused) state
+FULL = plan.Evaluation(seq_len=3, batch_size=5, protocol="full", seed=0, compute_dtype="float32", intervals=())
+
+
+def score(dev, evaluation: plan.Evaluation, batch_size: int, epoch: int = 1) -> dict:
+  """A split's validation score as fit computes it (its batches, the eval chunk's sums, the protocol's mean)."""
+  idx, mask = evaluation_lib.val_batches(dev, evaluation, batch_size, epoch)
+  sums = evaluation_lib.batch_sums(zero_forecaster, STATES, dev.arrays, idx, mask)
+  return evaluation_lib.scores(sums, evaluation, segments=2, channels=2)
 
 
 def truth(src, i):
@@ -51,7 +63,7 @@ def test_the_official_order_shuffles_per_epoch_and_drops_the_last_partial_batch(
 
 def test_full_is_the_global_mean_and_official_the_mean_of_batch_means():
   src, dev = windows()
-  full = evaluation.evaluate(zero_forecaster, STATES, dev, batch_size=5, segments=2)[0]
+  full = score(dev, FULL, 5)
   every = np.stack([truth(src, i) for i in range(14)])  # [14, T, D]
   assert full["windows"] == 14
   np.testing.assert_allclose(full["mse"], (every**2).mean(), rtol=1e-6)
@@ -59,7 +71,7 @@ def test_full_is_the_global_mean_and_official_the_mean_of_batch_means():
     full["per_segment_mse"], [(every[:, :2] ** 2).mean(), (every[:, 2:] ** 2).mean()], rtol=1e-6
   )
 
-  official = evaluation.evaluate_official(zero_forecaster, STATES, dev, 4, 2, seeds=[3], epoch=2)[0]
+  official = score(dev, dataclasses.replace(FULL, protocol="official", seed=3), 4, epoch=2)
   batches = [np.stack([truth(src, i) for i in idx]) for idx in data.val_order(src, 4, seed=3, epoch=2)]
   assert official["windows"] == 12
   np.testing.assert_allclose(official["mse"], np.mean([(b**2).mean() for b in batches]), rtol=1e-6)

@@ -16,9 +16,9 @@ import types
 
 import numpy as np
 import pandas as pd
-from absl import logging
 
 from mola_jax.data import calendar, tables
+from mola_jax.data.scaler import Scaler
 from mola_jax.data.synthetic import synthetic_data
 from mola_jax.data.tables import read_frame
 from mola_jax.errors import DataError
@@ -269,34 +269,30 @@ class Series:
   marks: np.ndarray  # [rows, F] float32: the time features, then the standardised future covariates
   dates: np.ndarray  # [rows] datetime64[ns]
   columns: tuple[str, ...]  # channel names, the target last
-  mean: np.ndarray  # [D] float64 train mean
-  std: np.ndarray  # [D] float64 train population std (0 -> 1)
+  scaler: Scaler  # the training split's standardisation (data/scaler.py)
   borders: dict  # split_borders(...) result
   freq: str  # the time-feature freq used
   observed: np.ndarray | None = None  # [rows, D] bool: False where a value was filled in; None: all real
   covariates: tuple[str, ...] = ()  # the future covariates: the last len(covariates) columns of marks
-  covariate_mean: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))  # [C], train rows
-  covariate_std: np.ndarray = dataclasses.field(default_factory=lambda: np.ones(0))  # [C]
   grid: str | None = None  # the pandas frequency of the dates' regular grid; None: rows by position
   long: bool = False  # read from a long table (unique_id, ds, y)
 
-
-def _standardiser(part: np.ndarray, observed: np.ndarray | None, columns, origin) -> tuple[np.ndarray, np.ndarray]:
-  """(mean, std) [n] of the training rows `part` [rows, n], over observed values only; a constant column is
-  centred, not scaled (std 1)."""
-  if observed is None:
-    mean, std = part.mean(axis=0), part.std(axis=0)  # population std (ddof 0), like sklearn's StandardScaler
-  else:
-    real = np.where(observed, part, np.nan)
-    mean, std = np.nanmean(real, axis=0), np.nanstd(real, axis=0)
-  if (std == 0.0).any():  # dividing by 0 would make the column inf
-    constant = [str(c) for c, zero in zip(columns, std == 0.0, strict=True) if zero]
-    logging.warning(
-      "%s: column(s) %s are constant on the training split; they are centred but not scaled",
-      origin,
-      ", ".join(constant),
-    )
-  return mean, np.where(std == 0.0, 1.0, std)
+  def record(self) -> dict:
+    """What a run needs to read new data as it read these (scaler.json, mola_jax/inference.py): the columns,
+    the training scaler, the time features and the grid, where the rows end (a cycle's phase is counted from
+    there)."""
+    return {
+      "dataset": self.name,
+      "columns": list(self.columns),  # the target last
+      **self.scaler.to_json(),
+      "freq": self.freq,  # the time features'
+      "marks": int(self.marks.shape[1]),  # time features, then the future covariates
+      "covariates": list(self.covariates),
+      "grid": self.grid,  # the pandas frequency of the dates (None: a benchmark file, rows by position)
+      "last_date": str(self.dates[-1]),
+      "rows": len(self.dates),
+      "long": self.long,
+    }
 
 
 def build_series(
@@ -317,23 +313,20 @@ def build_series(
   borders = split_borders(split, n_rows, seq_len, parity_quirk=parity_quirk)
   train = slice(*borders["train"])  # the scalers see training rows only: no statistics leak from val/test
   observed = None if table.observed is None else table.observed[train]
-  mean, std = _standardiser(table.values[train], observed, table.columns, path)
-  cov_mean, cov_std = _standardiser(table.covariates[train], None, table.covariate_names, path)
-  covariates = ((table.covariates - cov_mean) / cov_std).astype(np.float32)  # [rows, C]
+  scaler = Scaler.fit(table.values[train], observed, table.covariates[train], names=table.columns,
+                      covariate_names=table.covariate_names, origin=path)  # fmt: skip
+  covariates = scaler.scale_covariates(table.covariates)  # [rows, C]
   return Series(
     name=name,
-    values=((table.values - mean) / std).astype(np.float32),  # [rows, D]
+    values=scaler.scale(table.values),  # [rows, D]
     marks=np.concatenate([calendar.time_features(table.dates, freq), covariates], axis=1),  # [rows, F]
     dates=table.dates,
     columns=table.columns,
-    mean=mean,
-    std=std,
+    scaler=scaler,
     borders=borders,
     freq=freq,
     observed=table.observed,
     covariates=table.covariate_names,
-    covariate_mean=cov_mean,
-    covariate_std=cov_std,
     grid=None if table.grid is None else table.grid.freq,
     long=table.long,
   )
@@ -411,7 +404,8 @@ def fingerprint(series: Series) -> str:
   """sha256 of what a run trains on (standardised values and their scaler, marks, dates, which values are real): a
   workdir holds the run of one series, and a rerun on other data must not resume it."""
   h = hashlib.sha256()
-  parts = (series.values, series.mean, series.std, series.marks, series.covariate_mean, series.covariate_std,
+  sc = series.scaler
+  parts = (series.values, sc.mean, sc.std, series.marks, sc.covariate_mean, sc.covariate_std,
            series.dates.astype("int64"), series.observed)  # fmt: skip
   for part in parts:
     h.update(b"-" if part is None else np.ascontiguousarray(part).tobytes())

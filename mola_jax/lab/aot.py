@@ -39,6 +39,7 @@ from mola_jax import workdir as workdir_lib
 from mola_jax.errors import ConfigError
 from mola_jax.lab import study
 from mola_jax.models import build
+from mola_jax.state import TrainState
 
 # HBM per chip, by a substring of jax's device_kind (the vendor's data sheets).
 HBM_BYTES = {"TPU v5 lite": 16 << 30, "TPU v6 lite": 32 << 30, "TPU v5": 95 << 30, "TPU v4": 32 << 30}
@@ -92,45 +93,29 @@ def sds(shape, dtype=jnp.float32) -> jax.ShapeDtypeStruct:
   return jax.ShapeDtypeStruct(tuple(shape), dtype)
 
 
-def one_run(tree):
-  """Abstract arrays with the leading run axis of one run (fit's programs take runs stacked)."""
-  return jax.tree.map(lambda x: sds((1, *x.shape), x.dtype), tree)
-
-
 def stage_programs(cfg, stage: plan.Stage, layout: sharding.Layout, shape: tuple, batches: tuple[int, int]):
   """Yield (program name, lowered) for the stage's train chunk and eval chunk on abstract inputs, as fit builds
-  them: one run, cfg.chunk_steps steps a call, the training split's rows held on the device."""
+  them: cfg.chunk_steps steps a call, the training split's rows held on the device."""
   channels, marks, rows, covariates = shape
   segments = stage.segments if stage.name == plan.ADAPT else 0
-  spec, seed, k = plan.model_spec(cfg), stage.seed, stage.segments
+  spec, k, run_plan = plan.model_spec(cfg), stage.segments, plan.make(cfg)
   make = lambda: build(spec, channels=channels, marks=marks, pred_len=stage.pred_len, segments=segments,
-                       rngs=nnx.Rngs(seed), covariates=covariates)  # fmt: skip
+                       rngs=nnx.Rngs(stage.seed), covariates=covariates)  # fmt: skip
   tx = steps.make_tx(steps.lr_schedule(stage.recipe.lr, 1000, stage.recipe.lr_decay))
-  graphdef, params, stats, frozen = steps.split(nnx.eval_shape(make), stage.name)
-  key = sds((2,), jnp.uint32)  # raw key data, as fit keeps it
-  state = one_run({"params": params, "opt": jax.eval_shape(tx.init, params), "stats": stats, "key": key})
+  new = lambda: TrainState.create(make(), stage.name, tx, jax.random.key_data(jax.random.key(0)))
+  state = sharding.abstract(jax.eval_shape(new), layout)
   (train_batch, eval_batch), c = batches, cfg.chunk_steps
-  common = {
-    "segments": k,
-    "seq_len": cfg.data.seq_len,
-    "pred_len": stage.window,
-    "runs": 1,
-    "compute_dtype": cfg.compute_dtype,
-    "groups": 1,
-    "layout": layout,
-  }  # groups: an accelerator's one
-  share = stage.name == plan.ADAPT and cfg.adapt.share_prefix_dropout
-  chunk = steps.make_train_chunk(graphdef, tx, share_prefix_dropout=share, **common)
   series = {"values": sds((rows, channels)), "marks": sds((rows, marks)), "start": sds((), jnp.int32)}
-  segs = (sds((1, k), jnp.int32), sds((1, k), jnp.bool_))
-  args = (series, sds((1, c, train_batch), jnp.int32), segs, sds((c,), jnp.bool_), sds((1,), jnp.bool_))
-  train_states = (sharding.abstract(state, layout, lead=1), sharding.abstract(one_run(frozen), layout, lead=1))
-  yield "train", chunk.lower(*train_states, *args)
-  evaluate = steps.make_eval_chunk(graphdef, **common)
-  states = sharding.abstract(one_run((*params, stats, frozen)), layout, lead=1)
+  args = sharding.abstract((series, sds((c, train_batch), jnp.int32), (sds((k,), jnp.int32), sds((k,), jnp.bool_)),
+                            sds((c,), jnp.bool_)), layout)  # fmt: skip
+  lengths = {"seq_len": cfg.data.seq_len, "pred_len": stage.window, "layout": layout}
+  chunk = steps.make_train_chunk(plan.step_options(stage, run_plan.loop), **lengths)
+  yield "train", chunk.lower(state, *args)
+  evaluate = steps.make_eval_chunk(plan.eval_options(stage, run_plan.evaluation), **lengths)
   e = steps.EVAL_CHUNK
-  mask = sds((1, e, eval_batch), jnp.bool_)
-  yield "eval", evaluate.lower(states, series, sds((1, e, eval_batch), jnp.int32), mask, sds((e,), jnp.bool_))
+  idx, mask = sds((e, eval_batch), jnp.int32), sds((e, eval_batch), jnp.bool_)
+  eval_args = sharding.abstract((idx, mask, sds((e,), jnp.bool_)), layout)
+  yield "eval", evaluate.lower(state.forecaster(), args[0], *eval_args)
 
 
 def compiled_row(lowered) -> dict:

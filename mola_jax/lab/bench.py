@@ -201,7 +201,7 @@ def compile_cold_warm(ctx: Context) -> None:
         setup = train_setup(ctx, prob, plan.ADAPT, seed=len(out))  # a fresh step: nothing cached in this process
         first = next(fit_batches(setup.windows, setup.batch_size, setup.seed))
         t0 = time.perf_counter()
-        setup.step.lower(setup.state, setup.frozen, first, setup.active).compile()
+        setup.step.lower(setup.state, first, setup.active).compile()
         out[name] = time.perf_counter() - t0
     finally:
       runtime.use_compile_cache(previous is not None, path=previous)
@@ -293,7 +293,7 @@ def train_steps(ctx: Context, setup, n: int) -> tuple[dict, float]:
   step = compile_step(ctx, setup)[0]
   state, losses = setup.state, []
   for batch in itertools.islice(fit_batches(setup.windows, setup.batch_size, setup.seed), n):
-    state, loss = step(state, setup.frozen, batch, setup.active)
+    state, loss = step(state, batch, setup.active)
     losses.append(loss)
   return state, float(np.mean(jax.device_get(losses[-max(1, n // 10) :])))
 
@@ -305,13 +305,13 @@ def trained(ctx: Context, prob, dtype: str) -> dict:
   s1 = train_setup(ctx, prob, plan.PRETRAIN, dtype=dtype, seed=0)
   n1 = ctx.st.accuracy_steps or data.num_train_batches(s1.windows, s1.batch_size)
   state, loss1 = train_steps(ctx, s1, n1)
-  m1 = nnx.merge(s1.graphdef, *state["params"], state["stats"], s1.frozen)
+  m1 = state.model()
   m2 = new_model(prob, plan.ADAPT, seed=1)
   nnx.update(m2, nnx.state(m1))  # the trained backbone; adapters as initialised (B = 0)
   s2 = train_setup(ctx, prob, plan.ADAPT, dtype=dtype, model=m2, seed=1)
   n2 = ctx.st.accuracy_steps or data.num_train_batches(s2.windows, s2.batch_size)
   state, loss2 = train_steps(ctx, s2, n2)
-  m2 = nnx.merge(s2.graphdef, *state["params"], state["stats"], s2.frozen)
+  m2 = state.model()
   return {
     "stage1_steps": n1, "stage2_steps": n2, "stage1_train_loss": loss1, "stage2_train_loss": loss2,
     "stage1_test_mse": measure_eval(ctx, prob, m1, stage=plan.PRETRAIN, dtype=dtype, repeats=one)["mse"],

@@ -20,8 +20,9 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from mola_jax import config_lib, data, evaluation, plan, runtime, steps
+from mola_jax import config_lib, data, evaluation, plan, steps
 from mola_jax.models import build, predict, predict_per_segment
+from mola_jax.state import TrainState
 
 
 def unshared_prefix(model, batch, ctx):
@@ -143,7 +144,7 @@ class Context:
     t0 = time.perf_counter()
     options = self.st.compiler_options
     compiled = fn.lower(*args).compile(compiler_options=options) if options else fn.lower(*args).compile()
-    info = {"compile_seconds": time.perf_counter() - t0, "cached": False} | runtime.compiled_cost(compiled)
+    info = {"compile_seconds": time.perf_counter() - t0, "cached": False} | compiled_cost(compiled)
     self.compiled[full] = compiled, info
     return compiled, info
 
@@ -178,17 +179,22 @@ def new_model(prob: Problem, stage: str, seed: int = 0) -> nnx.Module:
 class Setup:
   """One stage's train step and everything it is called with."""
 
-  step: object  # the jitted step (steps.make_train_step)
-  graphdef: object
-  tx: object
-  state: dict  # donated by the step: never reuse after a call
-  frozen: object
+  step: object  # the jitted step (variant_step)
+  state: TrainState  # donated by the step: never reuse after a call
+  opts: steps.StepOptions
   active: tuple  # the step's (segment ids, active mask): every segment trains
   windows: data.DeviceWindows  # the train split on the device
   batch_size: int
   segments: int
   seed: int
   key: tuple  # what the step closes over, for the compile cache (Context.aot)
+
+
+def variant_step(opts: steps.StepOptions, forward: str = "batched", groups=None):
+  """The train step of a benchmark variant, unjitted: the core's step (steps.train_step_fn) over the variant's
+  forecast (FORWARDS: one batched pass, the official K passes, or the prefix computed per segment) in `groups`
+  passes (None: the core's choice)."""
+  return steps.train_step_fn(steps.train_forecast(groups, FORWARDS[forward]), opts)
 
 
 def train_setup(ctx: Context, prob: Problem, stage: str, *, forward="batched", dtype=None, share_dropout=None,
@@ -201,15 +207,14 @@ def train_setup(ctx: Context, prob: Problem, stage: str, *, forward="batched", d
   model = model or ctx.model(prob, stage, seed)
   per_epoch = data.num_train_batches(src, recipe.batch_size)
   tx = steps.make_tx(steps.lr_schedule(recipe.lr, per_epoch, recipe.lr_decay, recipe.lr_decay_from))
-  graphdef, state, frozen = steps.init_state(model, stage, tx, jax.random.key_data(jax.random.key(seed)))
+  state = TrainState.create(model, stage, tx, jax.random.key_data(jax.random.key(seed)))
   state = jax.tree.map(jnp.copy, state)  # the step donates it; the model keeps its own arrays
   share = cfg.adapt.share_prefix_dropout if share_dropout is None else share_dropout
-  step = steps.make_train_step(
-    graphdef, tx, segments=k, share_prefix_dropout=share, forward=FORWARDS[forward], compute_dtype=dtype, groups=groups
-  )
+  opts = steps.StepOptions(k, compute_dtype=dtype, share_prefix_dropout=share)
+  step = jax.jit(variant_step(opts, forward, groups), donate_argnums=0)
   key = ("train", model_key(cfg), stage, forward, dtype or "float32", share, k, recipe.lr, per_epoch, groups)
   segs = steps.training_segments([True] * k)
-  return Setup(step, graphdef, tx, state, frozen, segs, data.DeviceWindows(src), recipe.batch_size, k, seed, key)
+  return Setup(step, state, opts, segs, data.DeviceWindows(src), recipe.batch_size, k, seed, key)
 
 
 def fit_batches(windows: data.DeviceWindows, batch_size: int, seed: int):
@@ -220,25 +225,22 @@ def fit_batches(windows: data.DeviceWindows, batch_size: int, seed: int):
 
 
 def chunk_program(ctx: Context, setup: Setup, forward: str, dtype, share_dropout, groups, steps_per_call: int):
-  """fit's own program for the setup (steps.make_train_chunk, one run), compiled, and its fixed arguments over the
-  epoch's first `steps_per_call` steps -> (run(state, _) -> (state, losses), stacked state, info)."""
+  """fit's own program for the setup (steps.train_chunk_fn over the variant's step), compiled, and its fixed
+  arguments over the epoch's first `steps_per_call` steps -> (run(state, _) -> (state, losses), state, info)."""
   w = setup.windows
-  program = steps.make_train_chunk(
-    setup.graphdef, setup.tx, segments=setup.segments, seq_len=w.seq_len, pred_len=w.pred_len, runs=1,
-    share_prefix_dropout=share_dropout, forward=FORWARDS[forward], compute_dtype=dtype, groups=groups,
-  )  # fmt: skip
-  idx = data.train_order(w, setup.batch_size, seed=setup.seed, epoch=1)[None, :steps_per_call]  # [1, C, B]
-  ids, active = setup.active
-  fixed = jax.device_put((w.arrays, idx, (ids[None], active[None]), np.ones(idx.shape[1], bool), np.ones(1, bool)))
-  state, frozen = steps.stack([setup.state]), steps.stack([setup.frozen])
-  compiled, info = ctx.aot(program, state, frozen, *fixed, key=setup.key + ("chunk", idx.shape[1]))
-  return (lambda st, _: compiled(st, frozen, *fixed)), state, info
+  opts = dataclasses.replace(setup.opts, share_prefix_dropout=share_dropout, compute_dtype=dtype)
+  chunk = steps.train_chunk_fn(variant_step(opts, forward, groups), seq_len=w.seq_len, pred_len=w.pred_len)
+  program = jax.jit(chunk, donate_argnums=0)
+  idx = data.train_order(w, setup.batch_size, seed=setup.seed, epoch=1)[:steps_per_call]  # [C, B]
+  fixed = jax.device_put((w.arrays, idx, setup.active, np.ones(idx.shape[0], bool)))
+  compiled, info = ctx.aot(program, setup.state, *fixed, key=setup.key + ("chunk", idx.shape[0]))
+  return (lambda st, _: compiled(st, *fixed)), setup.state, info
 
 
 def compile_step(ctx: Context, setup: Setup):
   """The setup's train step compiled ahead of time for its batches -> (executable, info)."""
   first = next(fit_batches(setup.windows, setup.batch_size, setup.seed))
-  return ctx.aot(setup.step, setup.state, setup.frozen, first, setup.active, key=setup.key)
+  return ctx.aot(setup.step, setup.state, first, setup.active, key=setup.key)
 
 
 def timed(run, state, inputs, *, windows_per_call: int, st: Settings, min_calls=None, warmup=None):
@@ -295,8 +297,8 @@ def measure_train(ctx: Context, prob: Problem, stage: str, *, mode="chunk", forw
     run, state, info = chunk_program(ctx, setup, forward, dtype, share and stage == plan.ADAPT, groups, per_call)
     inputs = itertools.repeat(None)
   else:
-    frozen, active, state = setup.frozen, setup.active, setup.state
-    run, inputs = (lambda st, batch: compiled(st, frozen, batch, active)), step_inputs(setup, mode)
+    active, state = setup.active, setup.state
+    run, inputs = (lambda st, batch: compiled(st, batch, active)), step_inputs(setup, mode)
   chunk = mode == "chunk"  # a call is many steps: its calibration call is warm-up enough
   timing, _ = timed(run, state, inputs, windows_per_call=b * per_call, st=ctx.st, min_calls=1 if chunk else None,
                     warmup=0 if chunk else None)  # fmt: skip
@@ -326,16 +328,19 @@ def measure_eval(ctx: Context, prob: Problem, model: nnx.Module, *, stage: str, 
   batch) -> {seconds, windows_per_s, compile_seconds, flops_per_batch, mse, per_step_mse}."""
   cfg, k = prob.cfg, 1 if stage == plan.PRETRAIN else prob.k
   src = data.window_source(prob.series, "test", cfg.data.seq_len, prob.s if stage == plan.PRETRAIN else prob.horizon)
-  graphdef, states = steps.eval_states(model, stage)
-  windows, size, states = data.DeviceWindows(src), cfg.data.eval_batch_size, steps.stack([states])
-  program = steps.make_eval_chunk(graphdef, segments=k, seq_len=src.seq_len, pred_len=src.pred_len,
-                                  forward=FORWARDS[forward], compute_dtype=dtype)  # fmt: skip
+  state = TrainState.create(model, stage)
+  windows, size = data.DeviceWindows(src), cfg.data.eval_batch_size
+  opts = steps.StepOptions(k, compute_dtype=dtype)
+  one = steps.eval_step_fn(opts, forward=FORWARDS[forward])
+  program = jax.jit(steps.eval_chunk_fn(one, seq_len=src.seq_len, pred_len=src.pred_len))
   e = steps.EVAL_CHUNK
-  args = jax.device_put((windows.arrays, np.zeros((1, e, size), np.int32),
-                         np.ones((1, e, size), bool), np.ones(e, bool)))  # fmt: skip
+  args = jax.device_put((windows.arrays, np.zeros((e, size), np.int32), np.ones((e, size), bool), np.ones(e, bool)))
   key = ("eval", model_key(cfg), stage, forward, dtype or "float32", k)
-  compiled, info = ctx.aot(program, states, *args, key=key)
-  run = lambda: evaluation.evaluate(compiled, states, windows, size, k)[0]
+  compiled, info = ctx.aot(program, state, *args, key=key)
+  ev = plan.Evaluation(src.seq_len, size, "full", 0, dtype or "float32", ())
+  idx, mask = data.eval_order(windows, size)
+  run = lambda: evaluation.scores(evaluation.batch_sums(compiled, state, windows.arrays, idx, mask), ev, segments=k,
+                                  channels=windows.values.shape[-1])  # fmt: skip
   result, seconds = run(), []  # the first: warm-up
   for _ in range(repeats or ctx.st.repeats):
     t0 = time.perf_counter()
@@ -347,3 +352,35 @@ def measure_eval(ctx: Context, prob: Problem, model: nnx.Module, *, stage: str, 
     "batches": data.num_eval_batches(src, size), "compile_seconds": info["compile_seconds"],
     "flops_per_batch": info["flops_per_call"], "mse": result["mse"], "per_step_mse": result["per_step_mse"],
   }  # fmt: skip
+
+
+def compiled_cost(compiled) -> dict:
+  """XLA's FLOPs and memory of a compiled program, per device: {flops_per_call, bytes_per_device (arguments +
+  outputs + temporaries - donated buffers; -1 where the platform reports none), temp_bytes, memory (the parts)}."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  mem = compiled.memory_analysis()
+  parts = (
+    "argument_size_in_bytes",
+    "output_size_in_bytes",
+    "temp_size_in_bytes",
+    "alias_size_in_bytes",
+    "generated_code_size_in_bytes",
+  )
+  memory = {k: int(getattr(mem, k)) for k in parts} if mem else {}
+  total = (
+    (
+      memory["argument_size_in_bytes"]
+      + memory["output_size_in_bytes"]
+      + memory["temp_size_in_bytes"]
+      - memory["alias_size_in_bytes"]
+    )
+    if memory
+    else -1
+  )
+  return {
+    "flops_per_call": float(cost.get("flops", float("nan"))) if cost else float("nan"),
+    "bytes_per_device": total,
+    "temp_bytes": memory.get("temp_size_in_bytes", -1),
+    "memory": memory,
+  }

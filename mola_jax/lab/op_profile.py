@@ -103,13 +103,13 @@ def main() -> None:
   batches = [setup.windows.take(idx) for idx in order[:8]]
   state = setup.state
   for i in range(5):
-    state, _ = step(state, setup.frozen, batches[i % 8], setup.active)
+    state, _ = step(state, batches[i % 8], setup.active)
   jax.block_until_ready(state)
   out = pathlib.Path(args.out or tempfile.mkdtemp(prefix="op_profile_"))
   t0 = time.perf_counter()
   with jax.profiler.trace(str(out)):
     for i in range(args.steps):
-      state, _ = step(state, setup.frozen, batches[i % 8], setup.active)
+      state, _ = step(state, batches[i % 8], setup.active)
     jax.block_until_ready(state)
   print(f"{args.stage} step: {(time.perf_counter() - t0) / args.steps * 1e3:.2f} ms while traced; trace in {out}")
   summarise(next(out.rglob("*.trace.json.gz")), hlo_text, args.steps, args.top)

@@ -35,7 +35,7 @@ import ml_collections
 import numpy as np
 from ml_collections import config_dict
 
-from mola_jax import data, plan, sharding
+from mola_jax import data, distributed, plan
 from mola_jax import workdir as workdir_lib
 from mola_jax.errors import ConfigError
 from mola_jax.lab import periods, study
@@ -104,7 +104,7 @@ def detect_periods(cfg, settings, horizons: list[int], workdir: pathlib.Path) ->
   series = data.load_series(cfg.data)
   train = series.values[slice(*series.borders["train"])]  # the training split only: nothing of val or test
   found = periods.dominant_periods(train, max_period=max(horizons) // 2)
-  if sharding.is_lead():
+  if distributed.is_lead():
     workdir_lib.write_json(workdir / "periods.json", {"periods": found, "rows": len(train)})
   print(f"[reproduce] periods of the training split: {found or 'none'}", flush=True)
   return found
@@ -181,7 +181,7 @@ def choose(book: Book, method: str, horizon: int, options, seed: int) -> None:
 
 
 def write(workdir: pathlib.Path, book: Book, rows: list[dict], seeds, horizons, methods) -> None:
-  lead = sharding.is_lead()
+  lead = distributed.is_lead()
   if lead:
     study.write_csv(workdir / "selection.csv", book.selection)
     study.write_csv(workdir / "table.csv", rows)

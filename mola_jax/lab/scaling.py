@@ -10,8 +10,9 @@ Writes DIR/scaling.csv (mesh, devices, global_batch, step_seconds, windows_per_s
 flops_per_step), DIR/scaling.json (the same rows plus the memory breakdown, FLOPs per device, compile time and
 the run's settings) and DIR/scaling.png (throughput and scaling efficiency against devices).
 
-* The step is the real one (steps.make_train_step under sharding.use), stage 2 by default: MoLA with K = T / S
-  segments, on real windows of the config's dataset. Weights are random: the cost does not depend on them.
+* The step is the real one (steps.train_step_fn, jitted under the layout by sharding.jit), stage 2 by default:
+  MoLA with K = T / S segments, on real windows of the config's dataset. Weights are random: the cost does not
+  depend on them.
 * bytes_per_device = arguments + outputs + temporaries - donated (aliased) buffers of the compiled program, per
   device. flops_per_step = the compiled per-device FLOPs x devices (XLA's cost analysis; CPU counts are
   approximate). step_seconds = throughput: of 3 repeats of `--study.steps` steps dispatched back to back (one
@@ -37,10 +38,11 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from mola_jax import config_lib, data, plan, runtime, sharding, steps
+from mola_jax import config_lib, data, distributed, plan, sharding, steps
 from mola_jax import workdir as workdir_lib
-from mola_jax.lab import study
+from mola_jax.lab import bench_setup, study
 from mola_jax.models import build
+from mola_jax.state import TrainState
 
 HOST_CALLS = 9  # timed chunk dispatches of the host-time measurement (the median is reported)
 REPEATS = 3  # timed repeats of `--study.steps` steps each; the median repeat's seconds per step is reported
@@ -107,14 +109,15 @@ def measure(layout, graphdef, host_state, batch, *, stage: str, segments: int, c
   with sharding.use(layout.mesh, layout.rules):
     model = nnx.merge(graphdef, jax.tree.map(np.asarray, host_state))  # new Variables: the step donates them
     sharding.place_model(model)
-    tx = steps.make_tx(steps.lr_schedule(cfg[stage].lr, 1000, cfg[stage].lr_decay))
-    graphdef, state, frozen = steps.init_state(model, stage, tx, jax.random.key_data(jax.random.key(cfg.seed)))
-    step = steps.make_train_step(graphdef, tx, segments=segments, share_prefix_dropout=cfg.adapt.share_prefix_dropout)
-    args = step.place(state, frozen, batch, steps.training_segments([True] * segments))
+    state = new_state(model, stage, cfg)
+    opts = steps.StepOptions(segments, share_prefix_dropout=cfg.adapt.share_prefix_dropout and stage == plan.ADAPT)
+    step = sharding.jit(steps.train_step_fn(steps.train_forecast(), opts), donate_argnums=0, layout=layout)
+    segs = sharding.replicate(steps.training_segments([True] * segments))
+    args = (state, sharding.global_batch(batch, layout), segs)
     t0 = time.perf_counter()
     compiled = step.lower(*args).compile()
     compile_seconds = time.perf_counter() - t0
-    cost = runtime.compiled_cost(compiled)
+    cost = bench_setup.compiled_cost(compiled)
     state, rest = args[0], args[1:]
     for _ in range(warmup):
       state, loss = compiled(state, *rest)
@@ -142,7 +145,7 @@ def measure(layout, graphdef, host_state, batch, *, stage: str, segments: int, c
     "memory": cost["memory"],
     "compile_seconds": compile_seconds,
     "step_seconds_repeats": seconds,
-    "loss": float(sharding.fetch(loss)),
+    "loss": float(distributed.fetch(loss)),
   }
 
 
@@ -153,14 +156,11 @@ def measure_host(layout, graphdef, host_state, src, batch_size: int, *, stage: s
   with sharding.use(layout.mesh, layout.rules):
     model = nnx.merge(graphdef, jax.tree.map(np.asarray, host_state))
     sharding.place_model(model)
-    tx = steps.make_tx(steps.lr_schedule(cfg[stage].lr, 1000, cfg[stage].lr_decay))
-    graphdef, state, frozen = steps.init_state(model, stage, tx, jax.random.key_data(jax.random.key(cfg.seed)))
-    state, frozen = steps.stack([state]), steps.stack([frozen])
-    windows = data.DeviceWindows(src)
+    state, windows = new_state(model, stage, cfg), data.DeviceWindows(src)
     order = data.train_order(windows, batch_size, seed=cfg.seed, epoch=1)  # [steps, B]
-    share = cfg.adapt.share_prefix_dropout and stage == plan.ADAPT
-    chunked, state = dispatch_seconds(graphdef, tx, state, frozen, windows, order, segments, share, c)
-    single, state = dispatch_seconds(graphdef, tx, state, frozen, windows, order, segments, share, 1)
+    opts = steps.StepOptions(segments, share_prefix_dropout=cfg.adapt.share_prefix_dropout and stage == plan.ADAPT)
+    chunked, state = dispatch_seconds(opts, state, windows, order, c, layout)
+    single, state = dispatch_seconds(opts, state, windows, order, 1, layout)
   return {
     "chunk_steps": c, "host_ms_per_call": chunked * 1e3, "host_ms_per_step": chunked * 1e3 / c,
     "host_ms_per_step_unchunked": single * 1e3,
@@ -176,26 +176,24 @@ def host_text(row: dict) -> str:
   )
 
 
-def dispatch_seconds(graphdef, tx, state, frozen, windows, order, segments: int, share: bool, c: int):
+def new_state(model, stage: str, cfg) -> TrainState:
+  tx = steps.make_tx(steps.lr_schedule(cfg[stage].lr, 1000, cfg[stage].lr_decay))
+  return TrainState.create(model, stage, tx, jax.random.key_data(jax.random.key(cfg.seed)))
+
+
+def dispatch_seconds(opts, state, windows, order, c: int, layout):
   """Median host seconds of a call of fit's chunk program of `c` steps (steps.make_train_chunk), with what fit
-  does per chunk (index arrays cut and replicated, the program bound once) -> (seconds, state). The device is
-  idle before each timed call, so only the host's work is timed: the call returns once the program is enqueued.
-  The first call compiles."""
-  chunk = steps.make_train_chunk(
-    graphdef, tx, segments=segments, seq_len=windows.seq_len, pred_len=windows.pred_len, runs=1,
-    share_prefix_dropout=share,
-  )  # fmt: skip
-  segs, series, seconds = steps.training_segments(np.ones((1, segments), bool)), windows.arrays, []
-  program = None
+  does per chunk (index arrays cut and replicated) -> (seconds, state). The device is idle before each timed call,
+  so only the host's work is timed: the call returns once the program is enqueued. The first call compiles."""
+  program = steps.make_train_chunk(opts, seq_len=windows.seq_len, pred_len=windows.pred_len, layout=layout)
+  segs, series, seconds = steps.training_segments(np.ones(opts.segments, bool)), windows.arrays, []
   for _ in range(HOST_CALLS + 1):
     jax.block_until_ready(state)
     t0 = time.perf_counter()
-    idx = np.zeros((1, c, order.shape[1]), np.int32)
+    idx = np.zeros((c, order.shape[1]), np.int32)
     n = min(c, len(order))
-    idx[:, :n] = order[:n]
-    args = (state, frozen, series, *sharding.replicate((idx, segs, np.arange(c) < n, np.ones(1, bool))))
-    program = program or sharding.bind(chunk, *args)  # once a stage and segment bucket, as fit does
-    state, losses = program(*args)
+    idx[:n] = order[:n]
+    state, losses = program(state, series, *sharding.replicate((idx, segs, np.arange(c) < n)))
     seconds.append(time.perf_counter() - t0)
   jax.block_until_ready((state, losses))
   return statistics.median(seconds[1:]), state
@@ -266,7 +264,7 @@ def run(cfg, workdir, *, meshes: str | None, batches: str, rules: str, stage: st
   mesh_list = parse_meshes(meshes, jax.device_count(), jax.process_count())
   graphdef, host_state, k, host_batches, src = model_and_batches(cfg, stage, batch_sizes)
   workdir = pathlib.Path(workdir)
-  lead = sharding.is_lead()
+  lead = distributed.is_lead()
   if lead:
     workdir.mkdir(parents=True, exist_ok=True)
   rows = []
@@ -275,7 +273,7 @@ def run(cfg, workdir, *, meshes: str | None, batches: str, rules: str, stage: st
       shape,
       sharding.MESH_AXES,
       axis_types=(jax.sharding.AxisType.Auto,) * 2,
-      devices=sharding.mesh_devices(math.prod(shape)),
+      devices=distributed.mesh_devices(math.prod(shape)),
     )
     layout = sharding.Layout(mesh, sharding.RULES[rules], rules)
     for b in batch_sizes:

@@ -14,9 +14,9 @@ import shutil
 
 import ml_collections
 
-from mola_jax import cli, sharding
+from mola_jax import cli, distributed
 from mola_jax import workdir as workdir_lib
-from mola_jax.train import train_runs
+from mola_jax.lab.side_by_side import train_runs
 
 
 def command(run, defaults: ml_collections.ConfigDict, workdir_help: str, *, multi_process: bool = True) -> None:
@@ -39,7 +39,7 @@ def command(run, defaults: ml_collections.ConfigDict, workdir_help: str, *, mult
 
 def save_settings(workdir: pathlib.Path, cfg, study) -> None:
   """The study's run config and its own settings (process 0 only)."""
-  if sharding.is_lead():
+  if distributed.is_lead():
     workdir.mkdir(parents=True, exist_ok=True)
     workdir_lib.write_text(workdir / "config.json", cfg.to_json_best_effort(indent=2))
     workdir_lib.write_text(workdir / "study.json", study.to_json_best_effort(indent=2))
@@ -56,14 +56,14 @@ def run_group(cfgs: list, workdirs: list) -> list[dict]:
   results, todo = {}, []
   for i, workdir in enumerate(workdirs):
     done = workdir / "results.json"
-    if sharding.agree(done.is_file()):  # every process takes process 0's view of the shared directory
+    if distributed.agree(done.is_file()):  # every process takes process 0's view of the shared directory
       results[i] = json.loads(done.read_text())
       continue
-    if workdir.exists() and sharding.is_lead():  # killed part-way: start the run over, not mix two partial runs
+    if workdir.exists() and distributed.is_lead():  # killed part-way: start the run over, not mix two partial runs
       shutil.rmtree(workdir)
     todo.append(i)
   if todo:
-    sharding.sync(f"fresh {workdirs[todo[0]]}")
+    distributed.sync(f"fresh {workdirs[todo[0]]}")
     trained = train_runs([cfgs[i] for i in todo], [workdirs[i] for i in todo])
     results.update(zip(todo, trained, strict=True))
   return [results[i] for i in range(len(workdirs))]

@@ -27,7 +27,7 @@ import pathlib
 import ml_collections
 import numpy as np
 
-from mola_jax import config_lib, plan, sharding
+from mola_jax import config_lib, distributed, plan
 from mola_jax import workdir as workdir_lib
 from mola_jax.errors import ConfigError
 from mola_jax.lab import study
@@ -117,7 +117,7 @@ def run(cfg, settings, workdir) -> list[dict]:
         print(f"[sweep {i}/{len(todo)}] {_name(point)} seeds={group}", flush=True)
         done.update({(same, seed): r for seed, r in zip(group, run_point(cfg, point, group, root), strict=True)})
     rows.append(row(cfg, point, [done[(same, seed)] for seed in seeds]))
-  if sharding.is_lead():
+  if distributed.is_lead():
     study.write_csv(root / "sweep.csv", rows)
     workdir_lib.write_text(root / "sweep.md", markdown(rows))
     plot(cfg, settings.mode, rows, grid, root)
