@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # ETTh1 test MSE/MAE of mtf and MoLA for PatchTST, the vanilla Transformer and DLinear at T = 96 and 336 (the
-# README's backbone table). Seed 2023, the official recipe with S fixed to its default option
+# table of docs/results.md §7). Seed 2023, the official recipe with S fixed to its default option
 # (`configs/etth1.py:fixed_s`: T=96 -> S=24, T=336 -> S=84; no choice on validation), TSLib's model sizes.
 #
 # Epoch caps: at TSLib's sizes (d_model 512, d_ff 2048) one epoch on the 2-core development CPU takes 1.5 min

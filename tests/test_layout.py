@@ -1,5 +1,6 @@
-"""The package's shape, as docs and reviews rely on it: every module is in the README's layout section, the core
-never imports the lab, and no function needs scrolling (60 lines at most; the config defaults excepted)."""
+"""The package's shape, as docs and reviews rely on it: every module is in the Layout section of
+docs/architecture.md, the core never imports the lab, and no function needs scrolling (60 lines at most; the config
+defaults excepted)."""
 
 from __future__ import annotations
 
@@ -17,11 +18,26 @@ def modules() -> list[pathlib.Path]:
   return sorted(p for p in PACKAGE.rglob("*.py") if "configs" not in p.parts)
 
 
-def test_every_module_is_in_the_readme_layout():
-  text = (REPO / "README.md").read_text()
-  layout = text[text.index("## Layout") :]
+def test_every_module_is_in_the_architecture_layout():
+  text = (REPO / "docs" / "architecture.md").read_text()
+  layout = text[text.index("## Layout") :].split("\n## ")[0]  # the section alone, up to the next one
   missing = [str(p.relative_to(PACKAGE)) for p in modules() if p.name != "__init__.py" and p.name not in layout]
-  assert not missing, f"README.md's Layout section does not list {missing}"
+  assert not missing, f"docs/architecture.md's Layout section does not list {missing}"
+
+
+def test_the_readme_is_a_front_page_and_the_docs_links_resolve():
+  """The README stays a front page (under 200 lines) whose test command is the one .ci/run runs, and every
+  relative link of the README, docs/ and launch/ names a file that exists."""
+  readme = (REPO / "README.md").read_text()
+  assert len(readme.splitlines()) < 200
+  ci = next(line for line in (REPO / ".ci" / "run").read_text().splitlines() if "pytest -q" in line)
+  assert ci.strip() in readme, ci
+  broken = []
+  for page in [REPO / "README.md", REPO / "launch" / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+    for target in re.findall(r"\]\(([^)#\s]+)", page.read_text()):
+      if "://" not in target and not (page.parent / target).exists():
+        broken.append(f"{page.relative_to(REPO)}: {target}")
+  assert not broken, broken
 
 
 def test_the_core_never_imports_the_lab():

@@ -1,6 +1,6 @@
 """A user's own data: target and feature modes, the calendar of the data's own frequency, known-future covariates,
-gaps (missing cells and rows) kept out of every loss and score, and many series in a long table; the README's
-"Your own data" examples run as written on the benchmark files."""
+gaps (missing cells and rows) kept out of every loss and score, and many series in a long table; the examples of
+docs/your_data.md run as written on the benchmark files."""
 
 from __future__ import annotations
 
@@ -41,25 +41,24 @@ def etth1(data_dir) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The README's examples, as written
+# The examples of docs/your_data.md, as written
 
 
-def readme_blocks() -> list[tuple[str, str]]:
-  text = (REPO / "README.md").read_text()
-  section = text[text.index("## Your own data") :]
-  section = section[: section.index("\n## ", 5)]
+def example_blocks() -> list[tuple[str, str]]:
+  text = (REPO / "docs" / "your_data.md").read_text()
+  section = text[text.index("## Examples") :].split("\n## ")[0]  # the section alone, up to the next one
   return re.findall(r"```(bash|python)\n(.*?)```", section, re.S)
 
 
 @pytest.fixture(scope="module")
-def readme_runs(tmp_path_factory, data_dir):
+def example_runs(tmp_path_factory, data_dir):
   """Every block of the section in order, in one folder holding ETTh1.csv -> (folder, {block index: stdout})."""
   here = tmp_path_factory.mktemp("own")
   (here / "ETTh1.csv").symlink_to(data_dir / "ETTh1.csv")
   env = dict(os.environ, PYTHONPATH=str(REPO), MOLA_DATA_DIR=str(data_dir))
   outputs = {}
-  for i, (kind, code) in enumerate(readme_blocks()):
-    if kind == "bash":  # `python` in the README is the interpreter that runs the suite
+  for i, (kind, code) in enumerate(example_blocks()):
+    if kind == "bash":  # `python` in the examples is the interpreter that runs the suite
       args = ["bash", "-euo", "pipefail", "-c", code.replace("python -m", f"{sys.executable} -m")]
     else:
       args = [sys.executable, "-c", code]
@@ -73,8 +72,8 @@ def read(here, run, name):
   return json.loads((here / "runs" / run / name).read_text())
 
 
-def test_readme_ms_and_s_on_etth1(readme_runs):
-  here, _ = readme_runs
+def test_example_ms_and_s_on_etth1(example_runs):
+  here, _ = example_runs
   ms, s = read(here, "ms", "scaler.json"), read(here, "s", "scaler.json")
   assert ms["columns"][-1] == "OT" and len(ms["columns"]) == 7  # MS: every series in, OT last
   assert s["columns"] == ["OT"]  # S: the target alone, its scaler fitted on it
@@ -85,21 +84,21 @@ def test_readme_ms_and_s_on_etth1(readme_runs):
     assert len(json.loads((here / "runs" / run / "conformal.json").read_text())["multiplier"][0][0]) == 1
 
 
-def test_readme_national_illness_gets_its_weekly_calendar(readme_runs):
-  here, _ = readme_runs
+def test_example_national_illness_gets_its_weekly_calendar(example_runs):
+  here, _ = example_runs
   scaler = read(here, "ili_weekly", "scaler.json")
   assert scaler["freq"] == "W-TUE" and scaler["marks"] == 2  # day of month, week of year
 
 
-def test_readme_gaps_are_filled_and_left_out(readme_runs):
-  here, outputs = readme_runs
+def test_example_gaps_are_filled_and_left_out(example_runs):
+  here, outputs = example_runs
   assert "24 row(s) of the hourly (h) series are missing" in "".join(outputs.values())
   assert np.isfinite(read(here, "gaps", "results.json")["test_mse"])
   assert read(here, "gaps", "scaler.json")["rows"] == 4000  # the missing day is back, filled
 
 
-def test_readme_covariates_and_long_tables(readme_runs):
-  here, outputs = readme_runs
+def test_example_covariates_and_long_tables(example_runs):
+  here, outputs = example_runs
   text = "".join(outputs.values())
   assert "OT_lower_80" in text and "unique_id" in text
   assert read(here, "plan", "scaler.json")["covariates"] == ["HUFL"]
@@ -286,10 +285,10 @@ def test_itransformer_segments_read_their_own_covariate_steps(graph):
     np.testing.assert_allclose(np.asarray(predict_per_segment(two, batch, Ctx(segments=2))), both, rtol=1e-5, atol=1e-6)
 
 
-def test_covariates_absent_from_the_horizon_are_one_line(readme_runs, tmp_path):
+def test_covariates_absent_from_the_horizon_are_one_line(example_runs, tmp_path):
   """The forecast CLI of a run with future covariates: a --future file that lacks a step, or none at all, ends
   with one error line naming the covariate, exit code 2, and no output."""
-  here, _ = readme_runs
+  here, _ = example_runs
   df = pd.read_csv(here / "ett.csv").iloc[:3800]
   df.to_csv(tmp_path / "hist.csv", index=False)
   plan_rows = pd.read_csv(here / "ett.csv").iloc[3800:3895][["date", "HUFL"]]  # one step short of 96
@@ -332,9 +331,9 @@ def test_every_technique_trains_on_the_target_alone_under_ms(method):
     assert np.isfinite(a) and (a == b) == same, (method, target_only, a, b)
 
 
-def test_a_long_csv_through_the_forecast_cli(readme_runs, tmp_path):
+def test_a_long_csv_through_the_forecast_cli(example_runs, tmp_path):
   """The forecast CLI on a long CSV answers long (origin, unique_id, ds, forecast, bounds) and plots each series."""
-  here, _ = readme_runs
+  here, _ = example_runs
   wide = pd.read_csv(here / "ett.csv").iloc[:1000]
   long = wide.melt(id_vars="date", var_name="unique_id", value_name="y").rename(columns={"date": "ds"})
   long.to_csv(tmp_path / "long.csv", index=False)
@@ -352,12 +351,12 @@ def test_a_long_csv_through_the_forecast_cli(readme_runs, tmp_path):
   assert len(list((tmp_path / "out").glob("forecast_*.png"))) == 7
 
 
-def test_the_exported_forecaster_takes_raw_covariates(readme_runs, tmp_path):
+def test_the_exported_forecaster_takes_raw_covariates(example_runs, tmp_path):
   """An exported S run with a future covariate: the covariate goes in in original units, after the time features,
   and the export forecasts what run.predict forecasts."""
   import mola_jax
 
-  here, _ = readme_runs
+  here, _ = example_runs
   out = tmp_path / "plan.jaxexport"
   proc = subprocess.run(
     [sys.executable, "-m", "mola_jax.export", "--workdir", str(here / "runs" / "plan"), "--out", str(out)],
