@@ -136,13 +136,13 @@ def call(key: str, cwd: str | None, fn: Callable, args: tuple, *deps) -> tuple:
 def _run_local(cells: list[Cell], tracker: Tracker) -> dict:
   results = {}
   for cell in cells:
-    tracker.event("start", cell.key, running=1)
+    tracker.event("start", cell.key)
     try:
       results[cell.key], seconds = call(cell.key, None, cell.fn, cell.args, *(results[d] for d in cell.deps))
     except BaseException:
       tracker.failed(cell.key)
       raise
-    tracker.done(cell.key, seconds, running=0)
+    tracker.done(cell.key, seconds)
   return results
 
 
@@ -151,21 +151,22 @@ def _run_ray(cells: list[Cell], settings, tracker: Tracker) -> dict:
   options = resources(settings.cell_resources)
   ray.init(address=settings.ray_address or None, runtime_env=runtime_env(), log_to_driver=False)
   try:
-    slots = capacity(ray.cluster_resources(), json.loads(settings.cell_resources))
-    tracker.say(f"{len(cells)} cells on Ray ({slots} at a time, each {settings.cell_resources}); cells' output in "
-                f"the Ray session's logs/worker-*.out")  # fmt: skip
-    task = ray.remote(call).options(max_retries=MAX_RETRIES, retry_exceptions=False, **options)
+    tracker.slots = capacity(ray.cluster_resources(), json.loads(settings.cell_resources))
+    tracker.say(f"{len(cells)} cells on Ray ({tracker.slots} at a time, each {settings.cell_resources}); the "
+                "cells' output is in the Ray session's logs/worker-*.out")  # fmt: skip
+    # Two returns: the result, which the dependent cells take (an ObjectRef), and the cell's seconds.
+    task = ray.remote(num_returns=2, max_retries=MAX_RETRIES, retry_exceptions=False, **options)(call)
     refs, pending, cwd = {}, {}, os.getcwd()
     for cell in cells:
       fn = importable(cell.fn)
-      ref = task.options(name=cell.key).remote(cell.key, cwd, fn, cell.args, *(refs[d] for d in cell.deps))
-      refs[cell.key], pending[ref] = ref, cell.key
+      value, seconds = task.options(name=cell.key).remote(cell.key, cwd, fn, cell.args, *(refs[d] for d in cell.deps))
+      refs[cell.key], pending[seconds] = value, cell.key
     results = {}
     while pending:
       [ref], _ = ray.wait(list(pending), num_returns=1)
       key = pending.pop(ref)
       try:
-        results[key], seconds = ray.get(ref)
+        results[key], seconds = ray.get([refs[key], ref])
       except ray.exceptions.RayError as e:
         tracker.failed(key)
         for other in pending:
@@ -174,7 +175,7 @@ def _run_ray(cells: list[Cell], settings, tracker: Tracker) -> dict:
         if isinstance(cause, cli.USER_ERRORS + (Diverged,)):
           raise cause from None  # the user's one line, not the remote traceback
         raise
-      tracker.done(key, seconds, running=min(tracker.ready(), slots))
+      tracker.done(key, seconds)
     return results
   finally:
     ray.shutdown()
@@ -213,10 +214,10 @@ class Tracker:
     self.cells = {c.key: c for c in cells}
     self.deps = {c.key: tuple(c.deps) for c in cells}
     self.seconds, self.failures, self.t0 = {}, set(), time.perf_counter()
-    self.workdir = workdir
+    self.workdir, self.slots = workdir, 1  # slots: how many cells run at once
 
   def ready(self) -> int:
-    """Cells not done whose dependencies are (running, or waiting for a free worker)."""
+    """Cells not done whose dependencies are: running (as many as there are slots), or about to."""
     return sum(k not in self.seconds and all(d in self.seconds for d in deps) for k, deps in self.deps.items())
 
   def estimate(self) -> float | None:
@@ -232,8 +233,9 @@ class Tracker:
     guess = {k: self.seconds.get(k, mean(kinds.get(c.kind, [overall]))) for k, c in self.cells.items()}
     return graph.critical_path(guess, self.deps)[0]
 
-  def event(self, what: str, key: str, running: int) -> None:
+  def event(self, what: str, key: str) -> None:
     done, failed = len(self.seconds), len(self.failures)
+    running = 0 if failed else min(self.ready(), self.slots)
     waiting = len(self.cells) - done - failed - running
     path = self.estimate()
     path = f" · critical path ≈ {graph.duration(path)}" if path is not None else ""
@@ -243,13 +245,13 @@ class Tracker:
   def say(self, text: str) -> None:
     print(f"[study {graph.duration(time.perf_counter() - self.t0)}] {text}", flush=True)
 
-  def done(self, key: str, seconds: float, running: int) -> None:
+  def done(self, key: str, seconds: float) -> None:
     self.seconds[key] = seconds
-    self.event(f"done ({graph.duration(seconds)})", key, running)
+    self.event(f"done ({graph.duration(seconds)})", key)
 
   def failed(self, key: str) -> None:
     self.failures.add(key)
-    self.event("FAILED", key, running=0)
+    self.event("FAILED", key)
 
   def close(self) -> None:
     """graph.json (the seconds of earlier invocations added: a cell reused now took its time then), and the
