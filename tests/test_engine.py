@@ -280,7 +280,8 @@ def test_unfinished_runs_resume_only_with_their_config_and_group(tmp_path):
 def test_engine_settings_are_checked_and_ray_missing_is_one_line(monkeypatch, capsys):
   s = reproduce.defaults()
   assert s.engine == "local" and engine.resources(s.cell_resources) == {"num_cpus": 1}
-  assert engine.resources('{"GPU": 1, "TPU": 4}') == {"num_gpus": 1, "resources": {"TPU": 4}}
+  assert engine.resources('{"GPU": 1}') == {"num_gpus": 1, "max_calls": 1}
+  assert engine.resources('{"CPU": 8, "TPU": 4}') == {"num_cpus": 8, "resources": {"TPU": 4}, "max_calls": 1}
   for bad in ("{}", "GPU=1", '{"GPU": -1}', '["CPU"]'):
     with pytest.raises(ConfigError, match="cell_resources"):
       engine.resources(bad)

@@ -94,7 +94,10 @@ def resources(text: str) -> dict:
   special = {"CPU": "num_cpus", "GPU": "num_gpus", "memory": "memory"}
   out = {special[k]: v for k, v in asked.items() if k in special}
   custom = {k: v for k, v in asked.items() if k not in special}
-  return out | ({"resources": custom} if custom else {})
+  # A process keeps the devices its jax opened, and Ray points each cell at its own (CUDA_VISIBLE_DEVICES,
+  # TPU_VISIBLE_CHIPS): a cell on an accelerator gets a fresh worker process (Ray's default for GPUs).
+  fresh = {"max_calls": 1} if {"GPU", "TPU"} & {k for k, v in asked.items() if v} else {}
+  return out | ({"resources": custom} if custom else {}) | fresh
 
 
 def _ray():
