@@ -73,6 +73,10 @@ def check(settings) -> None:
   if settings.engine not in ENGINES:
     raise ConfigError(f"unknown study.engine {settings.engine!r}; use local or ray")
   if settings.engine == "ray":
+    import jax
+
+    if jax.process_count() > 1:
+      raise ConfigError("study.engine=ray runs each cell as one process; start the driver without jax.distributed")
     resources(settings.cell_resources)
     _ray()
 
