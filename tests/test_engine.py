@@ -277,6 +277,29 @@ def test_unfinished_runs_resume_only_with_their_config_and_group(tmp_path):
   assert resumes(["a"]) == [True]
 
 
+def add(*xs):
+  time.sleep(0.01)
+  return sum(xs)
+
+
+def test_the_local_engine_runs_cells_in_order_with_their_dependencies_results(tmp_path, capsys):
+  cells = [engine.Cell("a", add, (1,)), engine.Cell("b", add, (2,)), engine.Cell("c", add, (10,), ("a", "b"), "sum")]
+  s = reproduce.defaults()
+  assert engine.run(cells, s, tmp_path) == {"a": 1, "b": 2, "c": 13}
+  out = capsys.readouterr().out
+  assert "start c · 2/3 done, 1 running, 0 waiting, 0 failed" in out and "critical path" in out
+  first = json.loads((tmp_path / "graph.json").read_text())["cells"]
+  assert first["c"]["deps"] == ["a", "b"] and all(c["seconds"] >= 0.01 for c in first.values())
+  engine.run(cells, s, tmp_path)  # a rerun adds its seconds: a cell reused then took its time before
+  again = json.loads((tmp_path / "graph.json").read_text())["cells"]
+  assert all(again[k]["seconds"] >= first[k]["seconds"] + 0.01 for k in first)
+  with pytest.raises(TypeError):
+    engine.run([*cells, engine.Cell("d", add, ("x",), ("c",))], s, tmp_path)
+  assert "FAILED d" in capsys.readouterr().out
+  with pytest.raises(ValueError, match="after its dependencies"):
+    engine.run(cells[::-1], s, tmp_path)
+
+
 def test_engine_settings_are_checked_and_ray_missing_is_one_line(monkeypatch, capsys):
   s = reproduce.defaults()
   assert s.engine == "local" and engine.resources(s.cell_resources) == {"num_cpus": 1}

@@ -134,6 +134,9 @@ def call(key: str, cwd: str | None, fn: Callable, args: tuple, *deps) -> tuple:
   """A cell, where it runs: (its result, its seconds). `cwd`: the driver's directory (under Ray)."""
   if cwd is not None:
     print(f"[cell] {key}: start (pid {os.getpid()} on {socket.gethostname()})", flush=True)
+    if not os.path.isdir(cwd):
+      raise ConfigError(f"{socket.gethostname()} has no {cwd}, the driver's directory; run the study from a folder "
+                        "every node sees at the same path")  # fmt: skip
     os.chdir(cwd)  # the study's relative paths (workdirs, data, init_from) mean what they mean to the driver
   t0 = time.perf_counter()
   value = fn(*args, *deps)

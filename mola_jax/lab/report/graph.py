@@ -118,11 +118,13 @@ def markdown(studies: list) -> str:
 
 
 def main(argv: list[str]) -> None:
+  from mola_jax import cli
+
   if not argv:
-    sys.exit("usage: python -m mola_jax.lab.report.graph STUDY_DIR [STUDY_DIR ...]")
+    cli.fail("usage: python -m mola_jax.lab.report.graph STUDY_DIR [STUDY_DIR ...]")
   missing = [d for d in argv if not (pathlib.Path(d) / "graph.json").is_file()]
   if missing:
-    sys.exit(f"error: no graph.json in {', '.join(missing)}; run the study (mola_jax.lab.reproduce or sweep) first")
+    cli.fail(f"no graph.json in {', '.join(missing)}; run the study (mola_jax.lab.reproduce or sweep) first")
   print(markdown(argv), end="")
 
 
