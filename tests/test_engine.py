@@ -10,6 +10,7 @@ import fcntl
 import json
 import os
 import pathlib
+import shutil
 import signal
 import socket
 import subprocess
@@ -58,14 +59,14 @@ def config_file(tmp_path_factory):
 def cluster(data_dir):
   """A Ray cluster on this machine for the module (`ray start --head`, two CPUs), joined through RAY_ADDRESS;
   yields its logs folder. A short temp dir: Ray's socket paths must stay under 108 bytes."""
-  pytest.importorskip("ray")
   tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
   head = subprocess.Popen(
-    ["ray", "start", "--head", "--block", "--num-cpus=2", "--node-ip-address=127.0.0.1", f"--port={port}",
-     f"--temp-dir={tmp}", "--include-dashboard=false", "--disable-usage-stats"],
+    [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--num-cpus=2",  # `ray start`
+     "--node-ip-address=127.0.0.1", f"--port={port}", f"--temp-dir={tmp}", "--include-dashboard=false",
+     "--disable-usage-stats"],
     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
   )  # fmt: skip
   before = os.environ.get("RAY_ADDRESS")
@@ -86,6 +87,7 @@ def cluster(data_dir):
   finally:
     os.killpg(head.pid, signal.SIGKILL)  # the head's processes; its workers end when their raylet does
     head.wait()
+    shutil.rmtree(tmp, ignore_errors=True)
     os.environ.pop("RAY_ADDRESS") if before is None else os.environ.update(RAY_ADDRESS=before)
 
 

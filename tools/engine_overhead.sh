@@ -14,7 +14,7 @@ pairs=${2:-2}
 mkdir -p "$out"
 tmp=$(mktemp -d /tmp/rayXXXXXX)  # short: Ray's socket paths must stay under 108 bytes
 port=$(python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-setsid ray start --head --block --num-cpus=2 --node-ip-address=127.0.0.1 --port="$port" --temp-dir="$tmp" \
+setsid python -m ray.scripts.scripts start --head --block --num-cpus=2 --node-ip-address=127.0.0.1 --port="$port" --temp-dir="$tmp" \
   --include-dashboard=false --disable-usage-stats >"$out/ray.log" 2>&1 &
 head=$!
 trap 'kill -9 -- -$head 2>/dev/null; rm -rf "$tmp"' EXIT

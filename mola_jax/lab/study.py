@@ -1,6 +1,6 @@
 """What the study drivers share: their command line (`--config`, `--workdir`, `--study.*`), a finished run's
-reuse (in the study, or in another study that made the very same run), the identities that decide "the same
-run", and their CSV files.
+reuse (in the study, or in another study that made the very same run), an unfinished run's resume, the identities
+that decide "the same run", and their CSV files. How a study's cells run (here, or as Ray tasks): engine.py.
 
 Every study writes its run config (config.json) and its own settings (study.json) into its directory.
 """
