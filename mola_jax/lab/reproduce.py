@@ -22,8 +22,8 @@ series' dominant period, detected on the training split (lab/periods.py; periods
 skips finished cells and resumes unfinished ones from their resume checkpoints (one of another config starts
 over). With --study.seeds_in_one_program=True the seeds of a cell train side by side in one program
 (lab/side_by_side.train_runs), every seed on every S option (the first seed's validation still alone picks S),
-each in the workdir a serial run writes. On several processes (jax.distributed) every cell trains on all of them and process
-0 writes.
+each in the workdir a serial run writes. On several processes (jax.distributed) every cell trains on all of
+them and process 0 writes.
 
 The cells form a graph (graph(); graph.json in DIR): stage 1 per (S, seed) feeds stage 2 per (method, T, S,
 seed); mtf per (T, seed) stands alone; a later seed's cells wait on the first seed's option cells, whose
