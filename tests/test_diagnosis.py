@@ -128,3 +128,20 @@ def test_the_figures_of_a_real_pair_agree_with_its_records(tmp_path, monkeypatch
     np.testing.assert_allclose(w.sum(axis=1), 1.0, rtol=1e-6)
   fresh = build(plan.model_spec(synthetic("mola")), channels=7, marks=4, pred_len=16, segments=3, rngs=nnx.Rngs(0))
   assert all((n == 0).all() for n in diagnosis.update_norms(fresh).values())  # B = 0: the copy itself
+
+
+def test_the_options_report_judges_on_validation_and_counts_horizons_at_or_below_mtf(tmp_path, capsys):
+  """A baseline and an option study (made up as lab/reproduce.py writes them): the option's MoLA is lower on
+  validation at every horizon, the baseline's at none."""
+  from test_report import make_study
+
+  from mola_jax.lab.report import options
+
+  mtf = [[0.2, 0.2, 0.4, 0.4]] * 3
+  base = make_study(tmp_path, "base", "ETTh1", mtf, [[0.2, 0.5]] * 3, {"mtf": 1.0, "mola": 1.1})
+  better = make_study(tmp_path, "better", "ETTh1", mtf, [[0.2, 0.3]] * 3, {"mtf": 1.0, "mola": 0.9})
+  assert options.means(better, "mola", "val_mse") == {4: 0.9, 8: 0.9, 12: 0.9, 16: 0.9}
+  options.main([base, better])
+  out = capsys.readouterr().out
+  assert "| 4 | 1.0000 | 1.1000 | **0.9000** |" in out and "| ≤ mtf | | 0/4 | 4/4 |" in out
+  assert "| mean | 0.3000 | 0.3500 | 0.2500 |" in out  # test: (0.2 + 0.5) / 2 and (0.2 + 0.3) / 2
