@@ -66,6 +66,7 @@ def test_per_segment_selection_keeps_each_segments_best_while_it_trained():
   curve = np.array([[1.0, 2.0], [0.9, 2.1], [0.95, 2.2], [0.5, 1.0]])  # segment 1 stops after two worse epochs
   np.testing.assert_allclose(diagnosis.selected_per_segment(curve, "any_improved", 1, 2), [0.9, 2.1])
   np.testing.assert_allclose(diagnosis.selected_per_segment(curve, "per_segment", 3, 2), [0.5, 2.0])
+  np.testing.assert_array_equal(curve[0], [1.0, 2.0])  # the curve itself is left as it was
 
 
 def test_a_study_is_read_cell_by_cell_and_counted(tmp_path, capsys):

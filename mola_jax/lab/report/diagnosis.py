@@ -68,7 +68,7 @@ def selected_per_segment(curve: np.ndarray, selection: str, best_epoch: int, pat
   row (any_improved), or each segment's own best while it trained (per_segment: the stopper replayed)."""
   if selection != "per_segment":
     return curve[best_epoch]
-  stopper = SegmentStopper(curve[0], patience)
+  stopper = SegmentStopper(curve[0].copy(), patience)  # it keeps its best in the array it is given
   for row in curve[1:]:
     stopper.update(row)
   return stopper.best
