@@ -6,6 +6,7 @@
 #
 #   bash docs/diagnosis_study.sh runs/diag etth1:cyclenet national_illness:cyclenet national_illness
 #   OPTIONS="heads heads_ps" bash docs/diagnosis_study.sh runs/diag etth1:cyclenet
+#   EXTRA="--study.horizons=(96,)" bash docs/diagnosis_study.sh runs/diag etth1    # more study flags, e.g. one T
 #   python -m mola_jax.lab.report.diagnosis runs/diag/etth1-cyclenet runs/diag/etth1-cyclenet-heads
 #   python -m mola_jax.lab.report.segments ... / backbones runs/diag    # the test and validation tables
 set -euo pipefail
@@ -26,8 +27,9 @@ for config in "$@"; do
       workdir="$base-$option"
     fi
     start=$(date +%s)
+    # shellcheck disable=SC2086  # EXTRA: flags split on spaces
     python -m mola_jax.lab.reproduce --config "$config" --study.methods='("mtf","mola")' "${flags[@]}" \
-      --workdir "$workdir"
+      ${EXTRA:-} --workdir "$workdir"
     echo "$name $option: $(( $(date +%s) - start )) s wall" | tee -a "$out/wall_seconds.txt"
   done
 done

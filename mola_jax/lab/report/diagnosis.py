@@ -276,7 +276,7 @@ def cell_lines(name: str, figs: list[dict]) -> list[str]:
     f"**{name}**: {pair_verdict(m)} (per seed: {', '.join(f['verdict'] for f in figs)}). "
     f"Validation: copy {m['val_copy']:.4f} → epoch 1 {m['val_first']:.4f} → MoLA {m['val_mola']:.4f}; mtf "
     f"{m['val_mtf']:.4f} (moved {100 * m['moved']:+.2f}% of the copy, closed {_pct(m['closed'])} of its gap to mtf, "
-    f"{_pct(m['first_share'])} of the move in epoch 1). Test: MoLA {m['test_mola']:.4f}, mtf {m['test_mtf']:.4f}, "
+    f"{_first(m['first_share'])}). Test: MoLA {m['test_mola']:.4f}, mtf {m['test_mtf']:.4f}, "
     f"copy {_num(m['test_copy'])}."
   )
   return [head, "", *SEGMENT_HEADER, *segment_rows(figs), "", *layer_lines(figs)]
@@ -290,6 +290,12 @@ def cell_summary(figs: list[dict]) -> dict:
 def _nanmean(values) -> float:
   finite = [v for v in values if np.isfinite(v)]
   return float(np.mean(finite)) if finite else np.nan
+
+
+def _first(share: float) -> str:
+  if not np.isfinite(share):
+    return "too small a move to split by epoch"
+  return "epoch 1 moved it the other way" if share < 0 else f"{100 * share:.0f}% of the move in epoch 1"
 
 
 def _pct(x: float) -> str:
