@@ -42,3 +42,24 @@ def test_both_stages_compile_for_a_v5e_slice_and_fit_its_memory(tmp_path):
   flops = {(r["rules"], r["stage"], r["program"]): float(r["flops_per_chip"]) for r in rows}
   ratio = flops[("segment", "pretrain", "train")] / flops[("data_parallel", "pretrain", "train")]
   assert 1.6 < ratio < 2.4
+
+
+def test_seeds_side_by_side_put_one_run_on_each_chip(tmp_path):
+  """--study.runs=8 on a v5e-8: seeds_in_one_program's run axis across the chips. Each chip holds and computes one
+  run, as one run alone on one chip does, so the per-chip memory and FLOPs of the 8-run program are one run's."""
+  rows = {}
+  for runs in (8, 1):
+    proc = subprocess.run(
+      [sys.executable, "-m", "mola_jax.lab.aot", "--config", "synthetic", "--config.method=mtf",
+       "--study.topology=v5e:2x4", f"--study.runs={runs}", "--workdir", str(tmp_path / f"runs{runs}")],
+      cwd=REPO, capture_output=True, text=True, timeout=600, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows[runs] = {r["program"]: r for r in csv.DictReader((tmp_path / f"runs{runs}" / "aot.csv").open())}
+  for program in ("train", "eval"):
+    many, one = rows[8][program], rows[1][program]
+    assert many["rules"] == "runs" and many["mesh"] == "runs=8" and many["chips"] == "8", many
+    assert float(many["flops_per_chip"]) == pytest.approx(float(one["flops_per_chip"]), rel=0.05)
+    # Not eight runs' state on a chip: within 10% of one run's bytes (the 8-run program keeps its outputs apart).
+    assert int(many["argument_bytes"]) == pytest.approx(int(one["argument_bytes"]), rel=0.1)
+    assert int(many["total_bytes"]) < 1.1 * int(one["total_bytes"])

@@ -33,11 +33,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
 from mola_jax import data, plan, runtime, sharding, steps
 from mola_jax import workdir as workdir_lib
 from mola_jax.errors import ConfigError
-from mola_jax.lab import study
+from mola_jax.lab import side_by_side, study
 from mola_jax.models import build
 from mola_jax.state import TrainState
 
@@ -93,17 +94,24 @@ def sds(shape, dtype=jnp.float32) -> jax.ShapeDtypeStruct:
   return jax.ShapeDtypeStruct(tuple(shape), dtype)
 
 
-def stage_programs(cfg, stage: plan.Stage, layout: sharding.Layout, shape: tuple, batches: tuple[int, int]):
-  """Yield (program name, lowered) for the stage's train chunk and eval chunk on abstract inputs, as fit builds
-  them: cfg.chunk_steps steps a call, the training split's rows held on the device."""
-  channels, marks, rows, covariates = shape
+def abstract_state(cfg, stage: plan.Stage, shape: tuple) -> TrainState:
+  """The stage's train state as shapes and dtypes (jax.eval_shape: nothing is allocated)."""
+  channels, marks, _, covariates = shape
   segments = stage.segments if stage.name == plan.ADAPT else 0
-  spec, k, run_plan = plan.model_spec(cfg), stage.segments, plan.make(cfg)
+  spec = plan.model_spec(cfg)
   make = lambda: build(spec, channels=channels, marks=marks, pred_len=stage.pred_len, segments=segments,
                        rngs=nnx.Rngs(stage.seed), covariates=covariates)  # fmt: skip
   tx = steps.make_tx(steps.lr_schedule(stage.recipe.lr, 1000, stage.recipe.lr_decay))
   new = lambda: TrainState.create(make(), stage.name, tx, jax.random.key_data(jax.random.key(0)))
-  state = sharding.abstract(jax.eval_shape(new), layout)
+  return jax.eval_shape(new)
+
+
+def stage_programs(cfg, stage: plan.Stage, layout: sharding.Layout, shape: tuple, batches: tuple[int, int]):
+  """Yield (program name, lowered) for the stage's train chunk and eval chunk on abstract inputs, as fit builds
+  them: cfg.chunk_steps steps a call, the training split's rows held on the device."""
+  channels, marks, rows, _ = shape
+  k, run_plan = stage.segments, plan.make(cfg)
+  state = sharding.abstract(abstract_state(cfg, stage, shape), layout)
   (train_batch, eval_batch), c = batches, cfg.chunk_steps
   series = {"values": sds((rows, channels)), "marks": sds((rows, marks)), "start": sds((), jnp.int32)}
   args = sharding.abstract((series, sds((c, train_batch), jnp.int32), (sds((k,), jnp.int32), sds((k,), jnp.bool_)),
@@ -116,6 +124,31 @@ def stage_programs(cfg, stage: plan.Stage, layout: sharding.Layout, shape: tuple
   idx, mask = sds((e, eval_batch), jnp.int32), sds((e, eval_batch), jnp.bool_)
   eval_args = sharding.abstract((idx, mask, sds((e,), jnp.bool_)), layout)
   yield "eval", evaluate.lower(state.forecaster(), args[0], *eval_args)
+
+
+def runs_programs(cfg, stage: plan.Stage, devices: list, shape: tuple, batches: tuple[int, int]):
+  """Yield (program name, lowered) for the train and eval chunks of R = len(devices) runs side by side, run r on
+  chip r (lab/side_by_side.py's runs mesh, what `seeds_in_one_program` compiles on a host of R chips): each chip
+  holds one run's state and batches, and the split's rows, shared."""
+  channels, marks, rows, _ = shape
+  run_plan, mesh, k = plan.make(cfg), side_by_side.runs_mesh(devices), stage.segments
+  c, e = cfg.chunk_steps, steps.EVAL_CHUNK
+
+  def placed(tree, spec: P, lead: tuple = ()):  # shapes and dtypes -> the same with a sharding on the runs mesh
+    put = lambda x: jax.ShapeDtypeStruct((*lead, *x.shape), x.dtype, sharding=jax.sharding.NamedSharding(mesh, spec))
+    return jax.tree.map(put, tree)
+
+  per_run = lambda tree: placed(tree, P(side_by_side.RUNS), (len(devices),))
+  shared = lambda tree: placed(tree, P())
+  state = per_run(abstract_state(cfg, stage, shape))
+  series = shared({"values": sds((rows, channels)), "marks": sds((rows, marks)), "start": sds((), jnp.int32)})
+  chunk, evaluate = side_by_side.on_runs_mesh(*side_by_side.run_axis_chunks(
+    stage, run_plan.loop, run_plan.evaluation, seq_len=cfg.data.seq_len, pred_len=stage.window), mesh)  # fmt: skip
+  segs = per_run((sds((k,), jnp.int32), sds((k,), jnp.bool_)))
+  idx = per_run(sds((c, batches[0]), jnp.int32))
+  yield "train", chunk.lower(state, series, idx, segs, shared(sds((c,), jnp.bool_)))
+  idx, mask = per_run((sds((e, batches[1]), jnp.int32), sds((e, batches[1]), jnp.bool_)))
+  yield "eval", evaluate.lower(state.forecaster(), series, idx, mask, shared(sds((e,), jnp.bool_)))
 
 
 def compiled_row(lowered) -> dict:
@@ -157,7 +190,7 @@ def global_batches(cfg, stage: plan.Stage, data_axis: int, per_shard: int) -> tu
   return train, evaluate
 
 
-def run(cfg, workdir, *, topologies: str, rules: str, model_axis: int, per_shard: int) -> list[dict]:
+def run(cfg, workdir, *, topologies: str, rules: str, model_axis: int, per_shard: int, runs: int = 0) -> list[dict]:
   run_plan = plan.make(cfg)
   tables = [r.strip() for r in rules.split(",") if r.strip()]
   bad = [r for r in tables if r not in sharding.RULES]
@@ -167,30 +200,48 @@ def run(cfg, workdir, *, topologies: str, rules: str, model_axis: int, per_shard
   for topology in filter(None, (t.strip() for t in topologies.split(","))):
     devices = topology_devices(topology)
     kind = devices[0].device_kind
-    for table in tables:
-      mesh = mesh_for(devices, table, model_axis)
-      layout = sharding.Layout(mesh, sharding.RULES[table], table)
-      for stage in run_plan.method_stages:
-        batches = global_batches(cfg, stage, mesh.shape["data"], per_shard)
-        with sharding.use(mesh, table), runtime.matmul_precision(cfg.matmul_precision):
-          for program, lowered in stage_programs(cfg, stage, layout, shape, batches):
-            row = {
-              "dataset": cfg.data.name, "backbone": cfg.backbone, "method": cfg.method, "horizon": run_plan.horizon,
-              "segments": stage.segments, "topology": topology, "chips": len(devices), "device_kind": kind,
-              "mesh": sharding.mesh_name(mesh), "rules": table, "stage": stage.name, "program": program,
-              "global_batch": batches[program == "eval"], "hbm_bytes": hbm_bytes(kind),
-            } | compiled_row(lowered)  # fmt: skip
-            row["fits"] = row["hbm_bytes"] is None or row["total_bytes"] <= row["hbm_bytes"]
-            rows.append(row)
-            write(pathlib.Path(workdir), rows, cfg)  # after every program: an interrupted study keeps its rows
-            print(
-              f"{topology:>10} {table:<13} {row['mesh']:>6} {stage.name:<8} {program:<5} batch {row['global_batch']:>5}"
-              f"  {row['total_bytes'] / 2**20:9.1f} MiB/chip  {row['flops_per_chip'] / 1e9:9.3f} GFLOP/chip  "
-              f"est {row['estimated_seconds'] * 1e3:8.3f} ms  compile {row['compile_seconds']:5.1f} s",
-              flush=True,
-            )
+    for table, mesh, stage, program, batch, lowered in lowered_programs(cfg, devices, tables, model_axis, per_shard,
+                                                                        runs, shape):  # fmt: skip
+      row = {
+        "dataset": cfg.data.name, "backbone": cfg.backbone, "method": cfg.method, "horizon": run_plan.horizon,
+        "segments": stage.segments, "topology": topology, "chips": runs or len(devices), "device_kind": kind,
+        "mesh": mesh, "rules": table, "stage": stage.name, "program": program, "global_batch": batch,
+        "hbm_bytes": hbm_bytes(kind),
+      } | compiled_row(lowered)  # fmt: skip
+      row["fits"] = row["hbm_bytes"] is None or row["total_bytes"] <= row["hbm_bytes"]
+      rows.append(row)
+      write(pathlib.Path(workdir), rows, cfg)  # after every program: an interrupted study keeps its rows
+      print(
+        f"{topology:>10} {table:<13} {row['mesh']:>6} {stage.name:<8} {program:<5} batch {row['global_batch']:>5}"
+        f"  {row['total_bytes'] / 2**20:9.1f} MiB/chip  {row['flops_per_chip'] / 1e9:9.3f} GFLOP/chip  "
+        f"est {row['estimated_seconds'] * 1e3:8.3f} ms  compile {row['compile_seconds']:5.1f} s",
+        flush=True,
+      )
   print(f"wrote {pathlib.Path(workdir) / 'aot.csv'} and aot.json ({len(rows)} programs)")
   return rows
+
+
+def lowered_programs(cfg, devices: list, tables: list, model_axis: int, per_shard: int, runs: int, shape: tuple):
+  """Yield (rules, mesh name, stage, program, global batch, lowered) for every program to compile on `devices`:
+  one run over a mesh per rules table, or (runs > 0) `runs` runs side by side, one per chip (rules "runs")."""
+  stages = plan.make(cfg).method_stages
+  if runs:
+    if runs > len(devices):
+      raise ConfigError(f"study.runs {runs} is more than the topology's {len(devices)} chips; one run per chip")
+    for stage in stages:
+      batches = (stage.recipe.batch_size, cfg.data.eval_batch_size)
+      with runtime.matmul_precision(cfg.matmul_precision):
+        for program, lowered in runs_programs(cfg, stage, devices[:runs], shape, batches):
+          yield "runs", f"runs={runs}", stage, program, batches[program == "eval"], lowered
+    return
+  for table in tables:
+    mesh = mesh_for(devices, table, model_axis)
+    layout = sharding.Layout(mesh, sharding.RULES[table], table)
+    for stage in stages:
+      batches = global_batches(cfg, stage, mesh.shape["data"], per_shard)
+      with sharding.use(mesh, table), runtime.matmul_precision(cfg.matmul_precision):
+        for program, lowered in stage_programs(cfg, stage, layout, shape, batches):
+          yield table, sharding.mesh_name(mesh), stage, program, batches[program == "eval"], lowered
 
 
 def write(workdir: pathlib.Path, rows: list[dict], cfg) -> None:
@@ -209,6 +260,9 @@ def defaults() -> ml_collections.ConfigDict:
   s.rules = "data_parallel"  # sharding rules tables, comma-separated (sharding.RULES)
   s.model_axis = 4  # chips on the `model` mesh axis for every table but data_parallel
   s.batch_per_shard = 0  # windows per data shard; 0: the config's global batch sizes
+  # R > 0: instead of one run over a mesh, R runs side by side with run r on chip r (seeds_in_one_program on a host
+  # of R chips, lab/side_by_side.py); the rules tables are not used.
+  s.runs = 0
   return s
 
 
@@ -216,7 +270,7 @@ def command() -> None:
   """`mola-aot` / `python -m mola_jax.lab.aot`."""
   study.command(
     lambda cfg, s, workdir: run(cfg, workdir, topologies=s.topology, rules=s.rules, model_axis=s.model_axis,
-                                per_shard=s.batch_per_shard),
+                                per_shard=s.batch_per_shard, runs=s.runs),
     defaults(),
     "Where aot.csv and aot.json go",
     multi_process=False,

@@ -119,11 +119,7 @@ class Programs:
 
   def __init__(self, stage: plan.Stage, setup: fit.RunSetup, windows: fit.Windows, devices=None):
     w = windows.train
-    step = steps.train_step_fn(steps.train_forecast(), plan.step_options(stage, setup.loop))
-    one = steps.eval_step_fn(plan.eval_options(stage, setup.evaluation))
-    over = lambda fn: jax.vmap(fn, in_axes=(0, None, 0, 0, None))  # per run: state, idx, segs or mask
-    self.chunk = over(steps.train_chunk_fn(step, seq_len=w.seq_len, pred_len=w.pred_len))
-    self.eval = over(steps.eval_chunk_fn(one, seq_len=w.seq_len, pred_len=w.pred_len))
+    self.chunk, self.eval = run_axis_chunks(stage, setup.loop, setup.evaluation, seq_len=w.seq_len, pred_len=w.pred_len)
     self.windows, self.devices, self.jitted = windows, devices, {}
 
   def __call__(self, group: list, requests: list) -> list:
@@ -151,19 +147,39 @@ class Programs:
         train = sharding.jit(self.chunk, donate_argnums=0, layout=layout, lead=1)
         self.jitted[key] = None, train, sharding.jit(self.eval, layout=layout, lead=1), splits
       else:
-        devices = [self.devices[i] for i in key]
-        mesh = jax.make_mesh((len(key),), (RUNS,), devices=devices, axis_types=(AxisType.Auto,))
-        runs = NamedSharding(mesh, P(RUNS))
-        train, evaluate = (
-          jax.jit(self.chunk, donate_argnums=0, out_shardings=runs),
-          jax.jit(self.eval, out_shardings=runs),
-        )
+        mesh = runs_mesh([self.devices[i] for i in key])
+        train, evaluate = on_runs_mesh(self.chunk, self.eval, mesh)
         self.jitted[key] = mesh, train, evaluate, self.replicate(splits, mesh)
     return self.jitted[key]
 
   @staticmethod
   def replicate(tree, mesh):
     return sharding.replicate(tree) if mesh is None else jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def run_axis_chunks(stage: plan.Stage, loop: plan.Loop, evaluation: plan.Evaluation, *, seq_len: int, pred_len: int):
+  """The stage's one-run train and eval chunks (steps.train_chunk_fn, eval_chunk_fn) vmapped over a leading run
+  axis, unjitted: chunk(states [R, ...], series, idx [R, C, B], segs ([R, K_a], [R, K_a]), valid [C]) and
+  eval(states, series, idx [R, E, B], mask [R, E, B], valid [E]); the split's arrays and `valid` are shared."""
+  step = steps.train_step_fn(steps.train_forecast(), plan.step_options(stage, loop))
+  one = steps.eval_step_fn(plan.eval_options(stage, evaluation))
+  over = lambda fn: jax.vmap(fn, in_axes=(0, None, 0, 0, None))  # per run: state, idx, segs or mask
+  return (
+    over(steps.train_chunk_fn(step, seq_len=seq_len, pred_len=pred_len)),
+    over(steps.eval_chunk_fn(one, seq_len=seq_len, pred_len=pred_len)),
+  )
+
+
+def runs_mesh(devices: list) -> jax.sharding.Mesh:
+  """A mesh of one axis, `runs`, over `devices`: run r on devices[r]."""
+  return jax.make_mesh((len(devices),), (RUNS,), devices=devices, axis_types=(AxisType.Auto,))
+
+
+def on_runs_mesh(chunk, evaluate, mesh: jax.sharding.Mesh) -> tuple:
+  """The run-axis chunks jitted for a runs mesh: every run's outputs stay on its own device (the train chunk's
+  states donated), so R runs on R devices exchange nothing."""
+  runs = NamedSharding(mesh, P(RUNS))
+  return jax.jit(chunk, donate_argnums=0, out_shardings=runs), jax.jit(evaluate, out_shardings=runs)
 
 
 def stack(trees: list, mesh=None):
