@@ -146,20 +146,22 @@ def model_figures(mtf_dir, mola_dir) -> dict:
   from mola_jax import data, evaluation, plan, runtime
   from mola_jax.inference import load_run
   from mola_jax.models import adapters
+  from mola_jax.state import TrainState
 
   mtf, mola = load_run(mtf_dir), load_run(mola_dir)
   series = data.load_series(mola.cfg.data)
 
-  def score(run, split: str) -> np.ndarray:
-    p = plan.make(run.cfg)
+  def score(run, split: str, model=None) -> np.ndarray:  # model: another model in place of the run's own
+    p, state = plan.make(run.cfg), run.state if model is None else TrainState.create(model, run.stage)
     with runtime.matmul_precision(run.cfg.matmul_precision):
-      scores = evaluation.evaluate_split(run.model, p.final, series=series, evaluation=p.evaluation, split=split)
+      scores = evaluation.score_split(state, p.final, series=series, evaluation=p.evaluation, split=split)
     return np.asarray(scores["per_step_mse"])
 
   out = {"val_mtf_steps": score(mtf, "val"), "val_mola_steps": score(mola, "val"), "norms": update_norms(mola.model)}
   out["mixtures"] = {k: np.asarray(v) for k, v in adapters.mixture_weights(mola.model).items()}
-  if zero_adapters(mola.model):
-    out["val_copy_steps"], out["test_copy"] = score(mola, "val"), score(mola, "test")
+  copy = mola.model
+  if zero_adapters(copy):
+    out["val_copy_steps"], out["test_copy"] = score(mola, "val", copy), score(mola, "test", copy)
   return out
 
 
