@@ -122,6 +122,9 @@ def default() -> ml_collections.ConfigDict:
   # Every technique starts at the frozen model unless official_init: the official code's initialisation (random
   # adapter up-projections, N(0, 1) Fourier coefficients, fresh per-segment heads).
   cfg.adapt.official_init = False
+  # Every segment also gets its own full-rank change of the head (zero at the start: stage 2 still starts at the
+  # copied stage-1 forecast), added to the method's own bank there (models/stage2_options.py; docs/method.md §13).
+  cfg.adapt.segment_heads = False
 
   # One sub-config per method, its defaults declared by the method's registry entry (models/techniques.py); a
   # model receives only its own method's (cfg.technique[cfg.method]). MoLA: num_experts P (the scripts pass 6),

@@ -121,6 +121,7 @@ def model_spec(cfg) -> models.ModelSpec:
     settings=cfg.technique[cfg.method],
     targets=models.adapted_groups(cfg.backbone, cfg.method, cfg.adapt.targets),
     official_init=cfg.adapt.official_init,
+    segment_heads=cfg.adapt.segment_heads,
   )
 
 
@@ -146,7 +147,8 @@ def make(cfg) -> Plan:
   """The plan of `cfg`, after checking everything that can be checked without data (config values, backbone and
   layer-group names, mesh rules): a bad config fails here, before anything is read or written."""
   config_lib.validate(cfg)
-  models.validate(cfg.backbone, cfg.method, cfg.adapt.targets, cfg.adapt.selection, tuple(cfg.data.future_covariates))
+  models.validate(cfg.backbone, cfg.method, cfg.adapt.targets, cfg.adapt.selection, tuple(cfg.data.future_covariates),
+                  segment_heads=cfg.adapt.segment_heads)  # fmt: skip
   sharding.validate(cfg.mesh)
   s = config_lib.segment_len(cfg)
   k = cfg.horizon // s

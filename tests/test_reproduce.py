@@ -77,6 +77,11 @@ def test_reproduce_selects_on_validation_shares_stage1_and_resumes(tmp_path, mon
   assert [(r["method"], r["horizon"], r["seeds"]) for r in rows] == [("mtf", 48, 2), ("lora", 48, 2), ("mola", 48, 2)]
   assert sum(r["winner"] for r in rows) == 1
   assert min(rows, key=lambda r: r["test_mse_mean"])["winner"]
+  # Each adapted method says whether it beat its own mtf on validation (the means of the chosen cells).
+  mtf_val = rows[0]["val_mse_mean"]
+  assert rows[0]["val_vs_mtf"] == "—"
+  for r in rows[1:]:
+    assert r["val_vs_mtf"] == f"{'yes' if r['val_mse_mean'] <= mtf_val else 'no'} ({r['val_mse_mean'] - mtf_val:+.4f})"
   with (tmp_path / "table.csv").open() as f:
     assert tuple(next(csv.reader(f))) == tuple(rows[0])
   with (tmp_path / "selection.csv").open() as f:

@@ -27,6 +27,7 @@ from mola_jax.models.itransformer import ITransformer
 from mola_jax.models.layers import Ctx
 from mola_jax.models.olinear import OLinear
 from mola_jax.models.patchtst import PatchTST
+from mola_jax.models.stage2_options import per_segment_size
 from mola_jax.models.transformer import Transformer
 
 BACKBONES = {
@@ -53,6 +54,7 @@ class ModelSpec:
   settings: ml_collections.ConfigDict  # cfg.technique.<method>
   targets: tuple[str, ...]  # adapted layer groups
   official_init: bool  # the official code's initialisation of the banks (cfg.adapt.official_init)
+  segment_heads: bool = False  # every segment also its own full-rank change of the head (cfg.adapt.segment_heads)
 
   @property
   def technique(self) -> techniques.Technique:
@@ -85,9 +87,10 @@ def adapted_groups(backbone: str, method: str, targets: tuple | None) -> tuple[s
   return technique.default_groups(*layer_groups(backbone)) if technique.two_stage else ()
 
 
-def validate(backbone: str, method: str, targets: tuple | None, selection: str, covariates: tuple = ()) -> None:
-  """ConfigError for a backbone or a layer group that does not exist, a method the backbone cannot take, or
-  future covariates it cannot read."""
+def validate(backbone: str, method: str, targets: tuple | None, selection: str, covariates: tuple = (), *,
+             segment_heads: bool = False) -> None:  # fmt: skip
+  """ConfigError for a backbone or a layer group that does not exist, a method the backbone cannot take, future
+  covariates it cannot read, or per-segment heads it cannot have."""
   if backbone not in BACKBONES:
     raise ConfigError(f"unknown backbone {backbone!r}; use one of {', '.join(sorted(BACKBONES))}")
   if covariates and marks_read(backbone) != "horizon":
@@ -108,6 +111,11 @@ def validate(backbone: str, method: str, targets: tuple | None, selection: str, 
     raise ConfigError(
       f"method {method} adapts attention or FFN blocks ({', '.join(needs)}); backbone {backbone} offers "
       f"{BACKBONES[backbone].GROUPS}: use mola, lora, fourier or mofourier"
+    )
+  if segment_heads and (technique.heads or not getattr(BACKBONES[backbone], "HEAD", False)):
+    raise ConfigError(
+      f"adapt.segment_heads gives every segment its own change of the head; {method} on {backbone} cannot take one "
+      "(a backbone without a separate head, or a method with heads of its own): drop adapt.segment_heads"
     )
   if technique.heads and not getattr(BACKBONES[backbone], "HEAD", False):
     raise ConfigError(
@@ -131,7 +139,9 @@ def build(spec: ModelSpec, *, channels: int, marks: int, pred_len: int, segments
   technique = spec.technique
   if segments and technique.two_stage:
     experts = spec.settings.num_experts if technique.mixture else 0
-    bank = techniques.Bank(spec.settings, segments, experts, spec.official_init, spec.sizes.get("dropout", 0.0))
+    experts = per_segment_size(experts, spec.settings.get("experts_per_segment", 0.0), segments) if experts else 0
+    bank = techniques.Bank(spec.settings, segments, experts, spec.official_init, spec.sizes.get("dropout", 0.0),
+                           spec.segment_heads)  # fmt: skip
     make = techniques.factory(technique, bank, spec.targets)
   else:
     make = no_adapter

@@ -31,6 +31,7 @@ import ml_collections
 from flax import nnx
 from ml_collections import config_dict
 
+from mola_jax.models import stage2_options
 from mola_jax.models.adapters import (
   PER_SEGMENT,
   AdapterConst,
@@ -217,6 +218,7 @@ class Bank:
   experts: int
   official_init: bool
   dropout_rate: float
+  segment_heads: bool = False  # adapt.segment_heads: every segment also its own change of the head
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,7 +266,8 @@ def _low_rank(**extra) -> Callable[[], dict]:
 
 def _mola(b: Bank, site: Site) -> nnx.Module:
   s = b.settings
-  return MoLABank(site.d_in, site.d_out, segments=b.segments, experts=b.experts, rank=s.rank, a_std=s.a_std,
+  rank = stage2_options.per_segment_size(s.rank, s.get("rank_per_segment", 0.0), b.segments)
+  return MoLABank(site.d_in, site.d_out, segments=b.segments, experts=b.experts, rank=rank, a_std=s.a_std,
                   rngs=site.rngs, factored=s.factored)  # fmt: skip
 
 
@@ -291,6 +294,8 @@ def _adapter(b: Bank, site: Site) -> nnx.Module:
                         official_init=b.official_init, rngs=site.rngs)  # fmt: skip
 
 
+# MoLA's P and r growing with K (models/stage2_options.py): at least ceil(x K) each; 0: as num_experts and rank say.
+MOLA_SCALING = {"experts_per_segment": 0.0, "rank_per_segment": 0.0}
 EXPERTS = 6  # P of every mixture (the scripts pass 6; the official CLI default was 3)
 FOURIER = {"n": 100, "scale": 150.0}  # FourierFT: coefficients per spectrum (the official 100), its paper's scaling 150
 # The bottleneck width r; unset -> d_model / 4 (the official). A function: each config gets its own placeholder.
@@ -300,7 +305,7 @@ TECHNIQUES: dict[str, Technique] = {
   t.name: t
   for t in (
     Technique("mtf", None, None, dict),
-    Technique("mola", "dense", _mola, _low_rank(num_experts=EXPERTS), mixture=True),
+    Technique("mola", "dense", _mola, _low_rank(num_experts=EXPERTS, **MOLA_SCALING), mixture=True),
     Technique("lora", "dense", _lora, _low_rank()),
     Technique("lora_heads", "dense", _lora, _low_rank(), heads=True),
     Technique("ia3", "ia3", _ia3, dict),
@@ -322,7 +327,8 @@ def factory(technique: Technique, bank: Bank, targets: tuple):
     if role == "head":  # a per-segment head (lora_heads), or the head as one more adapted dense layer
       if technique.heads:
         return HeadBank(d_in, d_out, segments=bank.segments, official_init=bank.official_init, rngs=rngs)
-      return technique.make(bank, site) if technique.kind == "dense" and "head" in targets else None
+      own = technique.make(bank, site) if technique.kind == "dense" and "head" in targets else None
+      return stage2_options.segment_head(own, d_in, d_out, bank.segments) if bank.segment_heads else own
     if group not in targets or role not in ROLES[technique.kind]:
       return None
     return technique.make(bank, site)
