@@ -9,6 +9,8 @@
 # recipe. FULL=1 drops the caps (the recipe's 5 / 10 epochs with early stopping), for an accelerator.
 # Usage: [FULL=1] bash docs/backbones_etth1.sh [RUNS_DIR]   (default runs/backbones_etth1). Finished cells are
 # skipped, so a killed study picks up where it stopped.
+# STUDY_FLAGS: more --study.* flags for every study below, e.g. the engine (docs/studies_on_a_cluster.md):
+#   STUDY_FLAGS='--study.engine=ray --study.cell_resources={"GPU":1}' bash docs/backbones_etth1.sh
 set -euo pipefail
 out=${1:-runs/backbones_etth1}
 study() {
@@ -16,7 +18,7 @@ study() {
   [ $# = 3 ] && [ "${FULL:-0}" != 1 ] && caps=(--config.pretrain.epochs="$2" --config.adapt.epochs="$3")
   python -m mola_jax.lab.reproduce --config configs/etth1.py:fixed_s --study.segment_options=config --workdir "$out/$backbone" \
     --config.backbone="$backbone" --study.horizons='(96,336)' --study.methods='("mtf","mola")' \
-    --study.num_seeds=1 ${caps[@]+"${caps[@]}"}
+    --study.num_seeds=1 ${caps[@]+"${caps[@]}"} ${STUDY_FLAGS:-}
 }
 study patchtst 3 1
 study transformer 1 1

@@ -7,6 +7,8 @@
 #
 #   OPTIONS="per_segment constant_lr both" bash docs/cyclenet_options.sh runs/cyclenet national_illness
 #   python -m mola_jax.lab.report.backbones runs/cyclenet
+# STUDY_FLAGS: more --study.* flags for every study below, e.g. the engine (docs/studies_on_a_cluster.md):
+#   STUDY_FLAGS='--study.engine=ray --study.cell_resources={"GPU":1}' bash docs/cyclenet_options.sh
 set -euo pipefail
 # shellcheck source=docs/stage2_options.sh
 . "$(dirname "$0")/stage2_options.sh"
@@ -20,7 +22,7 @@ for dataset in "${datasets[@]}"; do
       stage2_flags "$option"
       start=$(date +%s)
       python -m mola_jax.lab.reproduce --config "$dataset:$variant" --study.methods='("mtf","mola")' "${flags[@]}" \
-        --study.reuse_from="$out/$dataset-$variant" --workdir "$out/$dataset-$variant-$option"
+        --study.reuse_from="$out/$dataset-$variant" --workdir "$out/$dataset-$variant-$option" ${STUDY_FLAGS:-}
       echo "$dataset $variant $option: $(( $(date +%s) - start )) s wall" | tee -a "$out/wall_seconds.txt"
     done
   done

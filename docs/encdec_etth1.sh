@@ -8,6 +8,8 @@
 # most 3 epochs of stage 1 and mtf and 1 of stage 2 (an Informer epoch takes over a minute here even so).
 # FULL=1 runs TSLib's sizes and the recipe's epochs, for an accelerator.
 # Usage: [FULL=1] bash docs/encdec_etth1.sh [RUNS_DIR]   (default runs/encdec_etth1). Finished cells are skipped.
+# STUDY_FLAGS: more --study.* flags for every study below, e.g. the engine (docs/studies_on_a_cluster.md):
+#   STUDY_FLAGS='--study.engine=ray --study.cell_resources={"GPU":1}' bash docs/encdec_etth1.sh
 set -euo pipefail
 out=${1:-runs/encdec_etth1}
 for backbone in informer autoformer; do
@@ -16,5 +18,5 @@ for backbone in informer autoformer; do
                                  --config.pretrain.epochs=3 --config.adapt.epochs=1)
   python -m mola_jax.lab.reproduce --config configs/etth1.py:fixed_s --study.segment_options=config --workdir "$out/$backbone" \
     --config.backbone="$backbone" --study.horizons='(96,)' --study.methods='("mtf","mola")' \
-    --study.num_seeds=1 ${caps[@]+"${caps[@]}"}
+    --study.num_seeds=1 ${caps[@]+"${caps[@]}"} ${STUDY_FLAGS:-}
 done

@@ -4,9 +4,11 @@
 # on validation (the reproduce defaults).
 #
 #   bash docs/features_study.sh runs/features
+# STUDY_FLAGS: more --study.* flags for every study below, e.g. the engine (docs/studies_on_a_cluster.md):
+#   STUDY_FLAGS='--study.engine=ray --study.cell_resources={"GPU":1}' bash docs/features_study.sh
 set -euo pipefail
 out=${1:-runs/features}
 for features in MS S; do
   python -m mola_jax.lab.reproduce --config etth1 --workdir "$out/etth1-$features" --config.data.features=$features \
-    --config.data.target=OT --study.horizons='(96,)' --study.methods='("mtf","mola")'
+    --config.data.target=OT --study.horizons='(96,)' --study.methods='("mtf","mola")' ${STUDY_FLAGS:-}
 done

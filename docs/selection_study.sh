@@ -7,6 +7,8 @@
 # Usage: [OPTION=per_segment] [DATASETS="national_illness exchange_rate etth1"] [SEEDS=3] [HORIZONS="(720,)"] \
 #          bash docs/selection_study.sh [RUNS_DIR]      (HORIZONS: a subset of the dataset's horizons; default all)
 # (after docs/datasets_study.sh; default runs/datasets). Finished cells are skipped.
+# STUDY_FLAGS: more --study.* flags for every study below, e.g. the engine (docs/studies_on_a_cluster.md):
+#   STUDY_FLAGS='--study.engine=ray --study.cell_resources={"GPU":1}' bash docs/selection_study.sh
 set -euo pipefail
 out=${1:-runs/datasets} option=${OPTION:-per_segment}
 # shellcheck source=docs/stage2_options.sh
@@ -16,6 +18,6 @@ stage2_flags "$option"
 for name in ${DATASETS:-national_illness exchange_rate etth1}; do
   python -m mola_jax.lab.reproduce --config "$name" --study.methods='("mtf","mola")' \
     --study.num_seeds="${SEEDS:-3}" "${flags[@]}" \
-    --study.reuse_from="$out/$name/paper" --workdir "$out/$name/$option"
+    --study.reuse_from="$out/$name/paper" --workdir "$out/$name/$option" ${STUDY_FLAGS:-}
 done
 python -m mola_jax.lab.report.segments "$out" "$option"

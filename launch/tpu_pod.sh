@@ -13,6 +13,14 @@
 #   launch/tpu_pod.sh exec 'python -c "import jax; print(jax.device_count())"'
 #   launch/tpu_pod.sh delete
 #
+# A study over the pod's hosts (docs/studies_on_a_cluster.md): Ray on every worker (the head on worker 0), then
+# the study's driver on worker 0, each cell a Ray task on one host and its chips (CELL_RESOURCES, default
+# '{"TPU": 4}': a host of 4 chips is one worker). The study's workdir on the bucket mount, seen by every host:
+#   launch/tpu_pod.sh ray-start
+#   launch/tpu_pod.sh study reproduce --config etth1:cyclenet --workdir /mnt/mola/runs/cyclenet_etth1 \
+#       --study.methods='("mtf","mola")'
+#   launch/tpu_pod.sh ray-stop
+#
 # The workdir must be visible to every worker: the bucket mounted with gcsfuse at $MOUNT (setup does that), or a
 # Filestore/NFS share. train.py writes its workdir with ordinary file operations, so pass a mounted path, not a
 # gs:// URL. Put the dataset CSVs in $MOUNT/data (e.g. gsutil cp ETTh1.csv gs://$BUCKET/data/).
@@ -71,8 +79,29 @@ case "$cmd" in
     fi
     ;;
   train | scaling | reproduce)
+    module=mola_jax.lab.$cmd
+    [[ $cmd == train ]] && module=mola_jax.train
     on_all "cd ~/$CODE && MOLA_DISTRIBUTED=1 MOLA_DATA_DIR=\${MOLA_DATA_DIR:-$MOUNT/data} \
-      ~/$VENV/bin/python -m mola_jax.$cmd $(quote "$@")"
+      ~/$VENV/bin/python -m $module $(quote "$@")"
+    ;;
+  ray-start)  # Ray on every worker: the head on worker 0 (found by its internal IP), the others join it
+    head=$(gcloud compute tpus tpu-vm describe "$TPU" --zone="$ZONE" "${EXTRA[@]}" \
+      --format='value(networkEndpoints[0].ipAddress)')
+    on_all "set -e; cd ~/$CODE; ~/$VENV/bin/python -c 'import ray' 2>/dev/null ||
+        ~/.local/bin/uv pip install -q --python ~/$VENV/bin/python 'ray>=2.40,<3'
+      if hostname -I | grep -qw $head; then ~/$VENV/bin/ray start --head --port=6379 --disable-usage-stats
+      else sleep 15; ~/$VENV/bin/ray start --address=$head:6379 --disable-usage-stats; fi"
+    ;;
+  ray-stop)
+    on_all "~/$VENV/bin/ray stop"
+    ;;
+  study)  # MODULE ARGS...: a study driver (reproduce, sweep) on worker 0, its cells over the pod's hosts
+    module=$1
+    shift
+    cells=${CELL_RESOURCES:-'{"TPU": 4}'}
+    gcloud compute tpus tpu-vm ssh "$TPU" --zone="$ZONE" "${EXTRA[@]}" --worker=0 --command="cd ~/$CODE && \
+      MOLA_DATA_DIR=\${MOLA_DATA_DIR:-$MOUNT/data} RAY_ADDRESS=127.0.0.1:6379 ~/$VENV/bin/python -m \
+      mola_jax.lab.$module $(quote "$@" --study.engine=ray --study.cell_resources="$cells")"
     ;;
   exec)
     on_all "cd ~/$CODE && source ~/$VENV/bin/activate && $*"
@@ -81,7 +110,7 @@ case "$cmd" in
     gcloud compute tpus tpu-vm delete "$TPU" --zone="$ZONE" "${EXTRA[@]}" --quiet
     ;;
   *)
-    echo "usage: launch/tpu_pod.sh create|setup|train|scaling|reproduce|exec|delete [ARGS...]" >&2
+    echo "usage: launch/tpu_pod.sh create|setup|train|scaling|reproduce|exec|ray-start|study|ray-stop|delete [ARGS...]" >&2
     exit 2
     ;;
 esac

@@ -172,15 +172,17 @@ def load_backbone(model: nnx.Module, directory: pathlib.Path, expect: dict) -> d
         f"unexpected {extra}, wrong shape {shape}); pretrain it again with this config"
       )
 
-  pure, meta = restore_latest(directory, _target(backbone), check)
-  nnx.replace_by_pure_dict(backbone, pure)
-  nnx.update(model, backbone)
+  return _restore_part(model, backbone, directory, check)
+
+
+def _restore_part(model: nnx.Module, state: nnx.State, directory: pathlib.Path, check) -> dict:
+  """The newest readable checkpoint of `directory` into `state` (a part of `model`'s state), then into the model,
+  as device arrays with the shardings the model's arrays should have -> the checkpoint's meta."""
+  target = _abstract(nnx.to_pure_dict(state), nnx.to_pure_dict(sharding.target_shardings(state)))
+  pure, meta = restore_latest(directory, target, check)
+  nnx.replace_by_pure_dict(state, pure)
+  nnx.update(model, state)
   return meta
-
-
-def _target(state: nnx.State) -> dict:
-  """The restore target of a model state: its arrays' shapes and dtypes, with the shardings they should have."""
-  return _abstract(nnx.to_pure_dict(state), nnx.to_pure_dict(sharding.target_shardings(state)))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -223,7 +225,4 @@ def restore_into(model: nnx.Module, directory: pathlib.Path) -> dict:
     if want != have:
       raise CheckpointError(f"{directory} holds a state of another structure than this model; rerun its stage")
 
-  pure, meta = restore_latest(directory, _target(state), check)
-  nnx.replace_by_pure_dict(state, pure)
-  nnx.update(model, state)
-  return meta
+  return _restore_part(model, state, directory, check)

@@ -45,7 +45,7 @@ def default() -> ml_collections.ConfigDict:
   cfg.data = ml_collections.ConfigDict()
   cfg.data.name = "ETTh1"  # a key of mola_jax.data.DATASETS, or "synthetic"
   # Your own table: a wide CSV (a `date` column, one column per series) or a long one (unique_id, ds, y and
-  # covariate columns, one row per series and time): 7:1:2 split. README "Your own data".
+  # covariate columns, one row per series and time): 7:1:2 split. docs/your_data.md.
   cfg.data.path = config_dict.placeholder(str)
   cfg.data.seq_len = 96  # look-back L
   cfg.data.label_len = 48  # known decoder steps, read only by encoder-decoder backbones

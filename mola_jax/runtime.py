@@ -65,7 +65,7 @@ class StepProfiler:
   """A jax.profiler trace of `steps` steady-state train steps into `directory` (`--config.profile_steps=N`): it
   starts after `skip` steps of the stage (the compile and the first dispatches are not steady state) and stops N
   steps later, or at the end of the epoch; called at chunk ends, so it traces whole chunks. Open it with
-  TensorBoard's profile plugin or Perfetto (README)."""
+  TensorBoard's profile plugin or Perfetto (docs/outputs.md)."""
 
   def __init__(self, directory, steps: int, skip: int = 5):
     self.directory, self.steps, self.skip, self.tracing = directory, steps, skip, False

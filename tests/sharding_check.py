@@ -258,6 +258,51 @@ def checkpoint_round_trip() -> dict:
   }
 
 
+def two_meshes() -> dict:
+  """The eval program is cached per layout: the same settings under two meshes give two programs, each computing on
+  its own mesh, with the same sums."""
+  opts, rng = steps.StepOptions(SEGMENTS), np.random.default_rng(3)
+  rows = {"values": rng.standard_normal((60, CHANNELS), np.float32), "marks": np.zeros((60, MARKS), np.float32),
+          "start": np.int32(0)}  # fmt: skip
+  idx, mask = np.arange(8 * 8, dtype=np.int32).reshape(8, 8) % 20, np.ones((8, 8), bool)
+  out = {}
+  for shape, rules in (((8, 1), "data_parallel"), ((4, 2), "segment")):
+    with sharding.use(mesh(shape), rules) as layout:
+      state = TrainState.create(sharding.create(lambda: make_model("mola")), "adapt")
+      program = steps.make_eval_chunk(opts, seq_len=SEQ_LEN, pred_len=SEG_LEN * SEGMENTS, layout=layout)
+      again = steps.make_eval_chunk(opts, seq_len=SEQ_LEN, pred_len=SEG_LEN * SEGMENTS, layout=sharding.current())
+      sums = program(state, *sharding.replicate((rows, idx, mask, np.ones(8, bool))))
+      out[rules] = {"program": program, "same_object": again is program, "sq": np.asarray(sums["sq"]),
+                    "mesh": sharding.mesh_name(sums["sq"].sharding.mesh)}  # fmt: skip
+  a, b = out["data_parallel"], out["segment"]
+  return {
+    "distinct_programs": a["program"] is not b["program"],
+    "cached_per_layout": a["same_object"] and b["same_object"],
+    "meshes": [a["mesh"], b["mesh"]],
+    "sq_rel_diff": max_rel_diff([a["sq"]], [b["sq"]]),
+  }
+
+
+def seeds_on_devices() -> dict:
+  """Seeds in one program with the run axis on the devices (run r on device r) give what serial seeds give."""
+  from mola_jax.lab import side_by_side
+  from mola_jax.train import train_and_evaluate
+
+  cfg = tiny_cfg("mola")
+  cfg.data.name, cfg.data.synthetic_rows, cfg.data.synthetic_channels = "synthetic", 600, CHANNELS
+  cfg.horizon, cfg.segment_len, cfg.pretrain.epochs, cfg.adapt.epochs = SEG_LEN * SEGMENTS, SEG_LEN, 2, 2
+  cfg.intervals = ()
+  cfgs = [config_lib.with_values(cfg, {"seed": seed}) for seed in (1, 2)]
+  with tempfile.TemporaryDirectory() as tmp:
+    serial = [train_and_evaluate(c, f"{tmp}/serial{i}") for i, c in enumerate(cfgs)]
+    together = side_by_side.train_runs(cfgs, [f"{tmp}/together{i}" for i in range(2)], on_devices=True)
+  return {
+    "test_mse_diff": max(abs(a["test_mse"] - b["test_mse"]) for a, b in zip(serial, together, strict=True)),
+    "val_mse_diff": max(abs(a["val_mse"] - b["val_mse"]) for a, b in zip(serial, together, strict=True)),
+    "epochs": [[r["stages"][s]["epochs"] for s in ("pretrain", "adapt")] for r in together],
+  }
+
+
 def scaling_study() -> list[dict]:
   """The scaling study's own path (mola_jax.lab.scaling.run) on two meshes of a tiny synthetic problem: it compiles,
   runs and reports memory, FLOPs and the host's time per step."""
@@ -287,6 +332,8 @@ def main() -> None:
     "param_specs": param_specs(),
     "checkpoint": checkpoint_round_trip(),
     "equality": equality(),
+    "two_meshes": two_meshes(),
+    "seeds_on_devices": seeds_on_devices(),
     "scaling": scaling_study(),
   }
   print(json.dumps(report))

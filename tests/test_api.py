@@ -63,7 +63,6 @@ def test_the_exported_forecaster_matches_run_predict(api_run, tmp_path):
   import mola_jax
   from mola_jax import data
 
-
   here, _ = api_run
   out = tmp_path / "etth1.jaxexport"
   proc = subprocess.run(

@@ -30,7 +30,7 @@ def test_pyproject_dependencies_are_requirements_txt():
   project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
   assert requirement_names(project["dependencies"]) == requirement_names((REPO / "requirements.txt").open())
   assert project["requires-python"] == ">=3.11"
-  assert {"dev", "cuda12", "tpu"} <= set(project["optional-dependencies"])
+  assert {"dev", "cuda12", "tpu", "ray"} <= set(project["optional-dependencies"])
   scripts = project["scripts"]
   assert {"mola-train", "mola-reproduce", "mola-forecast", "mola-bench", "mola-export"} <= set(scripts)
   for target in scripts.values():  # every console script names a function that exists

@@ -75,6 +75,20 @@ def test_checkpoint_saved_under_4x2_restores_under_8x1(report):
   assert ckpt["best_max_diff"] == 0.0 and ckpt["best_shardings_match"]
 
 
+def test_the_eval_program_is_cached_per_layout(report):
+  """A process that uses two meshes gets a program compiled for each: the cache keys on the layout."""
+  two = report["two_meshes"]
+  assert two["distinct_programs"] and two["cached_per_layout"] and two["meshes"] == ["8x1", "4x2"]
+  assert two["sq_rel_diff"] <= TOL
+
+
+def test_seeds_with_the_run_axis_on_devices_equal_serial_seeds(report):
+  """Two seeds side by side, run r on device r (mola_jax/lab/side_by_side.py), give the serial seeds' results."""
+  seeds = report["seeds_on_devices"]
+  assert seeds["test_mse_diff"] <= TOL and seeds["val_mse_diff"] <= TOL, seeds
+  assert all(epochs == [2, 2] for epochs in seeds["epochs"]), seeds
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # In-process: no devices needed.
 

@@ -11,7 +11,8 @@ mola_jax.train_and_evaluate.
   aot.py         TPU programs compiled for topologies that are not here (libtpu, no TPU)
   periods.py     the dominant periods of a series (the studies' data-driven segment lengths)
   op_profile.py  where a train step's time goes: a profiler trace summarised per XLA op
-  study.py       what the drivers share: their command line, finished-run reuse, identities, CSVs
+  study.py       what the drivers share: their command line, finished-run reuse and resume, identities, CSVs
+  engine.py      a study's cells as a task graph: run here in order (local) or as Ray tasks over a cluster (ray)
   stats.py       the Student-t interval and run lookups of the report tools (numpy and scipy only)
   report/        tables printed from finished studies (python -m mola_jax.lab.report.<name> DIR)
 """

@@ -19,17 +19,24 @@ Segment length: for each (method, horizon) every option is trained with the firs
 lower validation MSE is kept; the other seeds run the chosen S only. The test split never influences it. The
 options are the config's segment_options, and with --study.segment_options=auto also whole multiples of the
 series' dominant period, detected on the training split (lab/periods.py; periods.json). Rerunning the command
-skips finished cells and redoes unfinished ones from scratch. With --study.seeds_in_one_program=True the seeds
-of a cell train side by side in one program (train.train_runs), every seed on every S option (the first seed's
-validation still alone picks S), each in the workdir a serial run writes. On several processes (jax.distributed)
-every cell trains on all of them and process 0 writes.
+skips finished cells and resumes unfinished ones from their resume checkpoints (one of another config starts
+over). With --study.seeds_in_one_program=True the seeds of a cell train side by side in one program
+(lab/side_by_side.train_runs), every seed on every S option (the first seed's validation still alone picks S),
+each in the workdir a serial run writes. On several processes (jax.distributed) every cell trains on all of
+them and process 0 writes.
+
+The cells form a graph (graph(); graph.json in DIR): stage 1 per (S, seed) feeds stage 2 per (method, T, S,
+seed); mtf per (T, seed) stands alone; a later seed's cells wait on the first seed's option cells, whose
+validation MSE chooses their S. --study.engine=ray runs it over a Ray cluster, one cell per task (lab/engine.py):
+
+    python -m mola_jax.lab.reproduce --config etth1 --workdir DIR --study.engine=ray \
+        --study.cell_resources='{"GPU": 1}'    # joins $RAY_ADDRESS, or starts Ray on this machine
 """
 
 from __future__ import annotations
 
 import dataclasses
 import pathlib
-import time
 
 import ml_collections
 import numpy as np
@@ -38,7 +45,7 @@ from ml_collections import config_dict
 from mola_jax import data, distributed, plan
 from mola_jax import workdir as workdir_lib
 from mola_jax.errors import ConfigError
-from mola_jax.lab import periods, study
+from mola_jax.lab import engine, periods, study
 from mola_jax.lab.stats import ci95
 from mola_jax.models.techniques import TECHNIQUES
 
@@ -61,7 +68,7 @@ def defaults() -> ml_collections.ConfigDict:
   # and selection; the files of serial runs). Off by default: on a 2-core CPU it does not pay (docs/performance.md);
   # on an accelerator a step of one seed leaves the device mostly idle.
   s.seeds_in_one_program = False
-  return s
+  return engine.add_settings(s)  # --study.engine, cell_resources, ray_address
 
 
 @dataclasses.dataclass
@@ -110,9 +117,10 @@ def detect_periods(cfg, settings, horizons: list[int], workdir: pathlib.Path) ->
   return found
 
 
-def run_cells(cfg, settings, workdir: pathlib.Path, method: str, horizon: int, s: int, seeds: list) -> list:
+def run_cells(cfg, settings, workdir: pathlib.Path, method: str, horizon: int, s: int, seeds: list, *after) -> list:
   """The cell (method, T, S) of each seed in `seeds`, trained side by side (their stage-1 models first, for a
-  two-stage method) -> [(results, its workdir)] in the order of `seeds`."""
+  two-stage method, unless done) -> [(results, its workdir)] in the order of `seeds`. `after`: the results of
+  the cells this one waits for (the study engine's dependencies)."""
   rel = [f"cells/{method}-T{horizon}-S{s}-seed{seed}" for seed in seeds]
   if not TECHNIQUES[method].two_stage:
     cells = [
@@ -120,13 +128,7 @@ def run_cells(cfg, settings, workdir: pathlib.Path, method: str, horizon: int, s
     ]
     dirs = [study.locate(settings.reuse_from, c, workdir, r) for c, r in zip(cells, rel, strict=True)]
     return list(zip(study.run_group(cells, dirs), dirs, strict=True))
-  # Stage 1 is the backbone alone, whatever the method: one run (made as mola's) serves every method.
-  pres = [study.cell_cfg(cfg, method="mola", horizon=s, segment_len=s, seed=seed, stage="pretrain") for seed in seeds]
-  stage1 = [
-    study.locate(settings.reuse_from, p, workdir, f"pretrain/S{s}-seed{seed}")
-    for p, seed in zip(pres, seeds, strict=True)
-  ]
-  study.run_group(pres, stage1)
+  stage1 = run_stage1(cfg, settings, workdir, s, seeds)[1]
   cells = [
     study.cell_cfg(cfg, method=method, horizon=horizon, segment_len=s, seed=seed, stage="adapt", init_from=str(d))
     for seed, d in zip(seeds, stage1, strict=True)
@@ -138,6 +140,98 @@ def run_cells(cfg, settings, workdir: pathlib.Path, method: str, horizon: int, s
   return list(zip(study.run_group(cells, dirs), dirs, strict=True))
 
 
+def run_stage1(cfg, settings, workdir: pathlib.Path, s: int, seeds: list) -> tuple[list, list]:
+  """The stage-1 models of S for `seeds`, trained side by side unless done -> (their results, their workdirs).
+  Stage 1 is the backbone alone, whatever the method: one run (made as mola's) serves every method and horizon."""
+  pres = [study.cell_cfg(cfg, method="mola", horizon=s, segment_len=s, seed=seed, stage="pretrain") for seed in seeds]
+  dirs = [
+    study.locate(settings.reuse_from, p, workdir, f"pretrain/S{s}-seed{seed}")
+    for p, seed in zip(pres, seeds, strict=True)
+  ]
+  return study.run_group(pres, dirs), dirs
+
+
+def pick(options, runs: list) -> int:
+  """The option with the lower validation MSE of the first seed; `runs`: each option's [(results, workdir)]."""
+  vals = {s: cell[0][0]["val_mse"] for s, cell in zip(options, runs, strict=True)}
+  return min(vals, key=vals.get)
+
+
+def stage1_if_chosen(cfg, settings, workdir: pathlib.Path, s: int, seeds: list, choosers: list, *runs) -> list | None:
+  """The stage-1 models of S for later seeds, trained if the first seed's validation chose S for any (method, T)
+  of `choosers` (each its S options; `runs`: their option cells' runs, in that order), else None."""
+  chosen, i = set(), 0
+  for options in choosers:
+    chosen.add(pick(options, runs[i : i + len(options)]))
+    i += len(options)
+  return run_stage1(cfg, settings, workdir, s, seeds)[0] if s in chosen else None
+
+
+def run_chosen(cfg, settings, workdir: pathlib.Path, method: str, horizon: int, seeds: list, options, *runs) -> tuple:
+  """The cell (method, T) of later seeds on the S the first seed's validation chose -> (S, run_cells' list).
+  `runs`: the first seed's option cells (then the stage-1 cells this one waits for)."""
+  s = pick(options, runs[: len(options)])
+  return s, run_cells(cfg, settings, workdir, method, horizon, s, seeds)
+
+
+def tag(group: list) -> str:
+  """The seeds of a cell's key: seed2023, or seed2023+2024+2025 for seeds side by side."""
+  return "seed" + "+".join(map(str, group))
+
+
+def graph(cfg, settings, workdir: pathlib.Path, options: dict, groups: list) -> list[engine.Cell]:
+  """The study's cells. The first group of seeds trains every S option; a later group trains the S the first seed
+  chose: its stage-2 cells and the stage-1 models only a choice can ask for wait on the option cells they choose
+  from (an (m, T) with one option waits on nothing)."""
+  first, cells, keys = groups[0], [], set()
+
+  def add(key, fn, args, deps=(), kind=""):
+    if key not in keys:
+      keys.add(key)
+      cells.append(engine.Cell(key, fn, args, tuple(deps), kind))
+
+  def stage2(method, horizon, s, group):
+    two = TECHNIQUES[method].two_stage
+    if two:
+      add(f"pretrain/S{s}-{tag(group)}", stage1_cell, (cfg, settings, workdir, s, group), kind=f"pretrain S={s}")
+    deps = [f"pretrain/S{s}-{tag(group)}"] if two else []
+    key = f"cells/{method}-T{horizon}-S{s}-{tag(group)}"
+    add(key, run_cells, (cfg, settings, workdir, method, horizon, s, group), deps, f"{method} T={horizon}")
+    return key
+
+  choosers = {}  # S -> the (method, T) with several options that may choose it
+  for (method, horizon), opts in options.items():
+    for s in opts:
+      stage2(method, horizon, s, first)
+      if len(opts) > 1:
+        choosers.setdefault(s, []).append((method, horizon))
+  # S that a (method, T) with one option needs whatever the choices: stage 1 of later seeds trains it unasked.
+  needed = {o[0] for (m, _), o in options.items() if len(o) == 1 and TECHNIQUES[m].two_stage}
+  for group in groups[1:]:
+    for (method, horizon), opts in options.items():
+      if len(opts) == 1:
+        stage2(method, horizon, opts[0], group)
+        continue
+      runs = [f"cells/{method}-T{horizon}-S{s}-{tag(first)}" for s in opts]
+      pres = []
+      for s in opts:
+        pres.append(f"pretrain/S{s}-{tag(group)}")
+        if s in needed:
+          add(pres[-1], stage1_cell, (cfg, settings, workdir, s, group), kind=f"pretrain S={s}")
+        need = choosers[s]
+        deps = [f"cells/{m}-T{h}-S{o}-{tag(first)}" for m, h in need for o in options[(m, h)]]
+        args = (cfg, settings, workdir, s, group, [options[c] for c in need])
+        add(pres[-1], stage1_if_chosen, args, deps, f"pretrain S={s}")
+      add(f"cells/{method}-T{horizon}-chosen-{tag(group)}", run_chosen,
+          (cfg, settings, workdir, method, horizon, group, opts), runs + pres, f"{method} T={horizon}")  # fmt: skip
+  return cells
+
+
+def stage1_cell(cfg, settings, workdir: pathlib.Path, s: int, seeds: list) -> list:
+  """A stage-1 cell: the models of S for `seeds` -> their results."""
+  return run_stage1(cfg, settings, workdir, s, seeds)[0]
+
+
 def run(cfg, settings, workdir) -> list[dict]:
   """Run every missing cell and write the table, the selection and the plots. Returns the table rows."""
   workdir = pathlib.Path(workdir)
@@ -145,28 +239,40 @@ def run(cfg, settings, workdir) -> list[dict]:
   horizons, methods = horizons_of(cfg, settings), list(settings.methods)
   for method in methods:  # fail on a bad request before hours of work, not after
     plan.make(study.cell_cfg(cfg, method=method, horizon=horizons[0]))
+  engine.check(settings)
   study.save_settings(workdir, cfg, settings)
   found = detect_periods(cfg, settings, horizons, workdir)
-  book, t0 = Book(), time.perf_counter()
+  options = {(m, h): segment_options(cfg, m, h, found, settings.max_segments) for h in horizons for m in methods}
   # Seeds in one program: every seed of a cell trains with the first on each S option (the first seed's
   # validation still alone picks S); else the first seed tries the options and the others run the chosen S.
   groups = [seeds] if settings.seeds_in_one_program else [[seed] for seed in seeds]
-  cells = [(h, m) for h in horizons for m in methods]
-  for i, (horizon, method) in enumerate(cells, 1):
-    options = segment_options(cfg, method, horizon, found, settings.max_segments)
-    for group in groups:
-      for s in options if seeds[0] in group else (book.chosen[(method, horizon)],):
-        elapsed = time.perf_counter() - t0
-        print(f"[reproduce {i}/{len(cells)}] {method} T={horizon} S={s} seeds={group} ({elapsed:.0f}s elapsed)",
-              flush=True)  # fmt: skip
-        for seed, found_run in zip(group, run_cells(cfg, settings, workdir, method, horizon, s, group), strict=True):
-          book.results[(method, horizon, s, seed)], book.dirs[(method, horizon, s, seed)] = found_run
-      if seeds[0] in group:
-        choose(book, method, horizon, options, seeds[0])
+  results = engine.run(graph(cfg, settings, workdir, options, groups), settings, workdir)
+  book = collect(results, options, groups)
   rows = table_rows(cfg, book, seeds, horizons, methods)
   write(workdir, book, rows, seeds, horizons, methods)
   print(table_markdown(rows))
   return rows
+
+
+def collect(results: dict, options: dict, groups: list) -> Book:
+  """The book of a finished graph: every run's results and workdir, the S chosen, the selection rows."""
+  book, first = Book(), groups[0]
+
+  def note(method, horizon, s, group, runs):
+    for seed, (r, d) in zip(group, runs, strict=True):
+      book.results[(method, horizon, s, seed)], book.dirs[(method, horizon, s, seed)] = r, d
+
+  for (method, horizon), opts in options.items():
+    for s in opts:
+      note(method, horizon, s, first, results[f"cells/{method}-T{horizon}-S{s}-{tag(first)}"])
+    choose(book, method, horizon, opts, first[0])
+    for group in groups[1:]:
+      if len(opts) == 1:
+        note(method, horizon, opts[0], group, results[f"cells/{method}-T{horizon}-S{opts[0]}-{tag(group)}"])
+      else:
+        s, runs = results[f"cells/{method}-T{horizon}-chosen-{tag(group)}"]
+        note(method, horizon, s, group, runs)
+  return book
 
 
 def choose(book: Book, method: str, horizon: int, options, seed: int) -> None:

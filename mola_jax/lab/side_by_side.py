@@ -21,7 +21,7 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding
+from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from mola_jax import evaluation, fit, plan, runtime, sharding, steps, train, workdir
@@ -151,7 +151,8 @@ class Programs:
         train = sharding.jit(self.chunk, donate_argnums=0, layout=layout, lead=1)
         self.jitted[key] = None, train, sharding.jit(self.eval, layout=layout, lead=1), splits
       else:
-        mesh = jax.make_mesh((len(key),), (RUNS,), devices=[self.devices[i] for i in key])
+        devices = [self.devices[i] for i in key]
+        mesh = jax.make_mesh((len(key),), (RUNS,), devices=devices, axis_types=(AxisType.Auto,))
         runs = NamedSharding(mesh, P(RUNS))
         train, evaluate = (
           jax.jit(self.chunk, donate_argnums=0, out_shardings=runs),

@@ -1,6 +1,6 @@
 """What the study drivers share: their command line (`--config`, `--workdir`, `--study.*`), a finished run's
-reuse (in the study, or in another study that made the very same run), the identities that decide "the same
-run", and their CSV files.
+reuse (in the study, or in another study that made the very same run), an unfinished run's resume, the identities
+that decide "the same run", and their CSV files. How a study's cells run (here, or as Ray tasks): engine.py.
 
 Every study writes its run config (config.json) and its own settings (study.json) into its directory.
 """
@@ -50,23 +50,56 @@ def run_once(cfg, workdir: pathlib.Path) -> dict:
   return run_group([cfg], [workdir])[0]
 
 
-def run_group(cfgs: list, workdirs: list) -> list[dict]:
+def run_group(cfgs: list, workdirs: list, *after) -> list[dict]:
   """Results of the runs in `workdirs` (configs that differ only in seed and init_from), training those that have
-  not finished side by side in one program (train.train_runs: their states stacked, one program for all)."""
+  not finished side by side in one program (side_by_side.train_runs: one vmapped program for all). An
+  unfinished run goes on from its resume checkpoint (resume_or_start_over). `after`: the results of the cells this
+  one waits for (a study engine's dependencies; their runs are on disk)."""
   results, todo = {}, []
   for i, workdir in enumerate(workdirs):
     done = workdir / "results.json"
     if distributed.agree(done.is_file()):  # every process takes process 0's view of the shared directory
       results[i] = json.loads(done.read_text())
       continue
-    if workdir.exists() and distributed.is_lead():  # killed part-way: start the run over, not mix two partial runs
-      shutil.rmtree(workdir)
     todo.append(i)
   if todo:
-    distributed.sync(f"fresh {workdirs[todo[0]]}")
+    if distributed.is_lead():
+      resume_or_start_over([cfgs[i] for i in todo], [workdirs[i] for i in todo])
+    distributed.sync(f"ready {workdirs[todo[0]]}")
     trained = train_runs([cfgs[i] for i in todo], [workdirs[i] for i in todo])
     results.update(zip(todo, trained, strict=True))
   return [results[i] for i in range(len(workdirs))]
+
+
+GROUP = "study_group.json"  # in a study's run: the names of the runs it trains side by side with (itself alone)
+
+
+def resume_or_start_over(cfgs: list, workdirs: list) -> None:
+  """Unfinished runs about to train together go on where they stopped if every one of them holds a run of its
+  config (speed-only keys aside) trained in a group that held all of them: runs side by side save their resume
+  checkpoints together, so such a group has a step to resume from. Otherwise all of them start over (a run of
+  another config cannot be continued, nor runs that were trained apart). Each notes its group (GROUP) first."""
+  names = [w.name for w in workdirs]
+  started = [w for w in workdirs if w.exists()]
+  if started and not all(_resumable(c, w, names) for c, w in zip(cfgs, workdirs, strict=True)):
+    for workdir in started:
+      if workdir.is_dir():  # a file there is refused by the run with one line
+        print(f"[study] {workdir}: unfinished, of another config or grouping; starting it over", flush=True)
+        with workdir_lib.locked(workdir):  # not while a run still holds it (one line: in use by another run)
+          shutil.rmtree(workdir)
+  for workdir in workdirs:
+    if not workdir.exists() or workdir.is_dir():
+      workdir.mkdir(parents=True, exist_ok=True)
+      workdir_lib.write_json(workdir / GROUP, {"runs": names})
+
+
+def _resumable(cfg, workdir: pathlib.Path, names: list[str]) -> bool:
+  try:
+    old = json.loads((workdir / "config.json").read_text())
+    group = json.loads((workdir / GROUP).read_text())["runs"]
+  except (OSError, ValueError, KeyError, TypeError):
+    return False
+  return set(names) <= set(group) and not workdir_lib.config_diff(old, json.loads(cfg.to_json_best_effort()))
 
 
 # What a stage-1 or mtf run depends on; another study's run that agrees on all of it is the same run.

@@ -13,7 +13,9 @@ and shared by every point that agrees on them. Layout of DIR:
   points/{point}-seed{seed}/         stage-2 (or mtf) runs; results.json marks a finished one
   config.json, study.json, sweep.csv, sweep.md, sweep_{key}.png
 Points that come to the same config (a key set to the config's own value) run once. Rerunning skips finished
-points. --study.seeds_in_one_program=True trains a point's seeds side by side in one program (train.train_runs).
+points and resumes unfinished ones. --study.seeds_in_one_program=True trains a point's seeds side by side in one
+program (lab/side_by_side.train_runs). Every stage-1 run and every point (per seed) is a cell of the study's graph
+(graph.json): --study.engine=ray runs them as Ray tasks over a cluster (lab/engine.py; reproduce's settings).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import numpy as np
 from mola_jax import config_lib, distributed, plan
 from mola_jax import workdir as workdir_lib
 from mola_jax.errors import ConfigError
-from mola_jax.lab import study
+from mola_jax.lab import engine, study
 from mola_jax.lab.stats import ci95
 
 
@@ -40,7 +42,7 @@ def defaults() -> ml_collections.ConfigDict:
   s.mode = "one_at_a_time"  # or "grid": every combination
   s.num_seeds = 3
   s.seeds_in_one_program = False  # the seeds of a point side by side in one program (reproduce's setting)
-  return s
+  return engine.add_settings(s)  # --study.engine, cell_resources, ray_address
 
 
 def parse_grid(text: str) -> dict[str, tuple]:
@@ -80,24 +82,61 @@ def _stage1_id(cell) -> str:
   ).hexdigest()[:8]
 
 
-def run_point(cfg, point: dict, seeds: list, root: pathlib.Path) -> list[dict]:
-  """Train (or reuse) the stage-1 models and the point's runs of `seeds`, side by side -> their results.json."""
+def run_point(cfg, point: dict, seeds: list, root: pathlib.Path, *after) -> list[dict]:
+  """Train (or reuse) the stage-1 models and the point's runs of `seeds`, side by side -> their results.json.
+  `after`: the results of the cells this one waits for (the study engine's dependencies)."""
   cells = [config_lib.with_values(cfg, dict(point, seed=seed)) for seed in seeds]
-  run_plan = plan.make(cells[0])
   outs = [root / "points" / f"{_name(point)}-seed{seed}" for seed in seeds]
-  if not run_plan.two_stage:
+  if not plan.make(cells[0]).two_stage:
     return study.run_group(cells, outs)
-  s = run_plan.segment_len
-  pres = [study.cell_cfg(cell, horizon=s, segment_len=s, stage="pretrain") for cell in cells]
-  stage1 = [
-    study.locate(None, pre, root, f"pretrain/S{s}-seed{seed}-{_stage1_id(pre)}")
-    for pre, seed in zip(pres, seeds, strict=True)
-  ]
+  pres, stage1 = _stage1(cfg, point, seeds, root)
   study.run_group(pres, stage1)
+  s = pres[0].segment_len
   adapts = [
     study.cell_cfg(cell, segment_len=s, stage="adapt", init_from=str(d)) for cell, d in zip(cells, stage1, strict=True)
   ]
   return study.run_group(adapts, outs)
+
+
+def _stage1(cfg, point: dict, seeds: list, root: pathlib.Path) -> tuple[list, list]:
+  """The stage-1 runs a point of a two-stage method adapts: (their configs, their workdirs)."""
+  cells = [config_lib.with_values(cfg, dict(point, seed=seed)) for seed in seeds]
+  s = plan.make(cells[0]).segment_len
+  pres = [study.cell_cfg(cell, horizon=s, segment_len=s, stage="pretrain") for cell in cells]
+  dirs = [
+    study.locate(None, pre, root, f"pretrain/S{s}-seed{seed}-{_stage1_id(pre)}")
+    for pre, seed in zip(pres, seeds, strict=True)
+  ]
+  return pres, dirs
+
+
+def stage1_cell(cfg, point: dict, seeds: list, root: pathlib.Path) -> list[dict]:
+  """A stage-1 cell: the models the point's runs adapt -> their results."""
+  return study.run_group(*_stage1(cfg, point, seeds, root))
+
+
+def graph(cfg, todo: list, groups: list, root: pathlib.Path) -> tuple[list, dict]:
+  """The sweep's cells (a stage-1 cell per distinct stage-1 run and group of seeds, shared by every point that
+  adapts it; a cell per distinct point and group) and, per point, the keys of its cells in the order of `groups`."""
+  cells, keys, mine, seen = [], set(), {}, {}
+  for point in todo:
+    same = config_lib.with_values(cfg, point).to_json_best_effort(sort_keys=True)
+    if same in seen:  # a point that comes to a config already in the sweep: its runs serve both
+      mine[_name(point)] = seen[same]
+      continue
+    mine[_name(point)] = seen[same] = []
+    for group in groups:
+      deps, tag = [], "+".join(map(str, group))
+      if plan.make(config_lib.with_values(cfg, point)).two_stage:
+        dirs = _stage1(cfg, point, group, root)[1]
+        deps = [f"pretrain/{'+'.join(d.name for d in dirs)}"]
+        if deps[0] not in keys:
+          keys.add(deps[0])
+          cells.append(engine.Cell(deps[0], stage1_cell, (cfg, point, group, root), (), "pretrain"))
+      key = f"points/{_name(point)}-seed{tag}"
+      cells.append(engine.Cell(key, run_point, (cfg, point, group, root), tuple(deps), "point"))
+      mine[_name(point)].append(key)
+  return cells, mine
 
 
 def run(cfg, settings, workdir) -> list[dict]:
@@ -107,16 +146,12 @@ def run(cfg, settings, workdir) -> list[dict]:
   seeds = [cfg.seed + i for i in range(settings.num_seeds)]
   for point in todo:  # every point's config must be valid before hours of work, not after
     plan.make(config_lib.with_values(cfg, point))
+  engine.check(settings)
   study.save_settings(root, cfg, settings)  # on several processes every point trains on all, process 0 writes
   groups = [seeds] if settings.seeds_in_one_program else [[seed] for seed in seeds]
-  rows, done = [], {}  # done: (the point's resolved config, seed) -> its results
-  for i, point in enumerate(todo, 1):
-    same = config_lib.with_values(cfg, point).to_json_best_effort(sort_keys=True)
-    for group in groups:
-      if any((same, seed) not in done for seed in group):
-        print(f"[sweep {i}/{len(todo)}] {_name(point)} seeds={group}", flush=True)
-        done.update({(same, seed): r for seed, r in zip(group, run_point(cfg, point, group, root), strict=True)})
-    rows.append(row(cfg, point, [done[(same, seed)] for seed in seeds]))
+  cells, mine = graph(cfg, todo, groups, root)
+  results = engine.run(cells, settings, root)
+  rows = [row(cfg, p, [r for key in mine[_name(p)] for r in results[key]]) for p in todo]
   if distributed.is_lead():
     study.write_csv(root / "sweep.csv", rows)
     workdir_lib.write_text(root / "sweep.md", markdown(rows))
