@@ -296,3 +296,20 @@ def test_killed_mid_epoch_under_host_placement_resumes_to_the_same_result(device
     assert got[key] == pytest.approx(want[key], rel=1e-6, abs=1e-6)
   lines = [(r["stage"], r.get("epoch")) for r in map(json.loads, (workdir / "metrics.jsonl").open())]
   assert lines == [("pretrain", 1), ("adapt", 0), ("adapt", 1), ("test", None)]
+
+
+def test_a_panel_studys_table_reports_mase_and_smape():
+  from mola_jax.lab import reproduce
+
+  runs = {("mola", 24, 12, seed): {"dataset": "dataframe", "test_mse": 0.5 + seed, "test_mae": 0.4, "test_mase": mase,
+                                   "test_smape": 10.0 * (seed + 1)}
+          for seed, mase in ((0, 1.0), (1, 3.0))}  # fmt: skip
+  book = types.SimpleNamespace(chosen={("mola", 24): 12}, results=runs)
+  rows = reproduce.table_rows(types.SimpleNamespace(backbone="cyclenet"), book, [0, 1], [24], ["mola"])
+  assert rows[0]["test_mase_mean"] == 2.0 and rows[0]["test_smape_mean"] == 15.0
+  text = reproduce.table_markdown(rows)
+  assert "test MASE (±95% CI) | test sMAPE (±95% CI) |" in text and "| 2.000 ± " in text and "| 15.00 ± " in text
+  wide = {k: {key: v for key, v in r.items() if key not in ("test_mase", "test_smape")} for k, r in runs.items()}
+  rows = reproduce.table_rows(types.SimpleNamespace(backbone="cyclenet"), types.SimpleNamespace(
+    chosen=book.chosen, results=wide), [0, 1], [24], ["mola"])  # fmt: skip
+  assert "test_smape_mean" not in rows[0] and "MASE" not in reproduce.table_markdown(rows)  # a wide table's study
