@@ -290,7 +290,7 @@ def test_killed_mid_epoch_under_host_placement_resumes_to_the_same_result(device
   assert proc.returncode == -signal.SIGKILL, "the run ended or stalled before its resume point"
   rerun = subprocess.run(train_cli(csv, workdir), cwd=REPO, capture_output=True, text=True, timeout=300)
   assert rerun.returncode == 0, rerun.stderr[-2000:]
-  assert "[pretrain] resuming at epoch 1, batch" in rerun.stderr
+  assert "[pretrain] resuming at epoch 1, batch" in rerun.stdout  # tqdm.write: stdout
   got, want = json.loads((workdir / "results.json").read_text()), device_run[1]
   for key in ("test_mse", "test_mae", "val_mse", "test_mase", "test_smape"):
     assert got[key] == pytest.approx(want[key], rel=1e-6, abs=1e-6)
