@@ -25,7 +25,7 @@ from tqdm import tqdm
 from mola_jax import checkpointing, cli, data, distributed, evaluation, metrics, plan, runtime, sharding, workdir
 from mola_jax.errors import CheckpointError, ConfigError
 from mola_jax.fit import RunSetup, fit
-from mola_jax.models import build
+from mola_jax.models import BACKBONES, build
 
 
 def train_and_evaluate(cfg, workdir_path, *, data=None, overwrite: bool = False) -> dict:
@@ -104,7 +104,7 @@ def stage_model(run_plan: plan.Plan, stage: plan.Stage, series, init: pathlib.Pa
   stage's seed. A backbone's data constants (OLinear's bases) come from the training rows in stage 1 and with the
   backbone in stage 2."""
   adapt = stage.name == plan.ADAPT
-  rows = None if adapt else train_rows(series)
+  rows = None if adapt or not getattr(BACKBONES[run_plan.model.backbone], "FROM_DATA", False) else train_rows(series)
   # Fresh Rngs inside the builder: sharding.create traces it once for the shapes and once for the values.
   make = lambda: build(run_plan.model, channels=series.values.shape[1], marks=series.marks.shape[1],
                        pred_len=stage.pred_len, segments=stage.segments if adapt else 0, rngs=nnx.Rngs(stage.seed),
@@ -116,7 +116,8 @@ def stage_model(run_plan: plan.Plan, stage: plan.Stage, series, init: pathlib.Pa
 
 
 def train_rows(series) -> object:
-  """The training rows [rows, D] a backbone's data constants come from: a panel's every series' training part."""
+  """The training rows [rows, D] a backbone's data constants come from: a panel's every series' training part (a
+  copy, so taken only for such a backbone)."""
   return series.train_rows() if isinstance(series, data.Panel) else series.values[slice(*series.borders["train"])]
 
 
