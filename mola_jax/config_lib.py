@@ -72,6 +72,20 @@ def default() -> ml_collections.ConfigDict:
   # seed, the training batch size) with the last partial batch dropped and the mean of per-batch means. The test
   # pass is the same under both.
   cfg.data.val_protocol = "full"
+  # A panel (docs/your_data.md "Panels"): a long table's series, each with its own dates, trained as one global
+  # channel-independent model (patchtst, dlinear, cyclenet, olinear), each split in time on its own (the last T steps
+  # for test, the T before them for validation) and scaled on its own training part. A long table of series with
+  # different spans is a panel anyway; True makes aligned series (or a wide table's columns) a panel too, instead of
+  # the channels of one multivariate model.
+  cfg.data.panel = False
+  # A panel's series shorter than seq_len + 3 * horizon: "error" refuses the table, naming them; "skip" leaves them
+  # out (counted in the log and results.json).
+  cfg.data.short_series = "error"
+  # Where a panel's training windows are gathered: "device" (the panel on the device, batches gathered there from
+  # window indices), "host" (a grain pipeline gathers them on the host, with prefetch: a panel larger than the
+  # device's memory), "auto" (device when the panel takes at most a quarter of the device's memory). Speed and
+  # memory only: both give the same results. A wide table always lives on the device.
+  cfg.data.placement = "auto"
   cfg.data.synthetic_rows = 4000  # synthetic data only
   cfg.data.synthetic_channels = 7
 
@@ -306,6 +320,10 @@ def validate(cfg) -> None:
       f"data.future_covariates must be a tuple of column names, e.g. \"('holiday',)\"; got "
       f"{cfg.data.future_covariates!r}"
     )
+  if cfg.data.short_series not in data.SHORT_SERIES:
+    raise ConfigError(f"unknown data.short_series {cfg.data.short_series!r}; use {' or '.join(data.SHORT_SERIES)}")
+  if cfg.data.placement not in data.PLACEMENTS:
+    raise ConfigError(f"unknown data.placement {cfg.data.placement!r}; use {', '.join(data.PLACEMENTS)}")
   if cfg.data.seq_len <= 0:
     raise ConfigError(f"data.seq_len must be positive, got {cfg.data.seq_len}")
   for key in ("pretrain", "adapt"):

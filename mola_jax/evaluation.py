@@ -15,6 +15,10 @@ validation and test windows are exchangeable, the truth lies within it with prob
 step (Vovk et al. 2005; locally weighted as Lei et al. 2018). The test pass scores the forecasts and their bands'
 coverage in the same pass over the test split.
 
+A panel's test pass (data/panel.py) also sums every series' errors on its own (steps.series_sums): results.json
+then holds each series' MSE and MAE (standardised) and M4's scale-free MASE and sMAPE, and their pooled values
+(`series_scores`).
+
 Why the look-back's spread: a split's errors follow its volatility, and the splits of a series differ in it.
 On ETTh1 the validation months are rougher than the test months (val MSE about twice the test MSE): plain
 residual quantiles (sigma = 1) covered 88.7% / 97.1% of the test split at 80% / 95%, the weighted bands 83.4% /
@@ -24,6 +28,7 @@ slightly optimistic; results.json reports the coverage they reach on the test sp
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -89,8 +94,9 @@ def val_batches(windows: data.DeviceWindows, evaluation: Evaluation, batch_size:
   `batch_size`, drawn by (seed, epoch), the incomplete last one dropped."""
   if evaluation.protocol == "official":
     idx = data.val_order(windows, batch_size, seed=evaluation.seed, epoch=epoch)
-    return idx, np.ones(idx.shape, bool)
-  return data.eval_order(windows, evaluation.batch_size)
+    return windows.rows(idx), np.ones(idx.shape, bool)
+  idx, mask = data.eval_order(windows, evaluation.batch_size)
+  return windows.rows(idx), mask
 
 
 def scores(sums: dict, evaluation: Evaluation, *, segments: int, channels: int) -> dict:
@@ -116,16 +122,19 @@ def split_windows(series, split: str, stage: plan.Stage, evaluation: Evaluation)
 def score_split(state: TrainState, stage: plan.Stage, *, series, evaluation: Evaluation, split: str = "test",
                 calibration=None) -> dict:  # fmt: skip
   """One pass over every window of `split`, in order: the test split once, after training (never used for
-  selection); the scores, and with a `calibration` the coverage of its bands (calibrate)."""
+  selection); the scores, and with a `calibration` the coverage of its bands (calibrate). A panel's also holds
+  its per-series scores ("per_series", series_scores)."""
   windows = split_windows(series, split, stage, evaluation)
-  opts = plan.eval_options(stage, evaluation)
+  opts = dataclasses.replace(plan.eval_options(stage, evaluation), series=windows.series)
   program = steps.make_eval_chunk(opts, seq_len=windows.seq_len, pred_len=windows.pred_len, layout=sharding.current())
   idx, mask = data.eval_order(windows, evaluation.batch_size)
   bands = () if calibration is None else (np.asarray(calibration["multiplier"], np.float32),)
-  sums = batch_sums(program, state.forecaster(), windows.arrays, idx, mask, *bands)
+  sums = batch_sums(program, state.forecaster(), windows.arrays, windows.rows(idx), mask, *bands)
   channels = scored_channels(windows, evaluation.target_only)
-  out = scores({k: v for k, v in sums.items() if k not in ("inside", "width")}, evaluation, segments=stage.segments,
-               channels=channels)  # fmt: skip
+  kept = {k: v for k, v in sums.items() if k not in ("inside", "width") and not k.startswith("series_")}
+  out = scores(kept, evaluation, segments=stage.segments, channels=channels)
+  if windows.series:
+    out["per_series"] = series_scores(sums, series)
   if calibration is not None:
     inside = distributed.fetch(sums["inside"]).sum(axis=0, dtype=np.int64)  # [V]
     width = distributed.fetch(sums["width"]).sum(axis=0, dtype=np.float64)
@@ -138,6 +147,28 @@ def score_split(state: TrainState, stage: plan.Stage, *, series, evaluation: Eva
       for i, level in enumerate(calibration["levels"])
     }
   return out
+
+
+def series_scores(sums: dict, panel: data.Panel) -> dict:
+  """A panel's per-series sums (steps.series_sums, per batch) -> {"ids", "mse", "mae", "mase", "smape": [N] each,
+  "pooled": {...}}. MSE and MAE on the standardised scale; sMAPE = the mean of 200 |y - y_hat| / (|y| + |y_hat|)
+  and MASE = the mean |y - y_hat| over the seasonal naive MAE of the series' own training part (data/panel.py
+  `naive_scale`), both in original units (M4's definitions, over every scored step of the series' windows).
+  Pooled: MSE and MAE over every scored value; MASE and sMAPE the mean over series (M4's), a series without a
+  MASE scale (a constant training part) left out of MASE's (null in its list)."""
+  acc = distributed.fetch({k: v.sum(axis=0) for k, v in sums.items() if k.startswith("series_")})  # [N] each
+  acc = {k: np.asarray(v, np.float64) for k, v in acc.items()}
+  count = np.maximum(acc["series_count"], 1)
+  mae = acc["series_abs"] / count
+  per = {"mse": acc["series_sq"] / count, "mae": mae, "mase": mae * panel.scaler.std[:, 0] / panel.naive_scale,
+         "smape": acc["series_smape"] / count}  # fmt: skip
+  total = max(acc["series_count"].sum(), 1)
+  pooled = {"mse": acc["series_sq"].sum() / total, "mae": acc["series_abs"].sum() / total,
+            "mase": np.nanmean(per["mase"]) if np.isfinite(per["mase"]).any() else math.nan,
+            "smape": per["smape"].mean()}  # fmt: skip
+  number = lambda v: float(v) if math.isfinite(v) else None
+  return {"ids": list(panel.ids), **{k: [number(v) for v in a] for k, a in per.items()},
+          "pooled": {k: number(v) for k, v in pooled.items()}}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------------

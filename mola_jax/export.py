@@ -27,6 +27,7 @@ from absl import app, flags
 
 from mola_jax import cli, distributed, models, plan, runtime, steps, workdir
 from mola_jax.data import calendar
+from mola_jax.errors import ConfigError
 from mola_jax.inference import Run, load_run
 from mola_jax.models import adapters, techniques
 from mola_jax.state import TrainState
@@ -34,6 +35,9 @@ from mola_jax.state import TrainState
 
 def export_run(run: Run) -> jax.export.Exported:
   """The run's forecaster as a jax.export.Exported: (x, x_mark, y_mark) -> forecast, original units."""
+  if run.panel:
+    raise ConfigError("a panel's run scales each series by its own training scaler, which an exported forecaster "
+                      "cannot build in; forecast with mola_jax.load_run(...).predict or mola_jax.forecast")  # fmt: skip
   model = run.model
   layers = adapters.adapted_layers(model)
   if run.stage == plan.ADAPT and layers and all(techniques.has_delta(layer.adapter) for layer in layers.values()):

@@ -7,6 +7,9 @@ per-segment early stopping on validation, resume checkpoints, and the stage's se
 each one jitted, donated lax.scan that gathers its batches on the device (steps.make_train_chunk): the host
 dispatches one program per chunk and reads the chunk's losses back one chunk later (the NaN guard, the progress
 bar and the epoch's mean loss), so it never waits for the device in between. Resume points fall on chunk ends.
+Which windows each chunk trains on comes from the stage's order (data/feeds.py): the hand-written one of a wide
+table, or grain's for a panel, whose chunks under data.placement=host are batches a grain pipeline gathered on the
+host; the order's own state is saved in the resume record.
 The best state so far lives on the device (selection.py) and is written when the stage ends and at resume
 points, never per improvement.
 
@@ -50,10 +53,11 @@ class Train:
   """A request of the loop: C train steps (steps.train_chunk_fn) -> (state, losses [C])."""
 
   state: TrainState
-  idx: np.ndarray  # int32 [C, B]
+  idx: np.ndarray | None  # int32 [C, B]: the windows to gather on the device
   segs: tuple  # (ids int32 [K_a], active bool [K_a])
   valid: np.ndarray  # bool [C]
   at: tuple  # (epoch, first batch): where the loop is
+  batch: dict | None = None  # or the batches gathered on the host {"x": [C, B, L, D], ...} (data.PanelOrder)
 
 
 @dataclasses.dataclass
@@ -81,6 +85,7 @@ class Progress:
   epoch_seconds: list = dataclasses.field(default_factory=list)
   finished: bool = False
   best_written: int = -1  # the best epoch whose state is in the best-state checkpoint
+  order: dict | None = None  # the epoch's window order's state (grain's iterator, data.PanelOrder); None: at its start
 
   @classmethod
   def from_json(cls, record: dict) -> Progress:
@@ -99,14 +104,16 @@ class Progress:
 
 @dataclasses.dataclass(frozen=True)
 class Windows:
-  """A stage's splits on the device and its epoch's shape."""
+  """A stage's splits and its epoch's shape: validation on the device, training on the device or (a panel under
+  data.placement=host) gathered on the host from `source`, the training split's windows."""
 
-  train: data.DeviceWindows
+  train: data.DeviceWindows | None  # None: gathered on the host
   val: data.DeviceWindows
   steps_per_epoch: int
+  source: data.WindowSource | data.PanelSplit
 
   @classmethod
-  def of(cls, series, stage: plan.Stage, seq_len: int) -> Windows:
+  def of(cls, series, stage: plan.Stage, seq_len: int, placement: str = "device") -> Windows:
     src = data.window_source(series, "train", seq_len, stage.window)
     steps_per_epoch = data.num_train_batches(src, stage.recipe.batch_size)
     if steps_per_epoch == 0:
@@ -115,7 +122,20 @@ class Windows:
         f"lower --config.{stage.name}.batch_size or use a longer series"
       )
     val = data.DeviceWindows(data.window_source(series, "val", seq_len, stage.window))
-    return cls(data.DeviceWindows(src), val, steps_per_epoch)
+    host = isinstance(src, data.PanelSplit) and data.placement(placement, src.values.nbytes) == "host"
+    return cls(None if host else data.DeviceWindows(src), val, steps_per_epoch, src)
+
+  def order(self, seed: int, batch_size: int, chunk: int):
+    """The run's window order (data/feeds.py): grain's for a panel, the hand-written one for a wide table."""
+    if isinstance(self.source, data.PanelSplit):
+      return data.PanelOrder(self.source, batch_size, seed=seed, chunk=chunk, host=self.train is None)
+    return data.HandOrder(self.train, batch_size, seed=seed, chunk=chunk)
+
+  def inputs(self, request: Train) -> tuple:
+    """A Train request's arguments of the stage's train chunk, on the devices (steps.make_train_chunk)."""
+    if request.batch is not None:
+      return data.place_chunk(request.batch), *sharding.replicate((request.segs, request.valid))
+    return self.train.arrays, *sharding.replicate((request.idx, request.segs, request.valid))
 
 
 def new_state(model, stage: plan.Stage, loop: plan.Loop, tx) -> TrainState:
@@ -134,7 +154,7 @@ def stage_tx(stage: plan.Stage, steps_per_epoch: int):
 def fit(model, stage: plan.Stage, *, series, run: RunSetup) -> tuple[TrainState, dict]:
   """Train `model` for `stage` on windows of `stage.window` steps, resuming from the run's resume checkpoint if
   there is one -> (the selected state, the summary: best epoch, its validation MSE, epochs, seconds)."""
-  windows = Windows.of(series, stage, run.evaluation.seq_len)
+  windows = Windows.of(series, stage, run.evaluation.seq_len, run.loop.placement)
   state = new_state(model, stage, run.loop, stage_tx(stage, windows.steps_per_epoch))
   loop = epochs(state, stage, windows, run)
   train, evaluate = programs(stage, run, windows)
@@ -147,8 +167,7 @@ def fit(model, stage: plan.Stage, *, series, run: RunSetup) -> tuple[TrainState,
     except StopIteration as finished:
       return finished.value
     if isinstance(request, Train):
-      args = sharding.replicate((request.idx, request.segs, request.valid))
-      result = train(request.state, windows.train.arrays, *args)
+      result = train(request.state, *windows.inputs(request))
       done += int(request.valid.sum())
       profiler.after_step(done, result)
     else:
@@ -158,9 +177,9 @@ def fit(model, stage: plan.Stage, *, series, run: RunSetup) -> tuple[TrainState,
 
 def programs(stage: plan.Stage, run: RunSetup, windows: Windows):
   """The stage's train chunk and eval chunk (at most three programs a stage: two segment buckets and one eval)."""
-  w, layout = windows.train, sharding.current()
+  w, layout = windows.source, sharding.current()
   train = steps.make_train_chunk(plan.step_options(stage, run.loop), seq_len=w.seq_len, pred_len=w.pred_len,
-                                 layout=layout)  # fmt: skip
+                                 layout=layout, host=windows.train is None)  # fmt: skip
   opts = plan.eval_options(stage, run.evaluation)
   return train, steps.make_eval_chunk(opts, seq_len=w.seq_len, pred_len=w.pred_len, layout=layout)
 
@@ -174,19 +193,17 @@ def epochs(state: TrainState, stage: plan.Stage, windows: Windows, run: RunSetup
     val0 = (yield from validate(state, stage, windows, run, 0)) if stage.name == plan.ADAPT else None
     p = start(val0, k, recipe.patience, run.log)
   stopper, sizes = SegmentStopper.from_dict(p.stopper), steps.segment_buckets(k, steps.default_groups())
+  order = windows.order(run.loop.seed, b, c)
   try:
     while not p.finished:
-      t0, order = time.perf_counter(), data.train_order(windows.train, b, seed=run.loop.seed, epoch=p.epoch)
+      t0 = time.perf_counter()
       segs = steps.training_segments(stopper.active, stage.name != plan.ADAPT or recipe.skip_stopped, sizes)
       losses, bar = LossFold(p, stage, run), progress_bar(p, stage, windows.steps_per_epoch)
-      for first in range(p.batch, windows.steps_per_epoch, c):
-        n = min(c, windows.steps_per_epoch - first)
-        idx = np.zeros((c, b), np.int32)
-        idx[:n] = order[first : first + n]
-        state, out = yield Train(state, idx, segs, np.arange(c) < n, (p.epoch, first))
-        p.batch, p.step = first + n, p.step + n
-        losses.add(out, n)  # reads the chunk before: the host never waits long
-        bar.update(n)
+      for chunk in order.chunks(p.epoch, p.batch, p.order):  # from the resume point, if the epoch has one
+        state, out = yield Train(state, chunk.idx, segs, chunk.valid, (p.epoch, chunk.first), chunk.batch)
+        p.batch, p.step, p.order = chunk.first + chunk.n, p.step + chunk.n, order.state()
+        losses.add(out, chunk.n)  # reads the chunk before: the host never waits long
+        bar.update(chunk.n)
         if p.batch < windows.steps_per_epoch and ckpt.due(p.step):
           losses.flush()
           ckpt.save(state, best, p)
@@ -276,7 +293,7 @@ def end_epoch(state, best, p: Progress, stopper, val: dict, stage: plan.Stage, r
   note = f" active {int(stopper.active.sum())}/{k}" if k > 1 else ""
   tqdm.write(f"[{name}] epoch {epoch}/{stage.recipe.epochs}  train {train_loss:.4f}  val mse {val['mse']:.4f} "
              f"mae {val['mae']:.4f}  lr {lr:.2e}  {seconds:.1f}s{' *' if improved else ''}{note}")  # fmt: skip
-  p.epoch, p.batch, p.loss_sum, p.loss_count = epoch + 1, 0, 0.0, 0
+  p.epoch, p.batch, p.loss_sum, p.loss_count, p.order = epoch + 1, 0, 0.0, 0, None
   p.finished = epoch == stage.recipe.epochs or not stopper.active.any()
   p.stopper = stopper.to_dict()
   return best

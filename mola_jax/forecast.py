@@ -44,33 +44,27 @@ def wide_view(forecast: pd.DataFrame) -> pd.DataFrame:
   return pd.concat(parts, axis=1).reset_index()
 
 
+MAX_SERIES_PLOTS = 8  # a panel's forecast plots: its first series only (a panel may hold thousands)
+
+
 def plot(run: Run, csv_path, forecast: pd.DataFrame, out_dir: pathlib.Path, history: int) -> list[pathlib.Path]:
-  """One PNG per forecast channel: the file's last `history` rows and every forecast."""
+  """One PNG per forecast channel (a panel's run: per series, the first MAX_SERIES_PLOTS): the file's last
+  `history` rows and every forecast."""
   import matplotlib
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  hist = run.history(data.read_frame(csv_path), str(csv_path))
-  values, dates, forecast = np.where(hist.observed, hist.values, np.nan), hist.dates, wide_view(forecast)
   out_dir.mkdir(parents=True, exist_ok=True)
   paths = []
-  for name in run.outputs:
-    j = run.columns.index(name)
+  for j, name, dates, values, part, column in curves(run, csv_path, forecast):
     fig, ax = plt.subplots(figsize=(9, 3))
-    ax.plot(dates[-history:], values[-history:, j], color="black", lw=1, label="data")
-    for i, (_, part) in enumerate(forecast.groupby("origin")):
-      ax.plot(part["date"], part[name], color="tab:red", lw=1, label="forecast" if i == 0 else None)
-      if f"{name}_lower_80" in part:
-        ax.fill_between(
-          part["date"],
-          part[f"{name}_lower_80"],
-          part[f"{name}_upper_80"],
-          color="tab:red",
-          alpha=0.15,
-          lw=0,
-          label="80% interval" if i == 0 else None,
-        )
+    ax.plot(dates[-history:], values[-history:], color="black", lw=1, label="data")
+    for i, (_, one) in enumerate(part.groupby("origin")):
+      ax.plot(one["date"], one[column], color="tab:red", lw=1, label="forecast" if i == 0 else None)
+      if f"{column}_lower_80" in one:
+        ax.fill_between(one["date"], one[f"{column}_lower_80"], one[f"{column}_upper_80"], color="tab:red",
+                        alpha=0.15, lw=0, label="80% interval" if i == 0 else None)  # fmt: skip
     ax.set_title(f"{name}")
     ax.legend(fontsize=8)
     fig.autofmt_xdate()
@@ -80,6 +74,24 @@ def plot(run: Run, csv_path, forecast: pd.DataFrame, out_dir: pathlib.Path, hist
     workdir.save_figure(fig, paths[-1], dpi=100)
     plt.close(fig)
   return paths
+
+
+def curves(run: Run, csv_path, forecast: pd.DataFrame):
+  """Yield (number, name, dates, values, forecast rows with origin and date, the forecast's column) of each plot."""
+  frame = data.read_frame(csv_path)
+  if run.panel:
+    frame = frame.assign(unique_id=frame["unique_id"].astype(str), ds=pd.to_datetime(frame["ds"], format="mixed"))
+    rows = forecast.rename(columns={"ds": "date", "forecast": "y"})
+    rows = rows.rename(columns={c: f"y_{c}" for c in rows.columns if c.startswith(("lower", "upper"))})
+    for j, uid in enumerate(list(dict.fromkeys(forecast["unique_id"]))[:MAX_SERIES_PLOTS]):
+      one = frame[frame["unique_id"] == uid].sort_values("ds")
+      yield j, uid, one["ds"].to_numpy(), one["y"].to_numpy(np.float64), rows[rows["unique_id"] == uid], "y"
+    return
+  hist = run.history(frame, str(csv_path))
+  values, wide = np.where(hist.observed, hist.values, np.nan), wide_view(forecast)
+  for name in run.outputs:
+    j = run.columns.index(name)
+    yield j, name, hist.dates, values[:, j], wide, name
 
 
 def main(argv) -> None:

@@ -5,7 +5,9 @@
     errors = run.backtest(df, stride=96)    # rolling-origin forecasts of df's own rows, with their errors
 
 `df` is a pandas DataFrame like the training CSV: a `date` column and the same channel columns. It goes through
-the training data's checks (mola_jax/data/sources.py) and the run's own training scaler (never refitted).
+the training data's checks (mola_jax/data/sources.py) and the run's own training scaler (never refitted). A run
+trained on a panel takes a long table of (some of) its series and forecasts each from its own history, scaled by
+its own training scaler (mola_jax/data/panel_frames.py): the T steps after each series' own last date.
 Intervals: the split-conformal bands the run calibrated on its validation windows (mola_jax/evaluation.py).
 """
 
@@ -21,7 +23,7 @@ import pandas as pd
 from flax import nnx
 
 from mola_jax import checkpointing, config_lib, data, plan, runtime, steps
-from mola_jax.data import frames
+from mola_jax.data import frames, panel_frames
 from mola_jax.data.scaler import Scaler
 from mola_jax.errors import DataError
 from mola_jax.models import adapters, build
@@ -62,6 +64,11 @@ class Run:
   def covariates(self) -> list[str]:
     return list(self.record.get("covariates", []))
 
+  @property
+  def panel(self) -> bool:
+    """Trained on a panel: many series, each forecast from its own history (data/panel.py)."""
+    return bool(self.record.get("panel"))
+
   def forecast(self, batch: dict) -> np.ndarray:
     """batch {"x": [B, L, D], "x_mark": [B, L, F], "y_mark": [B, T, F], "t0": [B]} -> [B, T, D] (standardised
     scale), at the matmul precision the run trained with."""
@@ -84,6 +91,8 @@ class Run:
   def backtest(self, df: pd.DataFrame, stride: int | None = None, *, name: str = "the DataFrame") -> pd.DataFrame:
     """Rolling-origin forecasts of `df`'s own rows: from every `stride`-th row (default T) with T known rows after
     it, with their errors and bounds (frames.backtest_table), in original units."""
+    if self.panel:
+      return self.panel_table(df, name, every=stride or self.horizon, backtest=True)
     hist = self.history(df, name)
     seq_len, stride = self.cfg.data.seq_len, stride or self.horizon
     ends = list(range(seq_len, len(hist.values) - self.horizon + 1, stride))
@@ -99,7 +108,10 @@ class Run:
                      name: str = "the DataFrame") -> pd.DataFrame:  # fmt: skip
     """A wide table (the forecast CLI's): origin (the last known row), date, the forecast channels and their
     bounds, for the T steps after `df`'s last row, and with `roll` also from every T-th row (a backtest); a long
-    `df` gives it long (origin, unique_id, ds, forecast, bounds)."""
+    `df` gives it long (origin, unique_id, ds, forecast, bounds); a panel's run forecasts each series from its own
+    last date."""
+    if self.panel:
+      return self.panel_table(df, name, every=self.horizon if roll else None, backtest=False)
     hist = self.history(df, name)
     seq_len, t, grid = self.cfg.data.seq_len, self.horizon, self.record.get("grid")
     ends = (list(range(seq_len, len(hist.values), t)) if roll else []) + [len(hist.values)]
@@ -125,15 +137,34 @@ class Run:
       out.append(self.forecast(batch)[..., -d:])
       scales.append(steps.lookback_scale(batch["x"][..., -d:]))
     pred = self.scaler.unscale(np.concatenate(out), d)
-    return pred, bands(self.conformal, pred, np.concatenate(scales), self.scaler)
+    return pred, bands(self.conformal, pred, np.concatenate(scales), self.scaler.std[-d:])
+
+  def panel_table(self, df: pd.DataFrame, name: str, *, every: int | None, backtest: bool) -> pd.DataFrame:
+    """A panel run's forecasts of the series of the long table `df` (panel_frames.origins): the long forecast
+    table, or the backtest's."""
+    lb, t = self.cfg.data.seq_len, self.horizon
+    need, what = (lb + t, "look-back + horizon") if backtest else (lb, "the look-back")
+    hist = panel_frames.read_history(df, name, self.cfg.data, self.record, need=need, what=what)
+    pairs, futures = panel_frames.origins(hist, self.record, seq_len=lb, horizon=t, every=every, backtest=backtest)
+    out, scales = [], []
+    for batch in panel_frames.lookback_batches(hist, self.record, pairs, seq_len=lb, horizon=t,
+                                               batch_size=self.cfg.data.eval_batch_size):  # fmt: skip
+      out.append(self.forecast(batch))  # [b, T, 1]
+      scales.append(steps.lookback_scale(batch["x"]))
+    s = hist.index[[k for k, _ in pairs]]
+    std = self.scaler.std[s][:, None, :]  # [n, 1, 1]: each window's own series
+    pred = np.concatenate(out) * std + self.scaler.mean[s][:, None, :]
+    table = panel_frames.backtest_table if backtest else panel_frames.forecast_table
+    return table(hist, pairs, futures, pred, bands(self.conformal, pred, np.concatenate(scales), std))
 
 
-def bands(conformal: dict | None, pred: np.ndarray, scale: np.ndarray, scaler: Scaler) -> dict[str, np.ndarray]:
-  """Interval bounds for forecasts [n, T, D'] with look-back scales [n, D']: {"lower_80": [n, T, D'], "upper_80":
-  ...} in original units (evaluation.py)."""
+def bands(conformal: dict | None, pred: np.ndarray, scale: np.ndarray, std: np.ndarray) -> dict[str, np.ndarray]:
+  """Interval bounds for forecasts [n, T, D'] with look-back scales [n, D'] and the scaler's std (of the forecast
+  channels [D'], or each window's [n, 1, D']): {"lower_80": [n, T, D'], "upper_80": ...} in original units
+  (evaluation.py)."""
   if not conformal:
     return {}
-  std, out = scaler.std[-pred.shape[-1] :], {}
+  out = {}
   for level, q in zip(conformal["levels"], np.asarray(conformal["multiplier"]), strict=True):
     pct, half = f"{100 * level:g}", q[None] * scale[:, None, :] * std  # [n, T, D']
     out[f"lower_{pct}"], out[f"upper_{pct}"] = pred - half, pred + half

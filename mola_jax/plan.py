@@ -52,6 +52,7 @@ class Loop:
   checkpoint_every_seconds: float
   checkpoint_every_steps: int  # 0: by time only
   profile_steps: int  # N > 0: a profiler trace of N steady-state steps per stage
+  placement: str = "auto"  # data.placement: where a panel's training windows are gathered (data/feeds.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,6 +135,7 @@ def loop(cfg) -> Loop:
     checkpoint_every_seconds=cfg.checkpoint_every_seconds,
     checkpoint_every_steps=cfg.checkpoint_every_steps,
     profile_steps=cfg.profile_steps,
+    placement=cfg.data.placement,
   )
 
 

@@ -38,6 +38,7 @@ class StepOptions:
   loss: str = "mse"  # LOSSES
   compute_dtype: str | None = None  # None/"float32", or "bfloat16" on float32 master weights (`caster`)
   share_prefix_dropout: bool = False  # cfg.adapt.share_prefix_dropout (models/layers.py Ctx)
+  series: int = 0  # N > 0: a panel's N series; the eval step also sums each series' errors (`series_sums`)
 
 
 def lr_schedule(lr: float, steps_per_epoch: int, decay: float = 0.5, decay_from: int = 3) -> optax.Schedule:
@@ -224,12 +225,30 @@ def train_chunk_fn(step, *, seq_len: int, pred_len: int):
   return chunk
 
 
+def host_chunk_fn(step):
+  """C train steps as one lax.scan over batches gathered on the host (data.PanelOrder, placement "host"), unjitted:
+  chunk(state, batches, segs, valid) -> (state, losses [C]); batches {"x": [C, B, L, D], ...}. The same step as
+  train_chunk_fn's, on the same batches that one gathers on the device."""
+
+  def chunk(state, batches, segs, valid):
+    def body(st, xs):
+      batch, ok = xs
+      batch = jax.tree.map(lambda a: sharding.constrain(a, ("batch",) + (None,) * (a.ndim - 1)), batch)
+      return jax.lax.cond(ok, lambda st: step(st, batch, segs), lambda st: (st, jnp.zeros((), jnp.float32)), st)
+
+    return jax.lax.scan(body, state, (batches, valid))
+
+  return chunk
+
+
 @functools.lru_cache(maxsize=32)
-def make_train_chunk(opts: StepOptions, *, seq_len: int, pred_len: int, layout=None):
-  """`train_chunk_fn` of the train step, jitted with the state donated; under a mesh (`layout`) its output state
-  keeps the logical shardings (sharding.jit). Cached per settings and layout, as make_eval_chunk."""
+def make_train_chunk(opts: StepOptions, *, seq_len: int, pred_len: int, layout=None, host: bool = False):
+  """`train_chunk_fn` of the train step (`host`: `host_chunk_fn`'s), jitted with the state donated; under a mesh
+  (`layout`) its output state keeps the logical shardings (sharding.jit). Cached per settings and layout, as
+  make_eval_chunk."""
   step = train_step_fn(train_forecast(), opts)
-  return sharding.jit(train_chunk_fn(step, seq_len=seq_len, pred_len=pred_len), donate_argnums=0, layout=layout)
+  chunk = host_chunk_fn(step) if host else train_chunk_fn(step, seq_len=seq_len, pred_len=pred_len)
+  return sharding.jit(chunk, donate_argnums=0, layout=layout)
 
 
 def segment_buckets(segments: int, multiple: int = 1) -> tuple[int, ...]:
@@ -305,6 +324,8 @@ def eval_step_fn(opts: StepOptions, *, groups: int | None = None, forward=predic
     }
     if observed is not None:
       sums["scored"] = jnp.sum(real, axis=(0, 2)).astype(jnp.float32)  # [T]
+    if opts.series:
+      sums |= series_sums(batch, pred, y, jnp.broadcast_to(real, err.shape), opts.series)
     if bands is not None:
       scale = lookback_scale(batch["x"][..., -pred.shape[-1] :])  # [B, D']
       half = bands[:, None] * scale[None, :, None, :]  # [V, B, T, D']
@@ -314,6 +335,20 @@ def eval_step_fn(opts: StepOptions, *, groups: int | None = None, forward=predic
     return sums
 
   return step
+
+
+def series_sums(batch: dict, pred, y, real, n: int) -> dict:
+  """A panel batch's errors summed per series (batch["series"] [B], of `n`): "series_sq", "series_abs" (standardised),
+  "series_smape" (M4's sMAPE terms 200 |y - pred| / (|y| + |pred|) in original units, by batch["series_scale"]
+  [B, 2] = (mean, std); 0 where both are 0) and "series_count" (the scored values), each [n]."""
+  mean, std = batch["series_scale"][:, 0, None, None], batch["series_scale"][:, 1, None, None]  # [B, 1, 1]
+  p, t = pred * std + mean, y * std + mean
+  denominator = jnp.abs(p) + jnp.abs(t)
+  smape = jnp.where(denominator > 0, 200.0 * jnp.abs(p - t) / jnp.where(denominator > 0, denominator, 1.0), 0.0)
+  per_window = {"series_sq": (pred - y) ** 2, "series_abs": jnp.abs(pred - y), "series_smape": smape,
+                "series_count": jnp.ones_like(y)}  # fmt: skip
+  return {k: jax.ops.segment_sum(masked_sum(v, real, axis=(1, 2)), batch["series"], num_segments=n)
+          for k, v in per_window.items()}  # fmt: skip
 
 
 SCALE_FLOOR = 0.05  # standardised units: a flat look-back (a constant channel) still gets a band

@@ -13,6 +13,7 @@ The path of a run, in the order `train_and_evaluate` reads, and where each part 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import pathlib
 
@@ -22,9 +23,9 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 from mola_jax import checkpointing, cli, data, distributed, evaluation, metrics, plan, runtime, sharding, workdir
-from mola_jax.errors import CheckpointError
+from mola_jax.errors import CheckpointError, ConfigError
 from mola_jax.fit import RunSetup, fit
-from mola_jax.models import build
+from mola_jax.models import BACKBONES, build
 
 
 def train_and_evaluate(cfg, workdir_path, *, data=None, overwrite: bool = False) -> dict:
@@ -45,9 +46,11 @@ def train_and_evaluate(cfg, workdir_path, *, data=None, overwrite: bool = False)
 
 
 def load_data(cfg, run_plan: plan.Plan, path: pathlib.Path, frame=None):
-  """The run's series, checked: every split must hold at least one T-step window, and stage 2 needs its stage 1."""
+  """The run's series, checked: every split must hold at least one T-step window, a panel needs a channel-independent
+  backbone, and stage 2 needs its stage 1."""
   workdir.check_path(path)
-  series = data.load_series(cfg.data, frame)
+  series = data.load_series(cfg.data, frame, horizon=run_plan.horizon)
+  check_panel(cfg, series)
   for split in ("train", "val", "test"):
     data.window_source(series, split, cfg.data.seq_len, run_plan.horizon)
   if run_plan.stages[0].name == plan.ADAPT and not init_dir(cfg, path).is_dir():
@@ -56,6 +59,20 @@ def load_data(cfg, run_plan: plan.Plan, path: pathlib.Path, frame=None):
       "--config.init_from to the workdir of a finished stage-1 run"
     )
   return series
+
+
+def check_panel(cfg, series) -> None:
+  """A panel trains the channel-independent backbones only; data.placement=host is for panels."""
+  if not isinstance(series, data.Panel):
+    if cfg.data.placement == "host":
+      raise ConfigError("data.placement=host gathers a panel's windows on the host; this table is one multivariate "
+                        "series, which lives on the device: leave data.placement at auto or device")  # fmt: skip
+    return
+  if cfg.backbone not in data.PANEL_BACKBONES:
+    raise ConfigError(f"{series.name} is a panel of {len(series.ids)} series, each its own window: backbone "
+                      f"{cfg.backbone} mixes channels; use one of {', '.join(data.PANEL_BACKBONES)}")  # fmt: skip
+  skipped = f", {len(series.skipped)} short series skipped" if series.skipped else ""
+  tqdm.write(f"{series.name}: a panel of {len(series.ids)} series, {len(series.values)} rows{skipped}")
 
 
 def init_dir(cfg, path: pathlib.Path) -> pathlib.Path:
@@ -87,7 +104,7 @@ def stage_model(run_plan: plan.Plan, stage: plan.Stage, series, init: pathlib.Pa
   stage's seed. A backbone's data constants (OLinear's bases) come from the training rows in stage 1 and with the
   backbone in stage 2."""
   adapt = stage.name == plan.ADAPT
-  rows = None if adapt else series.values[slice(*series.borders["train"])]
+  rows = None if adapt or not getattr(BACKBONES[run_plan.model.backbone], "FROM_DATA", False) else train_rows(series)
   # Fresh Rngs inside the builder: sharding.create traces it once for the shapes and once for the values.
   make = lambda: build(run_plan.model, channels=series.values.shape[1], marks=series.marks.shape[1],
                        pred_len=stage.pred_len, segments=stage.segments if adapt else 0, rngs=nnx.Rngs(stage.seed),
@@ -96,6 +113,12 @@ def stage_model(run_plan: plan.Plan, stage: plan.Stage, series, init: pathlib.Pa
   if adapt:  # restored straight into the model's shardings
     checkpointing.load_backbone(model, init, backbone_identity(run_plan, series))
   return model
+
+
+def train_rows(series) -> object:
+  """The training rows [rows, D] a backbone's data constants come from: a panel's every series' training part (a
+  copy, so taken only for such a backbone)."""
+  return series.train_rows() if isinstance(series, data.Panel) else series.values[slice(*series.borders["train"])]
 
 
 def backbone_identity(run_plan: plan.Plan, series) -> dict:
@@ -120,8 +143,10 @@ def test(state, run_plan: plan.Plan, path: pathlib.Path, timings: dict, log, ser
     workdir.write_json(path / "results.json", results)
   log.write(stage="test", test_mse=scores["mse"], test_mae=scores["mae"], windows=scores["windows"])
   log.figure("test/per_step_mse", per_step_figure(scores["per_step_mse"], run_plan.method))
+  pooled = scores.get("per_series", {}).get("pooled")
+  also = f" mase {pooled['mase'] or math.nan:.3f} smape {pooled['smape']:.2f}" if pooled else ""
   tqdm.write(
-    f"test mse {scores['mse']:.4f} mae {scores['mae']:.4f} on {scores['windows']} windows "
+    f"test mse {scores['mse']:.4f} mae {scores['mae']:.4f}{also} on {scores['windows']} windows "
     f"({run_plan.method}, T={final.window}); results in {path / 'results.json'}"
   )
   return results
@@ -153,7 +178,18 @@ def _results(run_plan: plan.Plan, series, test: dict, timings: dict) -> dict:
     "train_seconds": sum(t["seconds"] for t in timings.values()),  # excludes time lost to restarts
     "per_step_test_mse": test["per_step_mse"], "per_segment_test_mse": test["per_segment_mse"],
     "stages": timings, "matmul_precision": run_plan.matmul_precision, **runtime.environment(),
-  } | ({"interval_coverage": test["interval_coverage"]} if "interval_coverage" in test else {})  # fmt: skip
+  } | ({"interval_coverage": test["interval_coverage"]} if "interval_coverage" in test else {}) | panel_results(
+    series, test)  # fmt: skip
+
+
+def panel_results(series, test: dict) -> dict:
+  """A panel's part of results.json: its series, those skipped as too short, and the per-series and pooled scores
+  (evaluation.series_scores)."""
+  if not isinstance(series, data.Panel):
+    return {}
+  per = test["per_series"]
+  return {"series": len(series.ids), "skipped_series": len(series.skipped), "skipped": list(series.skipped),
+          "test_mase": per["pooled"]["mase"], "test_smape": per["pooled"]["smape"], "per_series": per}  # fmt: skip
 
 
 def main(argv) -> None:

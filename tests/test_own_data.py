@@ -105,6 +105,20 @@ def test_example_covariates_and_long_tables(example_runs):
   assert read(here, "long", "scaler.json")["long"] is True
 
 
+def test_example_a_panel_is_scored_and_forecast_per_series(example_runs):
+  here, outputs = example_runs
+  results, scaler = read(here, "panel", "results.json"), read(here, "panel", "scaler.json")
+  lengths = {name: 700 + 150 * i for i, name in enumerate(["HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT"])}
+  assert scaler["panel"] is True and dict(zip(scaler["ids"], scaler["rows"], strict=True)) == lengths
+  per = results["per_series"]
+  assert results["series"] == 7 and results["num_test_windows"] == 7 and per["ids"] == sorted(scaler["ids"])
+  assert all(np.isfinite(per[k]).all() for k in ("mse", "mae", "mase", "smape"))
+  assert results["test_smape"] == per["pooled"]["smape"] and results["test_mase"] == per["pooled"]["mase"]
+  text = "".join(outputs.values())
+  for uid in scaler["ids"]:  # the forecast: 96 steps after each series' own last date
+    assert re.search(rf"^{uid}\s.*\s96$", text, re.M), uid
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Filled values: in no loss and no score
 

@@ -1,11 +1,14 @@
 """Data layer: a user's table or a benchmark CSV -> checked channels, target, covariates and gaps (tables.py), on
 the regular grid of its dates with their calendar features (calendar.py) -> standardised series and the windows of
-each split (sources.py) -> which windows each batch holds (orders.py) -> batches gathered on the device from those
-indices (device.py)."""
+each split (sources.py) -> which windows each batch holds (orders.py; a panel's from grain, feeds.py) -> batches
+gathered on the device from those indices (device.py), or on the host by a grain pipeline (feeds.py). A panel (many
+series, each with its own dates) is a layout of its own (panel.py)."""
 
 from mola_jax.data.calendar import Grid, feature_code, following, infer_grid, num_features, positions, time_features
 from mola_jax.data.device import DeviceWindows, gather
+from mola_jax.data.feeds import PLACEMENTS, HandOrder, PanelOrder, place_chunk, placement
 from mola_jax.data.orders import epoch_seed, eval_order, num_eval_batches, num_train_batches, train_order, val_order
+from mola_jax.data.panel import PANEL_BACKBONES, SHORT_SERIES, Panel, PanelSplit, build_panel
 from mola_jax.data.sources import (
   DATASETS,
   DataError,
@@ -30,6 +33,16 @@ __all__ = [
   "DATASETS",
   "FEATURES",
   "MISSING",
+  "PANEL_BACKBONES",
+  "PLACEMENTS",
+  "SHORT_SERIES",
+  "HandOrder",
+  "Panel",
+  "PanelOrder",
+  "PanelSplit",
+  "build_panel",
+  "place_chunk",
+  "placement",
   "DataError",
   "DatasetInfo",
   "DeviceWindows",

@@ -17,7 +17,7 @@ import types
 import numpy as np
 import pandas as pd
 
-from mola_jax.data import calendar, tables
+from mola_jax.data import calendar, panel, tables
 from mola_jax.data.scaler import Scaler
 from mola_jax.data.synthetic import synthetic_data
 from mola_jax.data.tables import read_frame
@@ -364,10 +364,11 @@ def _registry_file(path: pathlib.Path) -> DatasetInfo | None:
   return next((info for info in DATASETS.values() if info.filename == path.name), None)
 
 
-def load_series(data_cfg, frame: pd.DataFrame | None = None) -> Series:
+def load_series(data_cfg, frame: pd.DataFrame | None = None, *, horizon: int | None = None) -> Series | panel.Panel:
   """Load the dataset a data config names: registry `name`, or a custom table at `path` (7:1:2 split, file stem
   name) or given as `frame` (a DataFrame; 7:1:2, named "dataframe"), wide or long, with the config's target,
-  features, future covariates and handling of gaps.
+  features, future covariates and handling of gaps. A long table of series with different spans (or any table
+  under data.panel) is a panel (data/panel.py), split by the `horizon` T.
 
   A benchmark file (the registry's, or an explicit path holding its canonical bytes) is read as the field reads it:
   rows by position and the hourly time features, so published numbers compare. Any other table is checked
@@ -378,6 +379,8 @@ def load_series(data_cfg, frame: pd.DataFrame | None = None) -> Series:
   """
   seq_len, quirk = int(data_cfg.seq_len), bool(data_cfg.parity_quirk)
   if frame is not None:
+    if panel.is_panel(frame, data_cfg, "the DataFrame"):
+      return panel.read_panel(frame, "the DataFrame", data_cfg, horizon=horizon, name="dataframe")
     table = tables.read_table(frame, "the DataFrame", data_cfg, regular=True)
     freq = _freq(data_cfg, table, benchmark=False)
     return build_series(table, name="dataframe", split="ratio", seq_len=seq_len, freq=freq, parity_quirk=quirk)
@@ -395,14 +398,19 @@ def load_series(data_cfg, frame: pd.DataFrame | None = None) -> Series:
     name = data_cfg.name
     p = resolve_path(name, None)
     split, benchmark = DATASETS[name].split, True
-  table = tables.read_table(read_frame(p), str(p), data_cfg, regular=not benchmark)
+  df = read_frame(p)
+  if panel.is_panel(df, data_cfg, str(p)):
+    return panel.read_panel(df, str(p), data_cfg, horizon=horizon, name=name)
+  table = tables.read_table(df, str(p), data_cfg, regular=not benchmark)
   freq = _freq(data_cfg, table, benchmark=benchmark)
   return build_series(table, name=name, split=split, seq_len=seq_len, freq=freq, parity_quirk=quirk, origin=str(p))
 
 
-def fingerprint(series: Series) -> str:
+def fingerprint(series: Series | panel.Panel) -> str:
   """sha256 of what a run trains on (standardised values and their scaler, marks, dates, which values are real): a
   workdir holds the run of one series, and a rerun on other data must not resume it."""
+  if isinstance(series, panel.Panel):
+    return series.fingerprint()
   h = hashlib.sha256()
   sc = series.scaler
   parts = (series.values, sc.mean, sc.std, series.marks, sc.covariate_mean, sc.covariate_std,
@@ -470,10 +478,13 @@ def host_batch(src: WindowSource, idx, mask=None) -> dict:
   return batch | ({"mask": np.asarray(mask, bool)} if mask is not None else {})
 
 
-def window_source(series: Series, split: str, seq_len: int, pred_len: int) -> WindowSource:
-  """The windows of one split. seq_len must be the one the borders were built with, else targets would cross splits."""
+def window_source(series: Series | panel.Panel, split: str, seq_len: int, pred_len: int):
+  """The windows of one split: a WindowSource, or a panel's PanelSplit. seq_len must be the one the borders were
+  built with, else targets would cross splits."""
   if split not in SPLITS:
     raise DataError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+  if isinstance(series, panel.Panel):
+    return series.windows(split, seq_len, pred_len)
   # Val starts seq_len rows before train ends, for both split kinds; that recovers the borders' seq_len.
   border_len = series.borders["train"][1] - series.borders["val"][0]
   if seq_len != border_len:

@@ -308,7 +308,7 @@ def table_rows(cfg, book: Book, seeds, horizons, methods) -> list[dict]:
       block.append({
         "dataset": runs[0]["dataset"], "backbone": cfg.backbone, "method": method, "horizon": horizon,
         "segment_len": s, "seeds": len(seeds), "test_mse_mean": float(np.mean(mse)), "test_mse_ci95": ci95(mse),
-        "test_mae_mean": float(np.mean(mae)), "test_mae_ci95": ci95(mae), "winner": False,
+        "test_mae_mean": float(np.mean(mae)), "test_mae_ci95": ci95(mae), "winner": False, **panel_scores(runs),
         "val_mse_mean": float(np.mean([r["val_mse"] for r in runs])),
       })  # fmt: skip
     min(block, key=lambda r: r["test_mse_mean"])["winner"] = True
@@ -321,19 +321,36 @@ def table_rows(cfg, book: Book, seeds, horizons, methods) -> list[dict]:
   return rows
 
 
+def panel_scores(runs: list[dict]) -> dict:
+  """A panel's runs (data/panel.py) also report M4's scale-free scores, pooled over series: their mean and 95% CI
+  over seeds (a run without a MASE, every series' training part constant, is left out of it)."""
+  if "test_smape" not in runs[0]:
+    return {}
+  mase = [r["test_mase"] for r in runs if r.get("test_mase") is not None]
+  smape = [r["test_smape"] for r in runs]
+  return {"test_mase_mean": float(np.mean(mase)) if mase else None, "test_mase_ci95": ci95(mase) if mase else None,
+          "test_smape_mean": float(np.mean(smape)), "test_smape_ci95": ci95(smape)}  # fmt: skip
+
+
 def table_markdown(rows: list[dict]) -> str:
+  panel = any("test_smape_mean" in r for r in rows)  # a panel's study: MASE and sMAPE columns too
+  extra = " test MASE (±95% CI) | test sMAPE (±95% CI) |" if panel else ""
   lines = [
-    "| dataset | backbone | method | T | S | seeds | test MSE (±95% CI) | test MAE (±95% CI) | val MSE "
+    f"| dataset | backbone | method | T | S | seeds | test MSE (±95% CI) | test MAE (±95% CI) |{extra} val MSE "
     "| ≤ own mtf on val |",
-    "|---|---|---|---|---|---|---|---|---|---|",
+    "|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if panel else ""),
   ]
   for r in rows:
     mse = f"{r['test_mse_mean']:.4f} ± {r['test_mse_ci95']:.4f}"
     mae = f"{r['test_mae_mean']:.4f} ± {r['test_mae_ci95']:.4f}"
     mse = f"**{mse}**" if r["winner"] else mse
+    scale_free = ""
+    if panel:
+      mase = "n/a" if r.get("test_mase_mean") is None else f"{r['test_mase_mean']:.3f} ± {r['test_mase_ci95']:.3f}"
+      scale_free = f" {mase} | {r['test_smape_mean']:.2f} ± {r['test_smape_ci95']:.2f} |"
     lines.append(
       f"| {r['dataset']} | {r['backbone']} | {r['method']} | {r['horizon']} | {r['segment_len']} | "
-      f"{r['seeds']} | {mse} | {mae} | {r['val_mse_mean']:.4f} | {r['val_vs_mtf']} |"
+      f"{r['seeds']} | {mse} | {mae} |{scale_free} {r['val_mse_mean']:.4f} | {r['val_vs_mtf']} |"
     )
   return "\n".join(lines) + (
     "\n\nBold: the lowest mean test MSE at that horizon. Last column: whether the method's mean validation MSE is at"
