@@ -301,8 +301,8 @@ def test_killed_mid_epoch_under_host_placement_resumes_to_the_same_result(device
 def test_a_panel_studys_table_reports_mase_and_smape():
   from mola_jax.lab import reproduce
 
-  runs = {("mola", 24, 12, seed): {"dataset": "dataframe", "test_mse": 0.5 + seed, "test_mae": 0.4, "test_mase": mase,
-                                   "test_smape": 10.0 * (seed + 1)}
+  runs = {("mola", 24, 12, seed): {"dataset": "dataframe", "test_mse": 0.5 + seed, "test_mae": 0.4, "val_mse": 0.3,
+                                   "test_mase": mase, "test_smape": 10.0 * (seed + 1)}
           for seed, mase in ((0, 1.0), (1, 3.0))}  # fmt: skip
   book = types.SimpleNamespace(chosen={("mola", 24): 12}, results=runs)
   rows = reproduce.table_rows(types.SimpleNamespace(backbone="cyclenet"), book, [0, 1], [24], ["mola"])
