@@ -92,7 +92,7 @@ class Run:
     """Rolling-origin forecasts of `df`'s own rows: from every `stride`-th row (default T) with T known rows after
     it, with their errors and bounds (frames.backtest_table), in original units."""
     if self.panel:
-      return self.panel_table(df, name, every=stride or self.horizon, backtest=True)
+      return panel_table(self, df, name, every=stride or self.horizon, backtest=True)
     hist = self.history(df, name)
     seq_len, stride = self.cfg.data.seq_len, stride or self.horizon
     ends = list(range(seq_len, len(hist.values) - self.horizon + 1, stride))
@@ -111,7 +111,7 @@ class Run:
     `df` gives it long (origin, unique_id, ds, forecast, bounds); a panel's run forecasts each series from its own
     last date."""
     if self.panel:
-      return self.panel_table(df, name, every=self.horizon if roll else None, backtest=False)
+      return panel_table(self, df, name, every=self.horizon if roll else None, backtest=False)
     hist = self.history(df, name)
     seq_len, t, grid = self.cfg.data.seq_len, self.horizon, self.record.get("grid")
     ends = (list(range(seq_len, len(hist.values), t)) if roll else []) + [len(hist.values)]
@@ -139,23 +139,24 @@ class Run:
     pred = self.scaler.unscale(np.concatenate(out), d)
     return pred, bands(self.conformal, pred, np.concatenate(scales), self.scaler.std[-d:])
 
-  def panel_table(self, df: pd.DataFrame, name: str, *, every: int | None, backtest: bool) -> pd.DataFrame:
-    """A panel run's forecasts of the series of the long table `df` (panel_frames.origins): the long forecast
-    table, or the backtest's."""
-    lb, t = self.cfg.data.seq_len, self.horizon
-    need, what = (lb + t, "look-back + horizon") if backtest else (lb, "the look-back")
-    hist = panel_frames.read_history(df, name, self.cfg.data, self.record, need=need, what=what)
-    pairs, futures = panel_frames.origins(hist, self.record, seq_len=lb, horizon=t, every=every, backtest=backtest)
-    out, scales = [], []
-    for batch in panel_frames.lookback_batches(hist, self.record, pairs, seq_len=lb, horizon=t,
-                                               batch_size=self.cfg.data.eval_batch_size):  # fmt: skip
-      out.append(self.forecast(batch))  # [b, T, 1]
-      scales.append(steps.lookback_scale(batch["x"]))
-    s = hist.index[[k for k, _ in pairs]]
-    std = self.scaler.std[s][:, None, :]  # [n, 1, 1]: each window's own series
-    pred = np.concatenate(out) * std + self.scaler.mean[s][:, None, :]
-    table = panel_frames.backtest_table if backtest else panel_frames.forecast_table
-    return table(hist, pairs, futures, pred, bands(self.conformal, pred, np.concatenate(scales), std))
+
+def panel_table(run: Run, df: pd.DataFrame, name: str, *, every: int | None, backtest: bool) -> pd.DataFrame:
+  """A panel run's forecasts of the series of the long table `df` (panel_frames.origins): the long forecast
+  table, or the backtest's."""
+  lb, t = run.cfg.data.seq_len, run.horizon
+  need, what = (lb + t, "look-back + horizon") if backtest else (lb, "the look-back")
+  hist = panel_frames.read_history(df, name, run.cfg.data, run.record, need=need, what=what)
+  pairs, futures = panel_frames.origins(hist, run.record, seq_len=lb, horizon=t, every=every, backtest=backtest)
+  out, scales = [], []
+  for batch in panel_frames.lookback_batches(hist, run.record, pairs, seq_len=lb, horizon=t,
+                                             batch_size=run.cfg.data.eval_batch_size):  # fmt: skip
+    out.append(run.forecast(batch))  # [b, T, 1]
+    scales.append(steps.lookback_scale(batch["x"]))
+  s = hist.index[[k for k, _ in pairs]]
+  std = run.scaler.std[s][:, None, :]  # [n, 1, 1]: each window's own series
+  pred = np.concatenate(out) * std + run.scaler.mean[s][:, None, :]
+  table = panel_frames.backtest_table if backtest else panel_frames.forecast_table
+  return table(hist, pairs, futures, pred, bands(run.conformal, pred, np.concatenate(scales), std))
 
 
 def bands(conformal: dict | None, pred: np.ndarray, scale: np.ndarray, std: np.ndarray) -> dict[str, np.ndarray]:
