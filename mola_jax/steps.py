@@ -233,7 +233,7 @@ def make_train_chunk(graphdef, tx, *, segments: int, seq_len: int, pred_len: int
 
   The steps run as a loop over the valid prefix, not as a scan whose body skips invalid steps by a conditional: a
   conditional passes the whole state through its branches, which XLA copies at every step (a kernel per state
-  array on a GPU: 119 of stage 1's 305 kernels per step on the README config, docs/performance.md)."""
+  array on a GPU: 115 of stage 1's 305 kernels per step on the README config, docs/performance.md)."""
   step = train_step_fn(graphdef, tx, segments=segments, share_prefix_dropout=share_prefix_dropout, forward=forward,
                        compute_dtype=compute_dtype, groups=groups, target_only=target_only, loss=loss)  # fmt: skip
 
