@@ -216,7 +216,7 @@ def train_chunk_fn(step, *, seq_len: int, pred_len: int):
 
   The steps run as a loop over the valid prefix, not as a scan whose body skips invalid steps by a conditional: a
   conditional passes the whole state through its branches, which XLA copies at every step (a kernel per state
-  array on a GPU: 115 of stage 1's 305 kernels per step on the README config, docs/performance.md)."""
+  array on a GPU: 118 of stage 1's 306 kernels per step on the README config, docs/performance.md)."""
 
   def chunk(state, series, idx, segs, valid):
     def body(c, carry):
