@@ -76,11 +76,11 @@ def step_table(all_rows: list[dict]) -> str:
 def bound_table(all_rows: list[dict]) -> str:
   """Per backbone, T and device: the three terms of each train step's floor in µs and the one that dominates."""
   out = [
-    "| backbone | T | device | stage 1 train step: compute / memory / launch µs (bound) | stage 2 train step: compute"
-    " / memory / launch µs (bound) | kernels per step (stage 1 / 2) |",
-    "|---|---|---|---|---|---|",
+    "| backbone | method | T | device | stage 1 train step: compute / memory / launch µs (bound) | stage 2 train step:"
+    " compute / memory / launch µs (bound) | kernels per step (stage 1 / 2) |",
+    "|---|---|---|---|---|---|---|",
   ]
-  for (_, backbone, _, horizon, topology, _), p in sorted(settings(all_rows).items()):
+  for (_, backbone, method, horizon, topology, _), p in sorted(settings(all_rows).items()):
     s1, s2 = p.get(("pretrain", "train")), p.get(("adapt", "train"))
     terms = lambda r: (
       "—"
@@ -89,7 +89,7 @@ def bound_table(all_rows: list[dict]) -> str:
     )
     device = next(iter(p.values()))["device_kind"]
     kernels = f"{_f(s1, 'kernels_per_step', fmt='g')} / {_f(s2, 'kernels_per_step', fmt='g')}"
-    out.append(f"| {backbone} | {horizon} | {device} ({topology}) | {terms(s1)} | {terms(s2)} | {kernels} |")
+    out.append(f"| {backbone} | {method} | {horizon} | {device} ({topology}) | {terms(s1)} | {terms(s2)} | {kernels} |")
   return "\n".join(out)
 
 
