@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The accelerator check: on a machine with a GPU or a TPU, the README run, the benchmark (its train and eval
-# programs, K = 4 only), the scaling study's host time on one device, and a one-horizon reproduce of ETTh1 with
-# the seeds of each cell in one program (mtf, lora, mola x 3 seeds); then one table of what they measured
-# (device, step and compile times, host time per step, wall times). About 8 minutes on one GPU.
+# programs, K = 4 only), the scaling study's host time on one device, a one-horizon reproduce of ETTh1 with the
+# seeds of each cell in one program (mtf, lora, mola x 3 seeds), and the README config's programs compiled for this
+# device with the floor of their steps (lab/aot.py --study.topology=local); then one table of what they measured
+# (device, step and compile times beside each step's floor, host time per step, wall times). About 8 minutes on
+# one GPU.
 #
 #   launch/device_check.sh [DIR]          # default DIR: runs/device_check; the table also goes to DIR/table.md
 #   QUICK=1 launch/device_check.sh DIR    # the synthetic config, one epoch a stage: the script's own check (CPU)
@@ -40,6 +42,7 @@ timed readme_warm python -m mola_jax.train --config "$config" --workdir "$out/re
 timed bench python -m mola_jax.lab.bench --config "$config" --workdir "$out/bench" "${quick[@]}" "${bench[@]}"
 timed host python -m mola_jax.lab.scaling --config "$config" --workdir "$out/host" --study.meshes=1x1 \
   --study.batches=32 "${quick[@]}"
+timed aot python -m mola_jax.lab.aot --config "$config" --workdir "$out/aot" --study.topology=local "${quick[@]}"
 repro=(--study.horizons='(96,)' --study.seeds_in_one_program=True)
 [[ -n ${QUICK:-} ]] && repro=(--study.horizons='(48,)' --study.seeds_in_one_program=True --study.num_seeds=2)
 rm -rf "$out/reproduce"  # a study skips finished cells: a timing needs a fresh one

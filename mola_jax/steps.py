@@ -209,18 +209,24 @@ def train_step_fn(forecast, opts: StepOptions):
 
 
 def train_chunk_fn(step, *, seq_len: int, pred_len: int):
-  """C train steps as one lax.scan, each batch gathered on the device inside the body, unjitted:
+  """C train steps as one loop, each batch gathered on the device inside the body, unjitted:
   chunk(state, series, idx, segs, valid) -> (state, losses [C]). series: the split's arrays
   (data.DeviceWindows.arrays); idx int32 [C, B]: the window indices of each step; segs: (ids, active); valid bool
-  [C]: steps beyond an epoch's end (a last, shorter chunk) are skipped by a conditional, so every chunk has one
-  shape and a stage one program per segment bucket."""
+  [C], a prefix: the steps before an epoch's end (a last, shorter chunk trains its first steps only; the others
+  return loss 0), so every chunk has one shape and a stage one program per segment bucket.
+
+  The steps run as a loop over the valid prefix, not as a scan whose body skips invalid steps by a conditional: a
+  conditional passes the whole state through its branches, which XLA copies at every step (a kernel per state
+  array on a GPU: 118 of stage 1's 306 kernels per step on the README config, docs/performance.md)."""
 
   def chunk(state, series, idx, segs, valid):
-    def body(st, c):
-      do = lambda st: step(st, data.gather(series, idx[c], seq_len=seq_len, pred_len=pred_len), segs)
-      return jax.lax.cond(valid[c], do, lambda st: (st, jnp.zeros((), jnp.float32)), st)
+    def body(c, carry):
+      st, losses = carry
+      st, loss = step(st, data.gather(series, idx[c], seq_len=seq_len, pred_len=pred_len), segs)
+      return st, losses.at[c].set(loss)
 
-    return jax.lax.scan(body, state, jnp.arange(idx.shape[0]))
+    losses = jnp.zeros(idx.shape[0], jnp.float32)
+    return jax.lax.fori_loop(0, jnp.sum(valid, dtype=jnp.int32), body, (state, losses))
 
   return chunk
 

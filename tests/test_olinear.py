@@ -238,6 +238,23 @@ def test_the_batched_pass_equals_k_passes(train):
     assert not np.allclose(got, np.asarray(predict(model, x, Ctx(segments=3))), atol=1e-3)
 
 
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "dropout"])
+def test_stage2_folds_its_frozen_head_chain_into_one_map(train):
+  """MoLA on the FFN (the default) leaves head -> output basis -> offset -> fc1 frozen and linear: the stage-2
+  model runs them as one folded map and forecasts what the chain forecasts (the official model at zero deltas);
+  stage 1, and a stage 2 that adapts the head or fc, keep the chain."""
+  base, model = stage2(segments=3)
+  assert model.folded and not base.folded
+  x = batch()
+  np.testing.assert_allclose(np.asarray(forward(model, x, segments=3))[:, 1], official(x["x"], base), rtol=1e-4,
+                             atol=1e-4)  # fmt: skip
+  perturb_banks(model)
+  folded = np.asarray(forward(model, x, segments=3, train=train))
+  model.folded = False
+  np.testing.assert_allclose(folded, np.asarray(forward(model, x, segments=3, train=train)), rtol=1e-5, atol=1e-5)
+  assert not any(stage2(segments=3, targets=targets)[1].folded for targets in (("ffn", "head"), ("ffn", "fc")))
+
+
 def test_the_mixing_matrix_of_segment_k_is_the_normalised_weight_plus_its_delta():
   rng = np.random.default_rng(6)
   delta = (0.1 * rng.standard_normal((3, D, D))).astype(np.float32)  # [K, input channel, output channel]

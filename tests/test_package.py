@@ -73,6 +73,10 @@ def test_a_wheel_installs_into_a_fresh_venv_and_trains_from_any_directory(tmp_pa
   env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
   where = run(str(bin_dir / "python"), "-c", "import mola_jax, sys; print(mola_jax.__file__)", cwd=elsewhere, env=env)
   assert str(venv) in where.stdout, where.stdout + where.stderr  # the installed copy, not the checkout
+  # Package data: the GPU target configs that lab/aot.py compiles for are in the wheel.
+  read = "from mola_jax.lab import targets as t; print(all('core_count' in t.target_config(n) for n in t.GPU_TARGETS))"
+  proc = run(str(bin_dir / "python"), "-c", read, cwd=elsewhere, env=env)
+  assert proc.returncode == 0 and proc.stdout.strip() == "True", proc.stdout + proc.stderr[-2000:]
   proc = run(
     str(bin_dir / "mola-train"),
     "--config",

@@ -46,7 +46,7 @@ from flax import nnx
 
 from mola_jax import config_lib, data, plan, runtime
 from mola_jax import workdir as workdir_lib
-from mola_jax.lab import bench_report, study
+from mola_jax.lab import bench_report, study, targets
 from mola_jax.lab.bench_setup import (
   FORWARDS,
   Context,
@@ -70,17 +70,10 @@ REQUIRED = (
   "peak_rss_mb",
 )
 
-# Nominal dense peaks (FLOP/s) from the vendors' data sheets, by a substring of jax's device_kind. float32 is the
-# non-tensor-core rate; XLA may run float32 matmuls as TF32 on NVIDIA GPUs, so the measured matmul is the fairer
-# float32 denominator there.
-NOMINAL_PEAK = {
-  "H100": {"bfloat16": 989e12, "float32": 67e12},  # SXM
-  "H200": {"bfloat16": 989e12, "float32": 67e12},
-  "A100": {"bfloat16": 312e12, "float32": 19.5e12},
-  "TPU v4": {"bfloat16": 275e12},
-  "TPU v5 lite": {"bfloat16": 197e12},
-  "TPU v6 lite": {"bfloat16": 918e12},
-}
+# Nominal dense peaks (FLOP/s) from the vendors' data sheets (lab/targets.py's CHIPS), by a substring of jax's
+# device_kind. float32 is full float32 precision: the non-tensor-core rate on a GPU (XLA may run float32 matmuls
+# as TF32 there, so the measured matmul is the fairer float32 denominator), six bfloat16 passes on a TPU.
+NOMINAL_PEAK = {chip.kind: {d: chip.peaks[d] for d in ("bfloat16", "float32")} for chip in targets.CHIPS}
 
 
 def defaults() -> ml_collections.ConfigDict:

@@ -142,6 +142,13 @@ class OLinear(nnx.Module):
 
   def __init__(self, cfg, *, seq_len: int, pred_len: int, channels: int, marks: int, rngs: nnx.Rngs, make_adapter):
     del marks
+    made = []  # whether each place an adapter may go got one
+
+    def make_adapter(*args, _make=make_adapter, **kwargs):
+      bank = _make(*args, **kwargs)
+      made.append(bank is not None)
+      return bank
+
     e, d = cfg.embed_size, cfg.d_model
     if not (isinstance(e, int) and e >= 1):
       raise ValueError(f"olinear.embed_size must be a positive integer, got {e!r}")
@@ -163,6 +170,27 @@ class OLinear(nnx.Module):
     self.fc2 = Dense(cfg.d_ff, pred_len, rngs=rngs, adapter=make_adapter("fc", "linear", cfg.d_ff, pred_len, rngs))
     self.dropout_rate = cfg.dropout
     self.embed_size, self.pred_len = e, pred_len
+    # Stage 2 with adapters elsewhere (the FFN under MoLA) leaves head -> output basis -> offset -> fc1 frozen and
+    # linear end to end: one map (fold_head), not four ops (at T = 720 those are two thirds of the forward's FLOPs).
+    self.folded = any(made) and self.head.adapter is None and self.fc1.adapter is None
+
+  def fold_head(self) -> tuple[jax.Array, jax.Array]:
+    """The frozen chain from the normed tokens to fc1's pre-activation as one affine map per channel:
+    u = norm(h) @ kernel + bias[channel], kernel [d_model, d_ff], bias [D, d_ff]. The head's output (coefficients
+    [E, S]) goes back to time through the output basis, gets the channel's offset, is laid out steps major and
+    multiplied by fc1; each of those is linear, so the head's kernel and bias take the same path."""
+    e, s = self.embed_size, self.pred_len
+    w1 = self.fc1.kernel[...]  # [S * E, d_ff]
+
+    def to_time(c):  # [..., E * S] coefficients -> [..., S * E] values, steps major (no offset)
+      y = c.reshape(c.shape[:-1] + (e, s)) @ self.basis_out[...]
+      return y.swapaxes(-1, -2).reshape(c.shape[:-1] + (-1,))
+
+    offset = self.offset_out[...]  # [D, S]: the same for every embedding slot
+    offset = jnp.broadcast_to(offset[:, :, None], offset.shape + (e,)).reshape(offset.shape[0], -1)  # [D, S * E]
+    kernel = to_time(self.head.kernel[...]) @ w1
+    bias = (to_time(self.head.bias[...]) + offset) @ w1 + self.fc1.bias[...]
+    return kernel, bias
 
   def set_basis(self, values_train: np.ndarray) -> None:
     """Both bases from the training rows values_train [rows, D] (the look-back's and the horizon's lengths)."""
@@ -182,14 +210,22 @@ class OLinear(nnx.Module):
     h = ctx.split_segments(self.embed(z.reshape(z.shape[:-2] + (-1,)))[None])  # [K', B, D, d_model]
     for layer in self.layers:
       h = layer(h, ctx)
-    c = self.head(self.norm(h))  # [K', B, D, E * S]: the horizon's coefficients
-    c = c.reshape(c.shape[:-1] + (self.embed_size, self.pred_len))  # [K', B, D, E, S]
-    y = c @ self.basis_out[...] + self.offset_out[:, None, :]  # back to time
-    y = y.swapaxes(-1, -2).reshape(y.shape[:-2] + (-1,))  # [K', B, D, S * E], steps major
-    y = self.fc2(gelu(self.fc1(y))).swapaxes(-1, -2)  # [K', B, S, D]
+    y = self.fc2(gelu(self.hidden(self.norm(h)))).swapaxes(-1, -2)  # [K', B, S, D]
     y = dropout(y, self.dropout_rate, ctx)
     y = (y - self.revin_shift[...]) / (self.revin_scale[...] + 1e-10)  # RevIN's denorm: eps^2 on the scale
     return y * std + mean
+
+  def hidden(self, h: jax.Array) -> jax.Array:
+    """h [K', B, D, d_model] -> fc1's pre-activation [K', B, D, d_ff]: the head's coefficients of the horizon, back
+    to time, offset, steps major, through fc1; one folded map where that chain is frozen (fold_head)."""
+    if self.folded:
+      kernel, bias = self.fold_head()
+      return h @ kernel + bias
+    c = self.head(h)  # [K', B, D, E * S]: the horizon's coefficients
+    c = c.reshape(c.shape[:-1] + (self.embed_size, self.pred_len))  # [K', B, D, E, S]
+    y = c @ self.basis_out[...] + self.offset_out[:, None, :]  # back to time
+    y = y.swapaxes(-1, -2).reshape(y.shape[:-2] + (-1,))  # [K', B, D, S * E], steps major
+    return self.fc1(y)
 
   def embedded(self, coef: jax.Array) -> jax.Array:
     """coef [B, D, L] -> [B, D, E, L]: every value times the token vector (E = 1: the values themselves)."""

@@ -1,5 +1,7 @@
 """The one table of launch/device_check.sh, from what its commands wrote into DIR: the device, each stage's train
-step (in fit's chunks and alone) with its compile time, the host's time per step, and every command's wall time.
+step (in fit's chunks and alone) with its compile time and, beside it, the step's floor on this device (a
+projection from the program compiled here: lab/aot.py --study.topology=local, lab/targets.py) and how far the
+measured step is from it, the host's time per step, and every command's wall time.
 
     python -m mola_jax.lab.report.device_check runs/device_check
 """
@@ -23,6 +25,8 @@ def table(root: pathlib.Path) -> str:
   host = _json(root / "host" / "scaling.json")["rows"][0]
   walls = dict(line.split("\t") for line in (root / "wall.tsv").read_text().splitlines())
   rows = {r["name"]: r for r in bench["rows"]}
+  with (root / "aot" / "aot.csv").open() as f:
+    floors = {r["stage"]: r for r in csv.DictReader(f) if r["program"] == "train"}
   out = [
     f"Device: {readme['devices']} x {readme['device']} ({readme['platform']}), jax {readme['jax']}, "
     f"{readme['processes']} process(es).",
@@ -30,11 +34,12 @@ def table(root: pathlib.Path) -> str:
     "| what | figure |",
     "|---|---|",
   ]
-  for stage in ("stage1", "stage2"):
+  for stage, name in (("stage1", "pretrain"), ("stage2", "adapt")):
     chunk, alone = rows[f"{stage}_batched_chunk"], rows[f"{stage}_batched_device"]
     out.append(
       f"| {stage} train step, in fit's chunks / alone | {chunk['step_ms']:.3f} / {alone['step_ms']:.3f} ms "
-      f"({chunk['windows_per_s']:,.0f} windows/s in chunks); compile {chunk['compile_seconds']:.1f} s |"
+      f"({chunk['windows_per_s']:,.0f} windows/s in chunks); compile {chunk['compile_seconds']:.1f} s; "
+      f"{floor_text(floors.get(name), chunk['step_ms'])} |"
     )
   cold, warm_compile = bench["stage2_compile_cold_seconds"], bench["stage2_compile_warm_seconds"]
   out += [
@@ -56,6 +61,18 @@ def table(root: pathlib.Path) -> str:
     f"{float(walls['reproduce']):.1f} s (test MSE {means}) |"
   )
   return "\n".join(out)
+
+
+def floor_text(row: dict | None, step_ms: float) -> str:
+  """The floor of the step's program on this device beside the measured step (lab/targets.py), or why none."""
+  if row is None or not row.get("floor_s"):
+    return f"floor: none ({row['device_kind'] if row else 'no aot row'} has no chip figures in lab/targets.py)"
+  floor_ms = float(row["floor_s"]) * 1e3
+  return (
+    f"floor {floor_ms:.3f} ms ({row['bound']}-bound: {float(row['kernels_per_step']):g} kernels, "
+    f"{float(row['hlo_flops_per_step']) / 1e9:.3g} GFLOP, {float(row['bytes_per_step']) / 1e6:.3g} MB), "
+    f"measured in chunks = {step_ms / floor_ms:.1f}x the floor"
+  )
 
 
 def main(argv: list[str]) -> None:
