@@ -60,6 +60,8 @@ def test_seeds_side_by_side_put_one_run_on_each_chip(tmp_path):
     many, one = rows[8][program], rows[1][program]
     assert many["rules"] == "runs" and many["mesh"] == "runs=8" and many["chips"] == "8", many
     assert float(many["flops_per_chip"]) == pytest.approx(float(one["flops_per_chip"]), rel=0.05)
-    # Not eight runs' state on a chip: within 10% of one run's bytes (the 8-run program keeps its outputs apart).
-    assert int(many["argument_bytes"]) == pytest.approx(int(one["argument_bytes"]), rel=0.1)
-    assert int(many["total_bytes"]) < 1.1 * int(one["total_bytes"])
+    # One run's state and batches on a chip, not eight (the 8-run program keeps its outputs apart too); the
+    # compiler's temporaries of the two programs differ by a few MiB, far from the 8x of runs stacked on a chip.
+    for part in ("argument_bytes", "output_bytes"):
+      assert int(many[part]) == pytest.approx(int(one[part]), rel=0.1), part
+    assert int(many["total_bytes"]) < 2 * int(one["total_bytes"])
