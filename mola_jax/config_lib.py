@@ -150,8 +150,7 @@ def default() -> ml_collections.ConfigDict:
     cfg.technique[name] = ml_collections.ConfigDict(technique.settings())
 
   # JAX's persistent compilation cache in the user cache directory (mola_jax/runtime.py): a rerun or the next run
-  # of a study loads its compiled steps instead of compiling them again, on a GPU or TPU (never on a CPU: jaxlib's
-  # CPU executables loaded from it crashed long processes, runtime.py). Speed only; False turns it off.
+  # of a study loads its compiled steps instead of compiling them again. Speed only; False turns it off.
   cfg.compile_cache = True
 
   # Resume checkpoints within an epoch, every so many seconds of training (and steps, if set); one is always written

@@ -22,19 +22,12 @@ def cache_dir() -> pathlib.Path:
   return pathlib.Path(pooch.os_cache("mola_jax")) / "xla"
 
 
-def use_compile_cache(enabled: bool = True, path: str | None = None, *, on_cpu: bool = False) -> str | None:
+def use_compile_cache(enabled: bool = True, path: str | None = None) -> str | None:
   """Turn JAX's persistent compilation cache on or off for this process, so a second run of the same programs (a
   rerun, the next cell of a study) loads them instead of compiling. The directory: `path`, else the one the user
   set with JAX_COMPILATION_CACHE_DIR, else `cache_dir()`. Returns the directory that was in use before (None:
-  the cache was off), so a caller can put it back.
-
-  Off on a CPU unless `on_cpu` (a one-off measurement): with jaxlib 0.10, a process that loads a few hundred XLA:CPU
-  executables from the cache (a study's cells in one driver, the test suite) crashed with a segfault inside
-  `compilation_cache.get_executable_and_time`, in libgcc's unwinder, at a point that depends on what it loaded
-  before; compiling is slower and safe. GPUs and TPUs keep the cache."""
+  the cache was off), so a caller can put it back."""
   before = jax.config.jax_compilation_cache_dir if jax.config.jax_enable_compilation_cache else None
-  if enabled and not on_cpu and jax.default_backend() == "cpu":
-    enabled = False
   if not enabled:
     jax.config.update("jax_enable_compilation_cache", False)
     return before

@@ -188,7 +188,7 @@ def compile_cold_warm(ctx: Context) -> None:
   again from a fresh jit object once the cache holds it (a rerun, or the next cell of a study)."""
   prob, out = ctx.problem(), {}
   with tempfile.TemporaryDirectory() as tmp:
-    previous = runtime.use_compile_cache(True, path=tmp, on_cpu=True)
+    previous = runtime.use_compile_cache(True, path=tmp)
     try:
       for name in ("cold", "warm"):
         setup = train_setup(ctx, prob, plan.ADAPT, seed=len(out))  # a fresh step: nothing cached in this process
