@@ -232,17 +232,20 @@ def train_chunk_fn(step, *, seq_len: int, pred_len: int):
 
 
 def host_chunk_fn(step):
-  """C train steps as one lax.scan over batches gathered on the host (data.PanelOrder, placement "host"), unjitted:
+  """C train steps as one loop over batches gathered on the host (data.PanelOrder, placement "host"), unjitted:
   chunk(state, batches, segs, valid) -> (state, losses [C]); batches {"x": [C, B, L, D], ...}. The same step as
-  train_chunk_fn's, on the same batches that one gathers on the device."""
+  train_chunk_fn's, on the same batches that one gathers on the device, and the same loop over the valid prefix
+  (no conditional per step: it would copy the state at every step, train_chunk_fn)."""
 
   def chunk(state, batches, segs, valid):
-    def body(st, xs):
-      batch, ok = xs
-      batch = jax.tree.map(lambda a: sharding.constrain(a, ("batch",) + (None,) * (a.ndim - 1)), batch)
-      return jax.lax.cond(ok, lambda st: step(st, batch, segs), lambda st: (st, jnp.zeros((), jnp.float32)), st)
+    def body(c, carry):
+      st, losses = carry
+      batch = jax.tree.map(lambda a: sharding.constrain(a[c], ("batch",) + (None,) * (a.ndim - 2)), batches)
+      st, loss = step(st, batch, segs)
+      return st, losses.at[c].set(loss)
 
-    return jax.lax.scan(body, state, (batches, valid))
+    losses = jnp.zeros(valid.shape[0], jnp.float32)
+    return jax.lax.fori_loop(0, jnp.sum(valid, dtype=jnp.int32), body, (state, losses))
 
   return chunk
 
