@@ -172,6 +172,7 @@ def test_a_user_error_in_a_cell_fails_the_study_at_once_without_a_retry(cluster,
   errors = [line for line in err.splitlines() if line.startswith("error:")]
   assert len(errors) == 1 and "is a file, not a directory" in errors[0] and bad in errors[0]
   assert f"FAILED {bad}" in out
+  wait(lambda: attempts(cluster, since, bad), timeout=30)  # a live worker's output reaches its log a little later
   assert len(attempts(cluster, since, bad)) == 1  # not retried
   assert not (tmp_path / "table.csv").exists() and (tmp_path / bad).read_text() == "not a run\n"
 
@@ -182,7 +183,7 @@ def test_a_killed_worker_and_a_killed_driver_end_in_the_uninterrupted_table(
   """A worker SIGKILLed in a cell: Ray runs the cell again and it resumes from its own checkpoint. Then the driver
   SIGKILLed in the middle of the study and rerun: finished cells are reused, unfinished ones resume. The table is
   the uninterrupted study's. A run resumed, not started over, keeps the timed record of its first epoch."""
-  since, cell = log_sizes(cluster), tmp_path / KILLED_CELL
+  cell = tmp_path / KILLED_CELL
   proc = driver(config_file, tmp_path)
   wait(lambda: committed(cell), proc)
   worker, before = int((cell / ".lock").read_text().split()[0]), first_epoch(cell)
@@ -191,8 +192,9 @@ def test_a_killed_worker_and_a_killed_driver_end_in_the_uninterrupted_table(
   wait(lambda: (cell / "results.json").exists() and partial(tmp_path), proc)
   os.killpg(proc.pid, signal.SIGKILL)
   proc.wait()
-  runs = attempts(cluster, since, KILLED_CELL)
-  assert len(runs) == 2 and f"pid {worker} " in runs[0] + runs[1]  # the killed attempt and Ray's retry
+  # Ray's retry finished the cell in another process (the lock names the last owner; not the workers' logs: Ray
+  # writes a worker's output through a pipe read inside the worker, so a SIGKILL can lose its last lines).
+  assert int((cell / ".lock").read_text().split()[0]) != worker
   assert first_epoch(cell) == before  # resumed: the epoch trained before the kill was not trained again
 
   for run in tmp_path.glob("*/*"):  # Ray ends the dead driver's cells: wait until no run holds its workdir
