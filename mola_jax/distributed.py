@@ -34,8 +34,9 @@ def initialize_distributed(requested: bool = False) -> bool:
 
 
 def is_lead() -> bool:
-  """Process 0: the only one that writes logs and results (every process writes its checkpoint shards)."""
-  return jax.process_index() == 0
+  """Process 0: the only one that writes logs and results (every process writes its checkpoint shards). Asked of a
+  single process, it starts no backend: a study's driver whose cells run in child processes leaves them the devices."""
+  return not jax.distributed.is_initialized() or jax.process_index() == 0
 
 
 def sync(name: str) -> None:

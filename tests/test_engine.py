@@ -289,6 +289,7 @@ def add(*xs):
 def test_the_local_engine_runs_cells_in_order_with_their_dependencies_results(tmp_path, capsys):
   cells = [engine.Cell("a", add, (1,)), engine.Cell("b", add, (2,)), engine.Cell("c", add, (10,), ("a", "b"), "sum")]
   s = reproduce.defaults()
+  s.cells_per_process = 0  # in this process: capsys sees the progress lines
   assert engine.run(cells, s, tmp_path) == {"a": 1, "b": 2, "c": 13}
   out = capsys.readouterr().out
   assert "start c · 2/3 done, 1 running, 0 waiting, 0 failed" in out and "critical path" in out
@@ -302,6 +303,32 @@ def test_the_local_engine_runs_cells_in_order_with_their_dependencies_results(tm
   assert "FAILED d" in capsys.readouterr().out
   with pytest.raises(ValueError, match="after its dependencies"):
     engine.run(cells[::-1], s, tmp_path)
+
+
+def pid_once(marker: str, *_) -> int:
+  """This process's id; the first call (no `marker` file yet) kills its own process instead."""
+  if not os.path.exists(marker):
+    pathlib.Path(marker).touch()
+    os.kill(os.getpid(), signal.SIGKILL)
+  return os.getpid()
+
+
+def test_local_cells_run_in_fresh_child_processes_and_one_whose_process_dies_runs_again(tmp_path, capsys):
+  """cells_per_process=2: cells 1-2 in one child, 3-4 in the next, none in this process. A cell whose process is
+  killed (as by the segfault the setting avoids) runs again in a fresh one; the study goes on."""
+  marker = str(tmp_path / "killed_once")
+  cells = [engine.Cell(k, pid_once, (str(tmp_path / "never"),)) for k in "ab"]
+  cells += [engine.Cell("c", pid_once, (marker,), ("a",)), engine.Cell("d", pid_once, (str(tmp_path / "never"),))]
+  (tmp_path / "never").touch()
+  s = reproduce.defaults()
+  s.cells_per_process = 2
+  pids = engine.run(cells, s, tmp_path)
+  # a and b in one child; c killed its child, ran again in a fresh one, and d ran there after it.
+  assert pids["a"] == pids["b"] != pids["c"] == pids["d"] and os.getpid() not in pids.values()
+  assert "the process of c died; running it again in a fresh one" in capsys.readouterr().out
+  s.cells_per_process = -1
+  with pytest.raises(ConfigError, match="cells_per_process"):
+    engine.run(cells, s, tmp_path)
 
 
 def test_engine_settings_are_checked_and_ray_missing_is_one_line(monkeypatch, capsys):

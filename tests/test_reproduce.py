@@ -52,6 +52,7 @@ def test_ci95_is_the_student_t_interval():
 def settings(methods=("mtf", "mola"), num_seeds=1, **more):
   s = reproduce.defaults()
   s.horizons, s.methods, s.num_seeds = (48,), methods, num_seeds
+  s.cells_per_process = 0  # in this process, where the tests' spies on study.train_runs see the runs
   s.update(**more)
   return s
 

@@ -1,25 +1,27 @@
-"""The engine of a study: its cells as a task graph, run in this process (`--study.engine=local`, the default) or
+"""The engine of a study: its cells as a task graph, run on this machine (`--study.engine=local`, the default) or
 as Ray tasks over a cluster (`--study.engine=ray`). A driver (reproduce, sweep) only describes its cells and how
 their results combine; Ray does the scheduling, the placement and the retries.
 
 A cell is a call, `cell.fn(*cell.args, *results of cell.deps)`, whose result is small and picklable (a run's
-results.json and workdir). Under `local` the cells run here one after the other, in the order given (each after
-its dependencies). Under `ray` each cell is a Ray task that asks for `--study.cell_resources` (a JSON object:
-'{"CPU": 2}', '{"GPU": 1}', '{"TPU": 4}' for a TPU host), its dependencies passed as ObjectRefs, so Ray starts it
-once they are done, wherever those resources are free. The driver joins the cluster at `--study.ray_address`,
-else at $RAY_ADDRESS, else starts one on this machine. Cells run in the driver's working directory and see its
-MOLA_DATA_DIR, JAX_PLATFORMS, XLA_FLAGS and JAX_COMPILATION_CACHE_DIR and its mola_jax (Ray's runtime_env): the
-study's paths must be ones every worker sees (a shared file system).
+results.json and workdir). Under `local` the cells run on this machine one after the other, in the order given (each
+after its dependencies), in a child process renewed every `--study.cells_per_process` cells. Under `ray` each cell
+is a Ray task that asks for `--study.cell_resources` (a JSON object: '{"CPU": 2}', '{"GPU": 1}', '{"TPU": 4}' for a
+TPU host), its dependencies passed as ObjectRefs, so Ray starts it once they are done, wherever those resources are
+free. The driver joins the cluster at `--study.ray_address`, else at $RAY_ADDRESS, else starts one on this machine.
+Cells run in the driver's working directory and see its MOLA_DATA_DIR, JAX_PLATFORMS, XLA_FLAGS and
+JAX_COMPILATION_CACHE_DIR and its mola_jax (Ray's runtime_env): the study's paths must be ones every worker sees (a
+shared file system).
 
-Faults: Ray retries a cell whose worker process died (MAX_RETRIES times); the cell's runs then go on from their
-own resume checkpoints (study.run_group). A cell that raises is not retried: the study stops with its error (a
-user error: one line, exit 2), the other cells cancelled. Rerunning the study reuses finished cells and resumes
-unfinished ones.
+Faults: Ray retries a cell whose worker process died (MAX_RETRIES times), the local engine once; the cell's runs
+then go on from their own resume checkpoints (study.run_group). A cell that raises is not retried: the study stops
+with its error (a user error: one line, exit 2), the other cells cancelled. Rerunning the study reuses finished
+cells and resumes unfinished ones.
 
 Progress: one line per event with the cells done, running, waiting and failed, the elapsed time and the critical
 path (the longest chain of dependent cells: no number of workers ends the study sooner), estimated from the cells
-measured so far. At the end the study's graph.json holds every cell's dependencies and measured seconds
-(python -m mola_jax.lab.report.graph DIR: the wall time N workers would need).
+measured so far. The study's graph.json holds every cell's dependencies and measured seconds, written as each
+cell ends, so a driver killed keeps what it measured (python -m mola_jax.lab.report.graph DIR: the wall time N
+workers would need).
 """
 
 from __future__ import annotations
@@ -62,7 +64,11 @@ class Cell:
 
 def add_settings(s: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The engine's study settings, added to a driver's."""
-  s.engine = "local"  # local: the cells one after the other in this process; ray: Ray tasks over a cluster
+  s.engine = "local"  # local: the cells one after the other on this machine; ray: Ray tasks over a cluster
+  # local: the cells run in a child process, a fresh one after this many cells (0: in this process). jaxlib 0.10's
+  # XLA:CPU segfaults in a process that has compiled or loaded several hundred programs (seen at the 41st cell of
+  # the default ETTh1 study); a fresh process keeps far from that, and a cell whose process died runs once more.
+  s.cells_per_process = 8
   s.cell_resources = '{"CPU": 1}'  # what each cell asks Ray for (JSON): '{"GPU": 1}' puts one cell on each GPU
   s.ray_address = config_dict.placeholder(str)  # the cluster to join; unset: $RAY_ADDRESS, else a new local one
   return s
@@ -72,6 +78,9 @@ def check(settings) -> None:
   """Fail on a bad engine setting, or on engine=ray without Ray installed, before any work."""
   if settings.engine not in ENGINES:
     raise ConfigError(f"unknown study.engine {settings.engine!r}; use local or ray")
+  if not isinstance(settings.cells_per_process, int) or settings.cells_per_process < 0:
+    raise ConfigError(f"study.cells_per_process must be a whole number >= 0 (0: in this process), not "
+                      f"{settings.cells_per_process!r}")  # fmt: skip
   if settings.engine == "ray":
     import jax
 
@@ -124,7 +133,7 @@ def run(cells: list[Cell], settings, workdir) -> dict:
   tracker = Tracker(cells, pathlib.Path(workdir))
   try:
     if settings.engine == "local":
-      return _run_local(cells, tracker)
+      return _run_local(cells, tracker, settings.cells_per_process)
     return _run_ray(cells, settings, tracker)
   finally:
     tracker.close()
@@ -143,17 +152,70 @@ def call(key: str, cwd: str | None, fn: Callable, args: tuple, *deps) -> tuple:
   return value, time.perf_counter() - t0
 
 
-def _run_local(cells: list[Cell], tracker: Tracker) -> dict:
-  results = {}
-  for cell in cells:
-    tracker.event("start", cell.key)
-    try:
-      results[cell.key], seconds = call(cell.key, None, cell.fn, cell.args, *(results[d] for d in cell.deps))
-    except BaseException:
-      tracker.failed(cell.key)
-      raise
-    tracker.done(cell.key, seconds)
+def _run_local(cells: list[Cell], tracker: Tracker, per_process: int) -> dict:
+  """The cells in order, in child processes (`per_process` cells each), or in this one: per_process = 0, or
+  several processes under jax.distributed, which must each run every cell together."""
+  import jax
+
+  here = per_process == 0 or jax.distributed.is_initialized()
+  results, children = {}, None if here else Children(per_process)
+  try:
+    for cell in cells:
+      tracker.event("start", cell.key)
+      args = (cell.key, None, cell.fn, cell.args, *(results[d] for d in cell.deps))
+      try:
+        results[cell.key], seconds = call(*args) if here else children.call(*args)
+      except BaseException:
+        tracker.failed(cell.key)
+        raise
+      tracker.done(cell.key, seconds)
+  finally:
+    if children is not None:
+      children.close()
   return results
+
+
+class Children:
+  """A process pool of one worker (the standard library's), replaced after `per_process` cells; a cell whose
+  process dies (a crash, a kill) runs once more in a fresh one, where its runs resume from their checkpoints."""
+
+  def __init__(self, per_process: int):
+    self.per_process, self.pool, self.calls = per_process, None, 0
+
+  def _renew(self) -> None:
+    import concurrent.futures
+    import multiprocessing
+
+    self.close()
+    # spawn: a child that starts clean (a fork would copy this process's jax runtime and its threads).
+    context = multiprocessing.get_context("spawn")
+    self.pool, self.calls = concurrent.futures.ProcessPoolExecutor(1, mp_context=context, initializer=_quiet), 0
+
+  def call(self, key: str, cwd, fn: Callable, args: tuple, *deps) -> tuple:
+    from concurrent.futures.process import BrokenProcessPool
+
+    fn = importable(fn)
+    if self.pool is None or self.calls == self.per_process:
+      self._renew()
+    self.calls += 1
+    try:
+      return self.pool.submit(call, key, cwd, fn, args, *deps).result()
+    except BrokenProcessPool:
+      print(f"[study] the process of {key} died; running it again in a fresh one", flush=True)
+      self._renew()
+      self.calls += 1
+      return self.pool.submit(call, key, cwd, fn, args, *deps).result()
+
+  def close(self) -> None:
+    if self.pool is not None:
+      self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _quiet() -> None:
+  """A child's logging as a command's (cli.start): orbax logs every save at INFO."""
+  from absl import logging
+
+  logging.set_verbosity(logging.WARNING)
 
 
 def _run_ray(cells: list[Cell], settings, tracker: Tracker) -> dict:
@@ -218,13 +280,14 @@ def capacity(cluster: dict, asked: dict) -> int:
 
 
 class Tracker:
-  """The study's progress as its cells end: counts, elapsed time, the critical path; graph.json at the close."""
+  """The study's progress as its cells end: counts, elapsed time, the critical path, graph.json."""
 
   def __init__(self, cells: list[Cell], workdir: pathlib.Path):
     self.cells = {c.key: c for c in cells}
     self.deps = {c.key: tuple(c.deps) for c in cells}
     self.seconds, self.failures, self.t0 = {}, set(), time.perf_counter()
     self.workdir, self.slots = workdir, 1  # slots: how many cells run at once
+    self.before = None  # graph.json's seconds from earlier invocations (Tracker.save)
 
   def ready(self) -> int:
     """Cells not done whose dependencies are: running (as many as there are slots), or about to."""
@@ -258,24 +321,31 @@ class Tracker:
   def done(self, key: str, seconds: float) -> None:
     self.seconds[key] = seconds
     self.event(f"done ({graph.duration(seconds)})", key)
+    self.save()
 
   def failed(self, key: str) -> None:
     self.failures.add(key)
     self.event("FAILED", key)
 
-  def close(self) -> None:
-    """graph.json (the seconds of earlier invocations added: a cell reused now took its time then), and the
-    study's summary."""
+  def save(self) -> dict:
+    """graph.json, the seconds of earlier invocations added (a cell reused now took its time then) -> the seconds."""
     from mola_jax import distributed
 
-    path, before = self.workdir / "graph.json", {}
-    if path.is_file():
-      before = {k: c.get("seconds") or 0.0 for k, c in json.loads(path.read_text())["cells"].items()}
+    path = self.workdir / "graph.json"
+    if self.before is None:  # read once: what this invocation found, before it wrote
+      cells = json.loads(path.read_text())["cells"] if path.is_file() else {}
+      self.before = {k: c.get("seconds") or 0.0 for k, c in cells.items()}
+    before = self.before
     seconds = {k: self.seconds[k] + before.get(k, 0.0) if k in self.seconds else before.get(k) for k in self.deps}
     cells = {k: {"deps": list(d), "kind": self.cells[k].kind, "seconds": seconds[k]} for k, d in self.deps.items()}
     if distributed.is_lead():
       self.workdir.mkdir(parents=True, exist_ok=True)
       workdir_lib.write_json(path, {"cells": cells})
+    return seconds
+
+  def close(self) -> None:
+    """graph.json, and the study's summary."""
+    seconds = self.save()
     if len(self.seconds) == len(self.cells):
       measured = {k: s or 0.0 for k, s in seconds.items()}
       longest, chain = graph.critical_path(measured, self.deps)
