@@ -11,6 +11,16 @@ import sys
 # set before anything imports jax, and inherited by every subprocess a test starts.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import pooch  # noqa: E402
+
+# Every process of the suite (pytest's workers and the programs the tests start: sharding_check, the AOT and bench
+# CLIs, the multi-process launches) keeps its XLA programs in JAX's persistent cache, where a run of mola_jax keeps
+# them (runtime.use_compile_cache), and loads them on the next run instead of compiling again. A run does that
+# itself; the cache here also covers programs jitted outside a run. Same programs, same results: only compile time
+# changes (the first run on a machine compiles them all).
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(pathlib.Path(pooch.os_cache("mola_jax")) / "xla"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")  # runtime.MIN_COMPILE_SECONDS
+
 import pytest  # noqa: E402
 
 from mola_jax import config_lib  # noqa: E402
