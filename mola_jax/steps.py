@@ -220,15 +220,22 @@ def train_chunk_fn(step, *, seq_len: int, pred_len: int):
   array on a GPU: 118 of stage 1's 306 kernels per step on the README config, docs/performance.md)."""
 
   def chunk(state, series, idx, segs, valid):
-    def body(c, carry):
-      st, losses = carry
-      st, loss = step(st, data.gather(series, idx[c], seq_len=seq_len, pred_len=pred_len), segs)
-      return st, losses.at[c].set(loss)
-
-    losses = jnp.zeros(idx.shape[0], jnp.float32)
-    return jax.lax.fori_loop(0, jnp.sum(valid, dtype=jnp.int32), body, (state, losses))
+    at = lambda c: data.gather(series, idx[c], seq_len=seq_len, pred_len=pred_len)  # [C] of batches, on the device
+    return valid_steps(step, state, segs, valid, at)
 
   return chunk
+
+
+def valid_steps(step, state, segs, valid, batch_at):
+  """`step` on batch_at(c) for c over the valid prefix of `valid` bool [C] -> (state, losses [C], 0 past the prefix)."""
+
+  def body(c, carry):
+    st, losses = carry
+    st, loss = step(st, batch_at(c), segs)
+    return st, losses.at[c].set(loss)
+
+  losses = jnp.zeros(valid.shape[0], jnp.float32)
+  return jax.lax.fori_loop(0, jnp.sum(valid, dtype=jnp.int32), body, (state, losses))
 
 
 def host_chunk_fn(step):
@@ -238,14 +245,8 @@ def host_chunk_fn(step):
   (no conditional per step: it would copy the state at every step, train_chunk_fn)."""
 
   def chunk(state, batches, segs, valid):
-    def body(c, carry):
-      st, losses = carry
-      batch = jax.tree.map(lambda a: sharding.constrain(a[c], ("batch",) + (None,) * (a.ndim - 2)), batches)
-      st, loss = step(st, batch, segs)
-      return st, losses.at[c].set(loss)
-
-    losses = jnp.zeros(valid.shape[0], jnp.float32)
-    return jax.lax.fori_loop(0, jnp.sum(valid, dtype=jnp.int32), body, (state, losses))
+    at = lambda c: jax.tree.map(lambda a: sharding.constrain(a[c], ("batch",) + (None,) * (a.ndim - 2)), batches)
+    return valid_steps(step, state, segs, valid, at)
 
   return chunk
 

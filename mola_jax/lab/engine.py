@@ -287,7 +287,9 @@ class Tracker:
     self.deps = {c.key: tuple(c.deps) for c in cells}
     self.seconds, self.failures, self.t0 = {}, set(), time.perf_counter()
     self.workdir, self.slots = workdir, 1  # slots: how many cells run at once
-    self.before = None  # graph.json's seconds from earlier invocations (Tracker.save)
+    path = workdir / "graph.json"  # the seconds of earlier invocations: a cell reused now took its time then
+    cells = json.loads(path.read_text())["cells"] if path.is_file() else {}
+    self.before = {k: c.get("seconds") or 0.0 for k, c in cells.items()}
 
   def ready(self) -> int:
     """Cells not done whose dependencies are: running (as many as there are slots), or about to."""
@@ -328,14 +330,10 @@ class Tracker:
     self.event("FAILED", key)
 
   def save(self) -> dict:
-    """graph.json, the seconds of earlier invocations added (a cell reused now took its time then) -> the seconds."""
+    """graph.json, the seconds of earlier invocations added -> the seconds."""
     from mola_jax import distributed
 
-    path = self.workdir / "graph.json"
-    if self.before is None:  # read once: what this invocation found, before it wrote
-      cells = json.loads(path.read_text())["cells"] if path.is_file() else {}
-      self.before = {k: c.get("seconds") or 0.0 for k, c in cells.items()}
-    before = self.before
+    path, before = self.workdir / "graph.json", self.before
     seconds = {k: self.seconds[k] + before.get(k, 0.0) if k in self.seconds else before.get(k) for k in self.deps}
     cells = {k: {"deps": list(d), "kind": self.cells[k].kind, "seconds": seconds[k]} for k, d in self.deps.items()}
     if distributed.is_lead():
